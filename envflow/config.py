@@ -1,0 +1,161 @@
+"""The ``envflow`` configuration block: parsing and validation.
+
+Each mistake is reported with the key it concerns, in Salt's colon notation
+(``envflow:environments:1:path``), and what to do about it.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+
+import pygit2
+
+from envflow.errors import ConfigError, UnknownEnvironment
+
+# Saltenv names end up in file names (Salt's caches) and in top files.
+_SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_TOP_KEYS = {"repo", "environments", "master_config"}
+_ENV_KEYS = {"name", "branch", "path"}
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One stage of the pipeline: a saltenv, the branch it serves and its directory."""
+
+    name: str
+    branch: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated ``envflow`` block."""
+
+    repo: str
+    environments: tuple
+    master_config: str = None
+
+    def environment(self, name):
+        """Return the environment called ``name``, or raise :class:`UnknownEnvironment`."""
+        for env in self.environments:
+            if env.name == name:
+                return env
+        known = ", ".join(env.name for env in self.environments)
+        raise UnknownEnvironment(f"envflow: no environment named {name!r}; configured: {known}")
+
+    def upstream(self, name):
+        """Return the environment that ``name`` is promoted from, or ``None`` for the first."""
+        env = self.environment(name)
+        index = self.environments.index(env)
+        return self.environments[index - 1] if index else None
+
+    def downstream(self, name):
+        """Return the environment promoted from ``name``, or ``None`` for the last."""
+        env = self.environment(name)
+        index = self.environments.index(env)
+        following = self.environments[index + 1 : index + 2]
+        return following[0] if following else None
+
+    def select(self, name=None):
+        """Return all environments, or the one called ``name``, as a tuple."""
+        return self.environments if name is None else (self.environment(name),)
+
+
+def _fail(key, problem):
+    raise ConfigError(f"{key}: {problem}")
+
+
+def _string(value, key, example):
+    if not isinstance(value, str) or not value.strip():
+        _fail(key, f"must be a non-empty string, for example {example}")
+    return value.strip()
+
+
+def _path(value, key):
+    path = _string(value, key, "/srv/salt/stage")
+    if not os.path.isabs(path):
+        _fail(key, f"{path!r} is a relative path; use an absolute path such as /srv/salt/{path}")
+    path = os.path.normpath(path)
+    if path == os.sep:
+        _fail(key, "'/' cannot be an environment directory; use a directory such as /srv/salt/stage")
+    return path
+
+
+def _branch(value, key):
+    branch = _string(value, key, "develop")
+    if branch.startswith("refs/"):
+        _fail(key, f"{branch!r} is a reference; give the branch name alone, such as {branch.split('/')[-1]!r}")
+    if not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
+        _fail(key, f"{branch!r} is not a branch name git accepts (see git check-ref-format)")
+    return branch
+
+
+def _environment(raw, index):
+    key = f"envflow:environments:{index}"
+    if not isinstance(raw, dict):
+        _fail(key, "must be a mapping with name, branch and path")
+    unknown = sorted(set(raw) - _ENV_KEYS, key=str)
+    if unknown:
+        _fail(key, f"unknown key {unknown[0]!r}; an environment has name, branch and path")
+    for field in sorted(_ENV_KEYS):
+        if field not in raw:
+            _fail(key, f"missing {field!r}; an environment has name, branch and path")
+    name = _string(raw["name"], f"{key}:name", "stage")
+    if not _SALTENV.match(name) or name == "__env__":
+        _fail(f"{key}:name", f"{name!r} is not a valid saltenv name; use letters, digits, '_', '-' and '.'")
+    return Environment(
+        name=name,
+        branch=_branch(raw["branch"], f"{key}:branch"),
+        path=_path(raw["path"], f"{key}:path"),
+    )
+
+
+def _inside(path, other):
+    return os.path.commonpath([path, other]) == other
+
+
+def parse(raw):
+    """Validate the ``envflow`` configuration block ``raw`` and return a :class:`Config`.
+
+    Raises :class:`~envflow.errors.ConfigError` naming the first key that is wrong.
+    """
+    if raw is None or raw == {} or raw == "":
+        raise ConfigError(
+            "envflow: no configuration found; add an 'envflow' block with 'repo' and "
+            "'environments' to the master config (or the minion config or pillar)"
+        )
+    if not isinstance(raw, dict):
+        _fail("envflow", "must be a mapping with 'repo' and 'environments'")
+    unknown = sorted(set(raw) - _TOP_KEYS, key=str)
+    if unknown:
+        _fail("envflow", f"unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TOP_KEYS))}")
+    if "repo" not in raw or raw["repo"] in (None, ""):
+        _fail("envflow:repo", "missing; set it to the path or URL of the automation repository")
+    repo = _string(raw["repo"], "envflow:repo", "/srv/git/automation.git")
+    if "environments" not in raw or not raw["environments"]:
+        _fail("envflow:environments", "missing or empty; list the environments in pipeline order")
+    if not isinstance(raw["environments"], list):
+        _fail("envflow:environments", "must be a list of environments in pipeline order")
+    environments = tuple(_environment(item, index) for index, item in enumerate(raw["environments"]))
+    for field in ("name", "branch", "path"):
+        seen = {}
+        for index, env in enumerate(environments):
+            value = getattr(env, field)
+            if value in seen:
+                _fail(
+                    f"envflow:environments:{index}:{field}",
+                    f"{value!r} is already used by environment {seen[value]}; each environment needs its own {field}",
+                )
+            seen[value] = index
+    for index, env in enumerate(environments):
+        for other in environments:
+            if other is not env and _inside(env.path, other.path):
+                _fail(
+                    f"envflow:environments:{index}:path",
+                    f"{env.path} is inside {other.path}, the directory of environment {other.name!r}; "
+                    "give each environment a separate directory",
+                )
+    master_config = raw.get("master_config")
+    if master_config is not None:
+        master_config = _path(master_config, "envflow:master_config")
+    return Config(repo=repo, environments=environments, master_config=master_config)

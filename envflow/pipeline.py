@@ -1,0 +1,120 @@
+"""Pipeline-level operations: what a promotion would do, doing it, and the status of every environment."""
+
+from dataclasses import dataclass
+
+from envflow.errors import Diverged, EnvflowError, RevisionError
+from envflow.served import ServedDir
+
+
+def _short(commit_id):
+    return str(commit_id)[:10]
+
+
+@dataclass
+class Promotion:
+    """A checked promotion of ``env``'s branch from ``old`` to ``new`` (commit ids; ``old`` may be ``None``)."""
+
+    env: object
+    upstream: object
+    old: str
+    new: str
+    commits: list
+    files: list
+
+    def as_dict(self):
+        """The promotion as the small structured dict runners return."""
+        return {
+            "env": self.env.name,
+            "branch": self.env.branch,
+            "from": self.upstream.name,
+            "old": self.old,
+            "new": self.new,
+            "commits": [f"{_short(cid)} {summary}" for cid, summary in self.commits],
+            "files": [f"{status} {path}" for status, path in self.files],
+        }
+
+
+def deployed_id(env):
+    """The id of the commit ``env``'s directory serves, or ``None``."""
+    info = ServedDir(env.path).deployed()
+    return info["id"] if info else None
+
+
+def plan(config, mirror, name, rev=None):
+    """Check a promotion into environment ``name`` and return it as a :class:`Promotion`.
+
+    The commit promoted is the one deployed in the environment before ``name``
+    (what was tested there), or ``rev`` if given, which must be contained in
+    it. Fast-forward only: raises :class:`Diverged` listing the commits that
+    ``name``'s branch holds and the promoted commit lacks. The mirror must be
+    freshly fetched.
+    """
+    env = config.environment(name)
+    upstream = config.upstream(name)
+    if upstream is None:
+        raise EnvflowError(
+            f"envflow: {env.name} is the first environment of the pipeline, so nothing is promoted into it; "
+            f"use envflow.refresh {env.name} to deploy the tip of {env.branch}"
+        )
+    tested_id = deployed_id(upstream)
+    if tested_id is None:
+        raise EnvflowError(
+            f"envflow: nothing is deployed in {upstream.name}, so nothing was tested there to promote; "
+            f"run envflow.refresh {upstream.name} first"
+        )
+    tested = mirror.commit(tested_id)
+    target = mirror.commit(rev) if rev is not None else tested
+    if not mirror.contains(tested.id, target.id):
+        raise RevisionError(
+            f"envflow: {rev} is not part of {_short(tested.id)}, the commit deployed in {upstream.name}; "
+            "only a commit that was tested there can be promoted"
+        )
+    old = mirror.tip(env.branch)
+    if old is not None and not mirror.contains(target.id, old):
+        extra = mirror.commits(old, target.id)
+        listed = ", ".join(f"{_short(cid)} {summary!r}" for cid, summary in extra[:5])
+        more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+        raise Diverged(
+            f"envflow: {env.branch} has {len(extra)} commit(s) that {_short(target.id)} from {upstream.name} "
+            f"lacks: {listed}{more}; bring them into {upstream.branch} and promote them through "
+            f"{upstream.name}, or remove them from {env.branch}",
+            extra,
+        )
+    return Promotion(
+        env=env,
+        upstream=upstream,
+        old=str(old) if old is not None else None,
+        new=str(target.id),
+        commits=mirror.commits(target.id, old),
+        files=mirror.changed_files(old, target.id),
+    )
+
+
+def promote(mirror, promotion):
+    """Move the branch on the remote as ``promotion`` says (a compare-and-swap); no-op if already there."""
+    if promotion.old != promotion.new:
+        mirror.update_branch(promotion.env.branch, promotion.old, promotion.new)
+
+
+def status(config, mirror, name=None):
+    """Describe each environment (or just ``name``): branch, remote tip, deployed commit, sync, waiting commits, drift."""
+    report = {}
+    for env in config.select(name):
+        tip = mirror.tip(env.branch)
+        served = ServedDir(env.path)
+        deployed = served.deployed()
+        upstream = config.upstream(env.name)
+        upstream_id = deployed_id(upstream) if upstream else None
+        waiting = None
+        if upstream_id is not None and upstream_id in mirror.repo:
+            waiting = len(mirror.commits(upstream_id, tip, limit=1000))
+        drift = served.drift(mirror.objects)
+        report[env.name] = {
+            "branch": env.branch,
+            "remote": str(tip) if tip is not None else None,
+            "deployed": deployed["id"] if deployed else None,
+            "in_sync": deployed is not None and tip is not None and deployed["id"] == str(tip),
+            "waiting": waiting,
+            "drift": sum(len(paths) for paths in drift.values()),
+        }
+    return report

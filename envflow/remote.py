@@ -1,0 +1,211 @@
+"""The remote automation repository and envflow's local mirror of it.
+
+The remote is the source of truth. envflow keeps one bare mirror per remote
+under the cache directory, fetched with pygit2, and moves branches on the
+remote with a compare-and-swap push.
+"""
+
+import datetime
+import hashlib
+import os
+import re
+import urllib.parse
+
+import pygit2
+from pygit2.enums import FetchPrune, SortMode
+
+from envflow.errors import BranchMoved, RemoteError, RevisionError
+from envflow.locking import clear_stale_git_locks, held
+
+_FETCH_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+_SCP_LIKE = re.compile(r"^[^/@:]+@[^/:]+:")
+_ZERO = pygit2.Oid(hex="0" * 40)
+
+
+def redact(url):
+    """Return ``url`` with any user information (names, passwords, tokens) replaced by ``***``."""
+    if "://" not in url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def is_local(url):
+    """Whether ``url`` names a repository on this machine (a path or a ``file://`` URL)."""
+    return url.startswith("file://") or ("://" not in url and not _SCP_LIKE.match(url))
+
+
+class _Callbacks(pygit2.RemoteCallbacks):
+    """Remote callbacks that make a push a compare-and-swap and record per-ref results."""
+
+    def __init__(self, expected=None):
+        super().__init__()
+        self.expected = expected or {}
+        self.rejected = {}
+
+    def push_negotiation(self, updates):
+        # update.src is what the remote holds now (libgit2 names it so): refuse if it moved since we read it.
+        for update in updates:
+            want = self.expected.get(update.dst_refname)
+            if want is not None and update.src != want:
+                raise BranchMoved(
+                    f"envflow: {update.dst_refname[len('refs/heads/'):]} moved on the remote while "
+                    "envflow was working; nothing was changed, run the command again"
+                )
+
+    def push_update_reference(self, refname, message):
+        if message:
+            self.rejected[refname] = message
+
+
+def commit_info(commit):
+    """Describe ``commit`` for returns and events: id, summary, author and time (UTC, ISO 8601)."""
+    when = datetime.datetime.fromtimestamp(commit.commit_time, tz=datetime.timezone.utc)
+    return {
+        "id": str(commit.id),
+        "summary": commit.message.splitlines()[0] if commit.message else "",
+        "author": f"{commit.author.name} <{commit.author.email}>",
+        "time": when.isoformat(),
+    }
+
+
+class Mirror:
+    """A bare mirror of the remote repository ``url``, kept under ``cachedir``.
+
+    Use it as a context manager so the repository handle is released in
+    long-lived processes such as the master.
+    """
+
+    def __init__(self, url, cachedir):
+        self.url = url
+        self.shown = redact(url)
+        digest = hashlib.sha256(self.shown.encode()).hexdigest()[:16]
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(self.shown.rstrip("/")))[:40]
+        self.path = os.path.join(cachedir, "envflow", "mirrors", f"{name}-{digest}.git")
+        self._repo = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Release the repository handle."""
+        if self._repo is not None:
+            self._repo.free()
+            self._repo = None
+
+    @property
+    def repo(self):
+        """The mirror as a :class:`pygit2.Repository`, created on first use."""
+        if self._repo is None:
+            if not os.path.isdir(self.path):
+                with held(self.path + ".lock", f"the mirror of {self.shown}"):
+                    if not os.path.isdir(self.path):
+                        pygit2.init_repository(self.path, bare=True)
+            self._repo = pygit2.Repository(self.path)
+        return self._repo
+
+    @property
+    def objects(self):
+        """The mirror's object directory, which the trees' repositories borrow from."""
+        return os.path.join(self.path, "objects")
+
+    def scrub(self, text):
+        """Return ``text`` with the repository URL's secrets replaced."""
+        text = str(text).replace(self.url, self.shown)
+        if self.url.startswith("file://") or "://" not in self.url:
+            return text
+        userinfo = urllib.parse.urlsplit(self.url).netloc.rpartition("@")[0]
+        return text.replace(userinfo, "***") if userinfo else text
+
+    def fetch(self):
+        """Bring every branch and tag of the remote into the mirror, pruning deleted ones."""
+        if is_local(self.url):
+            local = self.url[len("file://") :] if self.url.startswith("file://") else self.url
+            if not os.path.exists(local):
+                raise RemoteError(f"envflow:repo: {local} does not exist; point envflow:repo at the automation repository")
+        repo = self.repo
+        with held(self.path + ".lock", f"the mirror of {self.shown}"):
+            clear_stale_git_locks(self.path)
+            remote = repo.remotes.create_anonymous(self.url)
+            try:
+                remote.fetch(_FETCH_REFSPECS, callbacks=_Callbacks(), prune=FetchPrune.PRUNE)
+            except (pygit2.GitError, KeyError, ValueError) as exc:
+                raise RemoteError(
+                    f"envflow: cannot fetch {self.shown}: {self.scrub(exc)}; check envflow:repo and access to it"
+                ) from None
+
+    def tip(self, branch):
+        """Return the commit id at the tip of ``branch`` in the mirror, or ``None`` if it has no such branch."""
+        ref = self.repo.references.get(f"refs/heads/{branch}")
+        return ref.target if ref is not None else None
+
+    def commit(self, rev):
+        """Resolve ``rev`` (commit id, tag or branch name) to a commit of the mirror."""
+        if isinstance(rev, pygit2.Oid):
+            rev = str(rev)
+        try:
+            obj = self.repo.revparse_single(rev if self.tip(rev) is None else f"refs/heads/{rev}")
+            return obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            raise RevisionError(
+                f"envflow: revision {rev!r} is not in {self.shown}; give a commit id, tag or branch of that repository"
+            ) from None
+
+    def contains(self, descendant, ancestor):
+        """Whether commit ``ancestor`` is ``descendant`` or one of its ancestors."""
+        return descendant == ancestor or self.repo.descendant_of(descendant, ancestor)
+
+    def commits(self, new, old, limit=50):
+        """List ``(id, summary)`` of the commits in ``new`` but not in ``old``, newest first."""
+        walker = self.repo.walk(new, SortMode.TOPOLOGICAL)
+        if old is not None:
+            walker.hide(old)
+        found = []
+        for commit in walker:
+            found.append((str(commit.id), commit.message.splitlines()[0] if commit.message else ""))
+            if len(found) >= limit:
+                break
+        return found
+
+    def changed_files(self, old, new):
+        """List ``(status, path)`` for the files that differ between commits ``old`` and ``new``."""
+        old_tree = self.repo[old].peel(pygit2.Tree) if old is not None else None
+        new_tree = self.repo[new].peel(pygit2.Tree)
+        diff = self.repo.diff(old_tree, new_tree) if old_tree is not None else new_tree.diff_to_tree(swap=True)
+        return [(delta.status_char(), delta.new_file.path or delta.old_file.path) for delta in diff.deltas]
+
+    def update_branch(self, branch, old, new):
+        """Move ``branch`` on the remote from ``old`` (``None``: absent) to ``new``, as a compare-and-swap.
+
+        Raises :class:`BranchMoved` if the remote branch is no longer ``old``.
+        """
+        refname = f"refs/heads/{branch}"
+        staging = f"refs/envflow/push/{branch}"
+        repo = self.repo
+        with held(self.path + ".lock", f"the mirror of {self.shown}"):
+            repo.references.create(staging, new, force=True)
+            callbacks = _Callbacks({refname: old if old is not None else _ZERO})
+            try:
+                repo.remotes.create_anonymous(self.url).push([f"{staging}:{refname}"], callbacks=callbacks)
+            except BranchMoved:
+                raise
+            except pygit2.GitError as exc:
+                message = self.scrub(exc)
+                if "non-fastforward" in message or "not present locally" in message:
+                    raise BranchMoved(
+                        f"envflow: {branch} moved on the remote while envflow was working; "
+                        "nothing was changed, run the command again"
+                    ) from None
+                raise RemoteError(f"envflow: cannot push {branch} to {self.shown}: {message}") from None
+            finally:
+                repo.references.delete(staging)
+            if callbacks.rejected:
+                reason = self.scrub(callbacks.rejected[refname])
+                raise RemoteError(f"envflow: {self.shown} refused the update of {branch}: {reason}")
+            repo.references.create(refname, new, force=True)

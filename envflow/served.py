@@ -1,0 +1,370 @@
+"""The directory an environment serves: one commit's tree, switched atomically.
+
+Layout, for an environment whose ``path`` is ``/srv/salt/stage``::
+
+    /srv/salt/stage -> .stage.envflow/a      the served tree (a relative symlink)
+    /srv/salt/.stage.envflow/a/               tree in slot a
+    /srv/salt/.stage.envflow/b/               tree in slot b, the standby
+    /srv/salt/.stage.envflow/a.git/           slot a's bookkeeping: index, HEAD, record
+    /srv/salt/.stage.envflow/lock             held while deploying
+
+A deploy brings the standby slot to the new commit with an index-based
+checkout (the index caches file stats, so unchanged files cost a stat, not a
+write), then replaces the symlink in one ``rename``. The checkout runs while
+the served tree is checked for hand edits, on another core. Every piece of
+bookkeeping lives beside the served tree, never inside it, so Salt never
+serves it, and the master and a minion deploying the same path agree on it.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import threading
+
+import pygit2
+from pygit2.enums import CheckoutStrategy, DeltaStatus, DiffOption, FileMode
+
+from envflow.errors import Drift, EnvflowError
+from envflow.locking import clear_stale_git_locks, held
+from envflow.remote import commit_info
+
+SLOTS = ("a", "b")
+_RECORD = "envflow.json"
+_DRIFT_FLAGS = (
+    DiffOption.INCLUDE_UNTRACKED
+    | DiffOption.RECURSE_UNTRACKED_DIRS
+    | DiffOption.INCLUDE_IGNORED
+    | DiffOption.RECURSE_IGNORED_DIRS
+    | DiffOption.INCLUDE_TYPECHANGE
+)
+# FORCE with REMOVE_*: the standby ends up exactly the commit's tree, whatever
+# was done to it by hand since it was last served.
+_CHECKOUT = CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED | CheckoutStrategy.REMOVE_IGNORED
+# Repository settings that would otherwise come from the user's ~/.gitconfig.
+_SLOT_CONFIG = {
+    "core.autocrlf": "false",
+    "core.filemode": "true",
+    "core.symlinks": "true",
+    "core.ignorecase": "false",
+}
+_DRIFT_KIND = {
+    DeltaStatus.UNTRACKED: "added",
+    DeltaStatus.IGNORED: "added",
+    DeltaStatus.ADDED: "added",
+    DeltaStatus.DELETED: "deleted",
+}
+
+
+def summarize(changes, limit=5):
+    """Render a drift mapping as one short line: ``modified: a, b; added: c``."""
+    parts = []
+    for kind in ("modified", "added", "deleted"):
+        paths = changes.get(kind) or []
+        if paths:
+            shown = ", ".join(paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+            parts.append(f"{kind}: {shown}")
+    return "; ".join(parts)
+
+
+class ServedDir:
+    """The directory ``path`` that one environment serves to Salt."""
+
+    def __init__(self, path):
+        self.path = path
+        parent, base = os.path.split(path)
+        self.home = os.path.join(parent, f".{base}.envflow")
+
+    # -- layout ---------------------------------------------------------
+
+    def _tree(self, slot):
+        return os.path.join(self.home, slot)
+
+    def _gitdir(self, slot):
+        return os.path.join(self.home, f"{slot}.git")
+
+    def _link_text(self, slot):
+        return os.path.join(os.path.basename(self.home), slot)
+
+    def served_slot(self):
+        """The slot the symlink at ``path`` points to, or ``None`` if envflow serves nothing there."""
+        try:
+            text = os.readlink(self.path)
+        except OSError:
+            return None
+        return next((slot for slot in SLOTS if text == self._link_text(slot)), None)
+
+    def record(self, slot):
+        """The record of what ``slot`` holds (commit and refused links), or ``None``."""
+        try:
+            with open(os.path.join(self._gitdir(slot), _RECORD), encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    def _write_record(self, slot, record):
+        path = os.path.join(self._gitdir(slot), _RECORD)
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(path + ".tmp", path)
+
+    def _drop_record(self, slot):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self._gitdir(slot), _RECORD))
+
+    def _open(self, slot, objects):
+        """Open the slot's repository: its own index and HEAD, the mirror's objects."""
+        gitdir, tree = self._gitdir(slot), self._tree(slot)
+        if not os.path.isfile(os.path.join(gitdir, "HEAD")):
+            shutil.rmtree(gitdir, ignore_errors=True)
+            pygit2.init_repository(gitdir, bare=True)
+            config = pygit2.Repository(gitdir).config
+            for key, value in _SLOT_CONFIG.items():
+                config[key] = value
+        alternates = os.path.join(gitdir, "objects", "info", "alternates")
+        try:
+            with open(alternates, encoding="utf-8") as handle:
+                current = handle.read().strip()
+        except OSError:
+            current = None
+        if current != objects:
+            with open(alternates, "w", encoding="utf-8") as handle:
+                handle.write(objects + "\n")
+        os.makedirs(tree, exist_ok=True)
+        repo = pygit2.Repository(gitdir)
+        repo.workdir = tree
+        return repo
+
+    # -- reading --------------------------------------------------------
+
+    def deployed(self):
+        """Describe the commit served at ``path`` (id, summary, author, time), or ``None`` if none is.
+
+        Raises :class:`EnvflowError` if ``path`` is envflow's symlink but its record is gone.
+        """
+        slot = self.served_slot()
+        if slot is None:
+            return None
+        record = self.record(slot)
+        if record is None:
+            raise EnvflowError(
+                f"envflow: {self.path} serves a tree envflow has no record of; "
+                "deploy with force=True to replace it"
+            )
+        return record["commit"]
+
+    def drift(self, objects):
+        """Return the hand edits of the served tree as ``{"added": [...], "modified": [...], "deleted": [...]}``."""
+        slot = self.served_slot()
+        if slot is None:
+            return {"added": [], "modified": [], "deleted": []}
+        self.deployed()  # a served tree without a record cannot be checked
+        with held(os.path.join(self.home, "lock"), f"the directory {self.path}"):
+            repo = self._open(slot, objects)
+            try:
+                return self._drift(repo)
+            finally:
+                repo.free()
+
+    @staticmethod
+    def _drift(repo):
+        changes = {"added": [], "modified": [], "deleted": []}
+        for delta in repo.index.diff_to_workdir(flags=_DRIFT_FLAGS).deltas:
+            changes[_DRIFT_KIND.get(delta.status, "modified")].append(delta.new_file.path or delta.old_file.path)
+        for paths in changes.values():
+            paths.sort()
+        return changes
+
+    # -- deploying ------------------------------------------------------
+
+    def deploy(self, objects, commit, force=False):
+        """Make ``path`` serve exactly the tree of ``commit`` (a :class:`pygit2.Commit`).
+
+        ``objects`` is the object directory of the mirror that holds ``commit``.
+        Refuses with :class:`Drift` when the served tree was edited by hand,
+        unless ``force``. Returns a dict: ``old`` and ``new`` commit
+        descriptions, ``changed``, the ``files`` changed, ``moved_aside``,
+        ``refused_links`` and, with ``force``, the ``discarded`` hand edits.
+        """
+        new_id = str(commit.id)
+        os.makedirs(self.home, exist_ok=True)
+        with held(os.path.join(self.home, "lock"), f"the directory {self.path}"):
+            self._tidy()
+            served = self.served_slot()
+            served_record = self.record(served) if served else None
+            if served and served_record is None and not force:
+                self.deployed()  # raises: unknown tree in place
+            old = served_record["commit"] if served_record else None
+            result = {
+                "path": self.path,
+                "old": old,
+                "new": commit_info(commit),
+                "changed": False,
+                "files": {"added": 0, "modified": 0, "deleted": 0},
+                "moved_aside": None,
+                "refused_links": [],
+                "discarded": None,
+            }
+            if old is not None and old["id"] == new_id and not force:
+                result["refused_links"] = served_record["refused_links"]
+                return result
+            standby = next(slot for slot in SLOTS if slot != served)
+            drift = self._prepare(served if served_record else None, standby, objects, commit)
+            if any(drift.values()):
+                if not force:
+                    raise Drift(
+                        f"envflow: {self.path} was edited by hand ({summarize(drift)}); commit those "
+                        "changes to the repository, or deploy with force=True to discard them",
+                        drift,
+                    )
+                result["discarded"] = drift
+            result["refused_links"] = self.record(standby)["refused_links"]
+            result["files"] = self._count_changes(standby, objects, old, commit)
+            result["moved_aside"] = self._clear_the_way()
+            self._switch(standby)
+            result["changed"] = True
+            return result
+
+    def _tidy(self):
+        """Remove what an interrupted run left: a half-made symlink and git lock files."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.home, "link.tmp"))
+        for slot in SLOTS:
+            clear_stale_git_locks(self._gitdir(slot))
+
+    def _prepare(self, served, standby, objects, commit):
+        """Check the served slot for hand edits while the standby is checked out; return the edits."""
+        drift = {"added": [], "modified": [], "deleted": []}
+        failure = []
+
+        def check_served():
+            try:
+                repo = self._open(served, objects)
+                try:
+                    drift.update(self._drift(repo))
+                finally:
+                    repo.free()
+            except Exception as exc:  # pylint: disable=broad-except
+                failure.append(exc)
+
+        checker = threading.Thread(target=check_served) if served else None
+        if checker:
+            checker.start()
+        try:
+            self._checkout(standby, objects, commit)
+        finally:
+            if checker:
+                checker.join()
+        if failure:
+            raise failure[0]
+        return drift
+
+    def _checkout(self, slot, objects, commit):
+        previous = self.record(slot)
+        self._drop_record(slot)
+        repo = self._open(slot, objects)
+        try:
+            commit = repo[commit.id]  # the same commit, as an object of this repository
+            repo.checkout_tree(commit.tree, strategy=_CHECKOUT)
+            repo.set_head(commit.id)
+            links = self._links(repo, commit, previous)
+            refused = self._refuse_outward_links(repo, links)
+        finally:
+            repo.free()
+        self._write_record(slot, {"commit": commit_info(commit), "links": sorted(links), "refused_links": refused})
+
+    @staticmethod
+    def _links(repo, commit, previous):
+        """The paths of the symlinks in ``commit``, found from the slot's previous commit when there is one."""
+        if previous is not None and previous["commit"]["id"] in repo:
+            links = set(previous["links"])
+            base = repo[previous["commit"]["id"]].peel(pygit2.Tree)
+            for delta in repo.diff(base, commit.tree).deltas:
+                if delta.old_file.mode == FileMode.LINK:
+                    links.discard(delta.old_file.path)
+                if delta.new_file.mode == FileMode.LINK and delta.status != DeltaStatus.DELETED:
+                    links.add(delta.new_file.path)
+            return links
+        links = set()
+        stack = [("", commit.tree)]
+        while stack:
+            prefix, tree = stack.pop()
+            for entry in tree:
+                if entry.filemode == FileMode.TREE:
+                    stack.append((f"{prefix}{entry.name}/", repo[entry.id]))
+                elif entry.filemode == FileMode.LINK:
+                    links.add(f"{prefix}{entry.name}")
+        return links
+
+    def _refuse_outward_links(self, repo, links):
+        """Remove the symlinks that lead out of the tree, or into a directory holding them.
+
+        Salt follows symlinks: ``leak -> /etc/passwd`` would hand the master's
+        file to every minion, and ``loop -> .`` makes its file walk endless.
+        """
+        root = os.path.realpath(repo.workdir)
+        refused = []
+        for path in sorted(links):
+            full = os.path.join(root, path)
+            if not os.path.islink(full):
+                continue
+            target = os.readlink(full)
+            resolved = os.path.realpath(full)
+            inside = resolved.startswith(root + os.sep)
+            holds_itself = os.path.isdir(resolved) and (
+                os.path.dirname(full) == resolved or os.path.dirname(full).startswith(resolved + os.sep)
+            )
+            if os.path.isabs(target) or not inside or holds_itself:
+                refused.append({"path": path, "target": target})
+        if refused:
+            index = repo.index
+            for link in refused:
+                os.unlink(os.path.join(root, link["path"]))
+                index.remove(link["path"])
+            index.write()
+        return refused
+
+    def _count_changes(self, slot, objects, old, commit):
+        counts = {"added": 0, "modified": 0, "deleted": 0}
+        repo = self._open(slot, objects)
+        try:
+            tree = repo[commit.id].peel(pygit2.Tree)
+            base = repo[old["id"]].peel(pygit2.Tree) if old and old["id"] in repo else None
+            diff = repo.diff(base, tree) if base is not None else tree.diff_to_tree(swap=True)
+            for delta in diff.deltas:
+                kind = {DeltaStatus.ADDED: "added", DeltaStatus.DELETED: "deleted"}.get(delta.status, "modified")
+                counts[kind] += 1
+        finally:
+            repo.free()
+        return counts
+
+    def _clear_the_way(self):
+        """Make room for the symlink at ``path`` on the first deploy.
+
+        ``salt-master`` creates each ``file_roots`` directory at start, so an
+        empty one is expected and removed. Anything else (a checkout from the
+        manual workflow) is moved aside, never deleted; its new name is returned.
+        """
+        if self.served_slot() is not None or not os.path.lexists(self.path):
+            return None
+        if os.path.isdir(self.path) and not os.path.islink(self.path) and not os.listdir(self.path):
+            os.rmdir(self.path)
+            return None
+        aside, number = f"{self.path}.pre-envflow", 1
+        while os.path.lexists(aside):
+            aside, number = f"{self.path}.pre-envflow.{number}", number + 1
+        os.rename(self.path, aside)
+        return aside
+
+    def _switch(self, slot):
+        """Point ``path`` at ``slot`` in one rename: readers see the old tree or the new one, whole."""
+        staging = os.path.join(self.home, "link.tmp")
+        os.symlink(self._link_text(slot), staging)
+        os.rename(staging, self.path)
+        parent = os.open(os.path.dirname(self.path), os.O_RDONLY)
+        try:
+            os.fsync(parent)
+        finally:
+            os.close(parent)

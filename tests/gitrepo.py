@@ -1,0 +1,118 @@
+"""Real git repositories for tests, benchmarks and the quickstart, built with the git CLI."""
+
+import os
+import subprocess
+
+BRANCHES = ("develop", "stage", "master")
+
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test Author",
+    "GIT_AUTHOR_EMAIL": "author@example.com",
+    "GIT_COMMITTER_NAME": "Test Author",
+    "GIT_COMMITTER_EMAIL": "author@example.com",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(*args, cwd=None, text=True, input=None):
+    """Run git and return its stripped standard output; raise on failure."""
+    env = dict(os.environ, **_GIT_ENV)
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=text, input=input
+    ).stdout
+    return out.strip() if text else out
+
+
+class Remote:
+    """A bare repository standing for the team's automation repository, and a clone to commit from."""
+
+    def __init__(self, root, files=None):
+        self.path = os.path.join(str(root), "automation.git")
+        self.work = os.path.join(str(root), "work")
+        git("init", "-q", "--bare", "-b", "develop", self.path)
+        git("init", "-q", "-b", "develop", self.work)
+        git("remote", "add", "origin", self.path, cwd=self.work)
+        self.write(files or {"top.sls": "base:\n  '*':\n    - web\n", "web/init.sls": "# web v1\n"})
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "-m", "initial states", cwd=self.work)
+        for branch in BRANCHES:
+            git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=self.work)
+
+    def write(self, files):
+        for rel, content in files.items():
+            full = os.path.join(self.work, rel)
+            if content is None:
+                if os.path.lexists(full):
+                    os.unlink(full)
+                continue
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            if os.path.lexists(full):
+                os.unlink(full)
+            if isinstance(content, Symlink):
+                os.symlink(content.target, full)
+            else:
+                with open(full, "w", encoding="utf-8") as handle:
+                    handle.write(content)
+
+    def commit(self, branch, files, message="change"):
+        """Commit ``files`` (path -> content, ``None`` deletes, :class:`Symlink`) on top of ``branch``; return the id."""
+        git("fetch", "-q", "origin", cwd=self.work)
+        git("checkout", "-q", "-B", branch, f"origin/{branch}", cwd=self.work)
+        self.write(files)
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "-m", message, cwd=self.work)
+        git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=self.work)
+        return self.tip(branch)
+
+    def tip(self, branch):
+        return git("rev-parse", f"refs/heads/{branch}", cwd=self.path)
+
+    def set_branch(self, branch, commit):
+        """Move ``branch`` on the remote, as another operator or master would."""
+        git("update-ref", f"refs/heads/{branch}", commit, cwd=self.path)
+
+    def refs(self):
+        """Every ref of the remote and its commit, to check that nothing changed."""
+        out = git("for-each-ref", "--format=%(refname) %(objectname)", cwd=self.path)
+        return dict(line.split(" ", 1) for line in out.splitlines()) if out else {}
+
+
+class Symlink:
+    """A symlink to commit: ``Symlink("/etc/passwd")``."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __eq__(self, other):
+        return isinstance(other, Symlink) and other.target == self.target
+
+    def __repr__(self):
+        return f"Symlink({self.target!r})"
+
+
+def config(remote_path, root):
+    """The ``envflow`` block for three environments under ``root``."""
+    return {
+        "repo": remote_path,
+        "environments": [
+            {"name": "test", "branch": "develop", "path": os.path.join(str(root), "test")},
+            {"name": "stage", "branch": "stage", "path": os.path.join(str(root), "stage")},
+            {"name": "prod", "branch": "master", "path": os.path.join(str(root), "prod")},
+        ],
+    }
+
+
+def tree_files(path):
+    """Map each file under ``path`` (following the top symlink) to its content; symlinks to their target."""
+    found = {}
+    for root, dirs, files in os.walk(path):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path)
+            if os.path.islink(full):
+                found[rel] = Symlink(os.readlink(full))
+            else:
+                with open(full, encoding="utf-8", errors="replace") as handle:
+                    found[rel] = handle.read()
+    return found
