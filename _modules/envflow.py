@@ -1,0 +1,216 @@
+"""
+Serve commits of the automation repository in Salt environment directories.
+
+An environment's directory (its ``path`` in the ``envflow`` configuration,
+the directory ``file_roots`` maps to its saltenv) is a symlink to a tree that
+holds exactly one commit. A deploy prepares the new tree beside it and
+switches the symlink in one rename, so minions see the old tree or the new
+one, never a mix.
+
+The configuration is the ``envflow`` key of the minion config or pillar (on
+the master, through ``salt-run salt.cmd`` or the runner, the master config):
+
+.. code-block:: yaml
+
+    envflow:
+      repo: /srv/git/automation.git
+      environments:
+        - {name: test, branch: develop, path: /srv/salt/test}
+        - {name: stage, branch: stage, path: /srv/salt/stage}
+        - {name: prod, branch: master, path: /srv/salt/prod}
+"""
+
+import logging
+import os
+
+from salt.exceptions import CommandExecutionError
+
+try:
+    import pygit2  # noqa: F401 pylint: disable=unused-import
+
+    from envflow import config as envflow_config
+    from envflow import fileserver
+    from envflow.errors import EnvflowError
+    from envflow.remote import Mirror, commit_info
+    from envflow.served import ServedDir
+
+    HAS_PYGIT2 = True
+except ImportError:
+    HAS_PYGIT2 = False
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "envflow"
+
+
+def __virtual__():
+    if not HAS_PYGIT2:
+        return False, "envflow: the pygit2 library (>= 1.14) is not installed"
+    return __virtualname__
+
+
+def _config():
+    raw = __opts__.get("envflow") or __pillar__.get("envflow")  # pylint: disable=undefined-variable
+    return envflow_config.parse(raw)
+
+
+def _salt_error(exc):
+    # Not SaltInvocationError: salt-call would print the whole docstring after the one-line message.
+    return CommandExecutionError(str(exc))
+
+
+def _is_master():
+    return __opts__.get("__role") == "master"
+
+
+def _master_opts(config):
+    """The master's options when this host runs the master, to refresh its file server."""
+    if _is_master():
+        return __opts__
+    path = config.master_config or os.path.join(os.path.dirname(__opts__.get("conf_file") or "/etc/salt/minion"), "master")
+    if not os.path.isfile(path):
+        return None
+    import salt.config  # pylint: disable=import-outside-toplevel
+
+    return salt.config.master_config(path)
+
+
+def _refresh_fileserver(config, env):
+    """Make the master serve the new tree at once: forget its roots caches for the saltenvs of ``env``."""
+    opts = _master_opts(config)
+    saltenvs = fileserver.saltenvs_serving(opts.get("file_roots"), env.path) if opts else []
+    if not saltenvs:
+        return []
+    for saltenv in saltenvs:
+        fileserver.forget(opts["cachedir"], saltenv)
+    import salt.fileserver  # pylint: disable=import-outside-toplevel
+
+    salt.fileserver.Fileserver(opts).update(back=["roots"])
+    return saltenvs
+
+
+def _fire(env, action, data):
+    """Fire ``salt/envflow/<env>/<action>`` on the master's event bus."""
+    tag = f"salt/envflow/{env}/{action}"
+    try:
+        if _is_master():
+            import salt.utils.event  # pylint: disable=import-outside-toplevel
+
+            with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
+                bus.fire_event(data, tag)
+        elif __opts__.get("file_client") != "local":
+            __salt__["event.fire_master"](data, tag)
+    except Exception as exc:  # pylint: disable=broad-except
+        # An event that cannot be sent must not undo a deploy that is done.
+        log.warning("envflow: could not fire %s: %s", tag, exc)
+
+
+def _target(mirror, env, rev, branch):
+    if rev is not None and branch is not None:
+        raise CommandExecutionError("envflow: give rev or branch, not both")
+    if rev is not None:
+        return mirror.commit(str(rev))
+    branch = branch or env.branch
+    if mirror.tip(branch) is None:
+        raise CommandExecutionError(
+            f"envflow: branch {branch!r} does not exist in {mirror.shown}; push it, or fix the branch of {env.name}"
+        )
+    return mirror.commit(branch)
+
+
+def deploy(env, rev=None, force=False, branch=None, test=False):
+    """
+    Make an environment's directory serve exactly one commit's tree.
+
+    By default the commit is the tip of the environment's branch on the
+    remote. The new tree is prepared beside the served one and switched in
+    one rename; deploying the commit already served writes nothing.
+
+    env
+        The environment (saltenv) to deploy, as named in the ``envflow`` configuration.
+
+    rev
+        A commit id, tag or branch to deploy instead of the branch tip.
+
+    branch
+        Deploy the tip of this branch instead of the environment's own.
+
+    force : False
+        Deploy even though files in the served tree were edited by hand,
+        discarding those edits (see :py:func:`drift`).
+
+    test : False
+        Report the commit served now and the one a deploy would serve, and change nothing.
+
+    Returns the old and new commits, whether anything changed, the number of
+    files added, modified and deleted, the directory moved aside on a first
+    deploy, and the symlinks refused because they lead out of the tree.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envflow.deploy stage
+        salt-call envflow.deploy stage rev=3f2c9a1
+        salt-call envflow.deploy stage force=True
+    """
+    try:
+        config = _config()
+        environment = config.environment(env)
+        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
+            mirror.fetch()
+            commit = _target(mirror, environment, rev, branch)
+            served = ServedDir(environment.path)
+            if test:
+                return {"env": env, "old": served.deployed(), "new": commit_info(commit), "test": True}
+            result = served.deploy(mirror.objects, commit, force=force)
+    except EnvflowError as exc:
+        raise _salt_error(exc) from None
+    result = {"env": env, **result}
+    if result["changed"]:
+        _refresh_fileserver(config, environment)
+        old = result["old"]["id"] if result["old"] else None
+        _fire(env, "deployed", {"env": env, "path": environment.path, "old": old, "new": result["new"]["id"]})
+    return result
+
+
+def deployed(env):
+    """
+    Describe the commit an environment's directory serves now.
+
+    Returns its id, summary, author and time, or ``None`` when envflow has not
+    deployed anything there yet. Reads only the local directory: no fetch.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envflow.deployed prod
+    """
+    try:
+        return ServedDir(_config().environment(env).path).deployed()
+    except EnvflowError as exc:
+        raise _salt_error(exc) from None
+
+
+def drift(env):
+    """
+    List the files of an environment's served tree that were changed by hand.
+
+    Returns ``added``, ``modified`` and ``deleted`` lists of paths relative to
+    the environment's directory. A deploy refuses to run while there is drift,
+    unless called with ``force=True``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envflow.drift stage
+    """
+    try:
+        config = _config()
+        environment = config.environment(env)
+        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
+            return ServedDir(environment.path).drift(mirror.objects)
+    except EnvflowError as exc:
+        raise _salt_error(exc) from None

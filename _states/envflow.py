@@ -1,0 +1,82 @@
+"""
+Declare which branch (or commit) each Salt environment serves.
+
+.. code-block:: yaml
+
+    prod:
+      envflow.deployed:
+        - branch: master
+
+Runs on the master (``salt-call state.apply`` with the master's minion, or in
+an orchestrate SLS) and deploys through :py:func:`envflow.deploy
+<salt.modules.envflow.deploy>`.
+"""
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+__virtualname__ = "envflow"
+
+
+def __virtual__():
+    if "envflow.deploy" not in __salt__:
+        return False, "envflow: the envflow execution module is not loaded"
+    return __virtualname__
+
+
+def _short(commit):
+    return f"{commit['id'][:10]} ({commit['summary']})" if commit else "nothing"
+
+
+def deployed(name, branch=None, rev=None, force=False):
+    """
+    Make sure the environment ``name`` serves the tip of ``branch``, or the commit ``rev``.
+
+    name
+        The environment (saltenv) as named in the ``envflow`` configuration.
+
+    branch
+        The branch whose tip the environment serves; defaults to the
+        environment's branch in the configuration.
+
+    rev
+        A fixed commit id or tag to serve instead of a branch tip.
+
+    force : False
+        Replace a served tree that was edited by hand, discarding the edits.
+
+    Changes are ``{"revision": {"old": <commit>, "new": <commit>}}``.
+
+    .. code-block:: yaml
+
+        stage:
+          envflow.deployed:
+            - branch: stage
+    """
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        plan = __salt__["envflow.deploy"](name, rev=rev, branch=branch, test=True)
+        old, new = plan["old"], plan["new"]
+        drift = {}
+        if old is not None and old["id"] == new["id"]:
+            drift = __salt__["envflow.drift"](name) if force else {}
+            if not any(drift.values()):
+                ret.update(result=True, comment=f"{name} already serves {_short(new)}")
+                return ret
+        changes = {"revision": {"old": old["id"] if old else None, "new": new["id"]}}
+        if any(drift.values()):
+            changes["discarded"] = drift
+        if __opts__["test"]:
+            ret.update(result=None, changes=changes, comment=f"{name} would serve {_short(new)} instead of {_short(old)}")
+            return ret
+        done = __salt__["envflow.deploy"](name, rev=new["id"], force=force)
+        comment = f"{name} now serves {_short(done['new'])} instead of {_short(done['old'])}"
+        if done.get("moved_aside"):
+            comment += f"; what was in the way was moved to {done['moved_aside']}"
+        if done.get("refused_links"):
+            comment += "; refused symlinks leading out of the tree: " + ", ".join(
+                f"{link['path']} -> {link['target']}" for link in done["refused_links"]
+            )
+        ret.update(result=True, changes=changes, comment=comment)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret["comment"] = str(exc)
+    return ret
