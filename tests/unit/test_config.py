@@ -1,0 +1,100 @@
+import copy
+import re
+
+import pytest
+
+from envflow.config import parse
+from envflow.errors import ConfigError, UnknownEnvironment
+
+VALID = {
+    "repo": "/srv/git/automation.git",
+    "environments": [
+        {"name": "test", "branch": "develop", "path": "/srv/salt/test"},
+        {"name": "stage", "branch": "stage", "path": "/srv/salt/stage"},
+        {"name": "prod", "branch": "master", "path": "/srv/salt/prod"},
+    ],
+}
+
+
+def changed(**changes):
+    """VALID with top-level keys replaced, or ``env<N>_<field>`` set (``None`` deletes)."""
+    raw = copy.deepcopy(VALID)
+    for key, value in changes.items():
+        match = re.match(r"^env(\d)_(\w+)$", key)
+        if match:
+            target, field = raw["environments"][int(match.group(1))], match.group(2)
+        else:
+            target, field = raw, key
+        if value is None:
+            target.pop(field, None)
+        else:
+            target[field] = value
+    return raw
+
+
+def test_valid_configuration_is_parsed_in_pipeline_order():
+    config = parse(VALID)
+    assert [env.name for env in config.environments] == ["test", "stage", "prod"]
+    assert config.environment("stage").branch == "stage"
+    assert config.upstream("stage").name == "test"
+    assert config.upstream("test") is None
+    assert config.downstream("stage").name == "prod"
+    assert config.downstream("prod") is None
+    assert [env.name for env in config.select()] == ["test", "stage", "prod"]
+    assert [env.name for env in config.select("prod")] == ["prod"]
+
+
+def test_paths_are_normalized():
+    config = parse(changed(env0_path="/srv/salt/test/"))
+    assert config.environment("test").path == "/srv/salt/test"
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (None, "envflow: no configuration found; add an 'envflow' block"),
+        ({}, "envflow: no configuration found"),
+        ("repo", "envflow: must be a mapping with 'repo' and 'environments'"),
+        (changed(branches=[]), "envflow: unknown key 'branches'; known keys:"),
+        (changed(repo=None), "envflow:repo: missing; set it to the path or URL of the automation repository"),
+        (changed(repo=""), "envflow:repo: missing"),
+        (changed(repo=["x"]), "envflow:repo: must be a non-empty string"),
+        (changed(repo="git/automation.git"), "envflow:repo: 'git/automation.git' is a relative path"),
+        (changed(environments=None), "envflow:environments: missing or empty"),
+        (changed(environments=[]), "envflow:environments: missing or empty"),
+        (changed(environments={"test": {}}), "envflow:environments: must be a list"),
+        (changed(environments=["test"]), "envflow:environments:0: must be a mapping with name, branch and path"),
+        (changed(env1_paths="/x"), "envflow:environments:1: unknown key 'paths'"),
+        (changed(env1_branch=None), "envflow:environments:1: missing 'branch'"),
+        (changed(env1_name="stage/1"), "envflow:environments:1:name: 'stage/1' is not a valid saltenv name"),
+        (changed(env1_name="__env__"), "envflow:environments:1:name: '__env__' is not a valid saltenv name"),
+        (changed(env1_name=""), "envflow:environments:1:name: must be a non-empty string"),
+        (changed(env1_branch="bad..name"), "envflow:environments:1:branch: 'bad..name' is not a branch name git accepts"),
+        (changed(env1_branch="with space"), "envflow:environments:1:branch: 'with space' is not a branch name"),
+        (changed(env1_branch="refs/heads/stage"), "envflow:environments:1:branch: 'refs/heads/stage' is a reference"),
+        (changed(env1_path="srv/salt/stage"), "envflow:environments:1:path: 'srv/salt/stage' is a relative path"),
+        (changed(env1_path="/"), "envflow:environments:1:path: '/' cannot be an environment directory"),
+        (changed(env1_name="test"), "envflow:environments:1:name: 'test' is already used by environment 0"),
+        (changed(env2_branch="develop"), "envflow:environments:2:branch: 'develop' is already used by environment 0"),
+        (changed(env2_path="/srv/salt/stage"), "envflow:environments:2:path: '/srv/salt/stage' is already used"),
+        (changed(env2_path="/srv/salt/stage/prod"), "envflow:environments:2:path: /srv/salt/stage/prod is inside /srv/salt/stage"),
+        (changed(master_config="etc/salt/master"), "envflow:master_config: 'etc/salt/master' is a relative path"),
+    ],
+)
+def test_each_mistake_names_its_key_in_one_line(raw, message):
+    with pytest.raises(ConfigError) as error:
+        parse(raw)
+    text = str(error.value)
+    assert text.startswith(message)
+    assert "\n" not in text
+
+
+def test_unknown_environment_lists_the_configured_ones():
+    with pytest.raises(UnknownEnvironment) as error:
+        parse(VALID).environment("stg")
+    assert str(error.value) == "envflow: no environment named 'stg'; configured: test, stage, prod"
+
+
+def test_urls_are_accepted_as_repo():
+    for url in ("file:///srv/git/a.git", "https://git.example.com/a.git", "git@git.example.com:ops/a.git"):
+        assert parse(changed(repo=url)).repo == url

@@ -1,0 +1,149 @@
+import os
+
+import pytest
+
+from envflow import pipeline
+from envflow.errors import BranchMoved, Diverged, EnvflowError, RevisionError
+from envflow.served import ServedDir
+
+
+def deploy(mirror, env, rev=None):
+    mirror.fetch()
+    return ServedDir(env.path).deploy(mirror.objects, mirror.commit(rev or env.branch))
+
+
+@pytest.fixture
+def deployed_pipeline(pipeline_config, mirror):
+    """Every environment serving its branch."""
+    for env in pipeline_config.environments:
+        deploy(mirror, env)
+    return pipeline_config
+
+
+def test_promotion_takes_the_commit_deployed_upstream_not_the_branch_tip(deployed_pipeline, mirror, remote):
+    config = deployed_pipeline
+    tested = remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+    deploy(mirror, config.environment("test"))
+    remote.commit("develop", {"web/init.sls": "# web v3, untested\n"}, message="web v3")
+    mirror.fetch()
+    promotion = pipeline.plan(config, mirror, "stage")
+    assert promotion.new == tested
+    assert promotion.old == remote.tip("stage")
+    report = promotion.as_dict()
+    assert report["commits"] == [f"{tested[:10]} web v2"]
+    assert report["files"] == ["M web/init.sls"]
+    assert (report["env"], report["branch"], report["from"]) == ("stage", "stage", "test")
+    pipeline.promote(mirror, promotion)
+    assert remote.tip("stage") == tested
+
+
+def test_planning_changes_nothing(deployed_pipeline, mirror, remote):
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    deploy(mirror, deployed_pipeline.environment("test"))
+    before = remote.refs()
+    pipeline.plan(deployed_pipeline, mirror, "stage")
+    assert remote.refs() == before
+
+
+def test_an_older_tested_commit_can_be_promoted_with_rev(deployed_pipeline, mirror, remote):
+    older = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    remote.commit("develop", {"web/init.sls": "# web v3\n"})
+    deploy(mirror, deployed_pipeline.environment("test"))
+    promotion = pipeline.plan(deployed_pipeline, mirror, "stage", rev=older[:12])
+    assert promotion.new == older
+
+
+def test_rev_outside_what_was_tested_is_refused(deployed_pipeline, mirror, remote):
+    untested = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    mirror.fetch()
+    with pytest.raises(RevisionError) as error:
+        pipeline.plan(deployed_pipeline, mirror, "stage", rev=untested)
+    deployed = remote.tip("stage")
+    assert str(error.value) == (
+        f"envflow: {untested} is not part of {deployed[:10]}, the commit deployed in test; "
+        "only a commit that was tested there can be promoted"
+    )
+
+
+def test_promoting_into_the_first_environment_is_an_error(deployed_pipeline, mirror):
+    with pytest.raises(EnvflowError) as error:
+        pipeline.plan(deployed_pipeline, mirror, "test")
+    assert str(error.value) == (
+        "envflow: test is the first environment of the pipeline, so nothing is promoted into it; "
+        "use envflow.refresh test to deploy the tip of develop"
+    )
+
+
+def test_nothing_deployed_upstream_is_an_error(pipeline_config, mirror):
+    with pytest.raises(EnvflowError) as error:
+        pipeline.plan(pipeline_config, mirror, "stage")
+    assert str(error.value) == (
+        "envflow: nothing is deployed in test, so nothing was tested there to promote; run envflow.refresh test first"
+    )
+
+
+def test_a_hotfix_on_the_branch_blocks_promotion_and_is_listed(deployed_pipeline, mirror, remote):
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    deploy(mirror, deployed_pipeline.environment("test"))
+    promotion = pipeline.plan(deployed_pipeline, mirror, "stage")
+    pipeline.promote(mirror, promotion)
+    deploy(mirror, deployed_pipeline.environment("stage"))
+    hotfix = remote.commit("master", {"hotfix.sls": "# urgent\n"}, message="urgent hotfix")
+    mirror.fetch()
+    before = remote.refs()
+    with pytest.raises(Diverged) as error:
+        pipeline.plan(deployed_pipeline, mirror, "prod")
+    assert error.value.commits == [(hotfix, "urgent hotfix")]
+    assert str(error.value) == (
+        f"envflow: master has 1 commit(s) that {promotion.new[:10]} from stage lacks: {hotfix[:10]} 'urgent hotfix'; "
+        "bring them into stage and promote them through stage, or remove them from master"
+    )
+    assert remote.refs() == before
+
+
+def test_a_promotion_losing_the_race_changes_nothing(deployed_pipeline, mirror, remote):
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    deploy(mirror, deployed_pipeline.environment("test"))
+    promotion = pipeline.plan(deployed_pipeline, mirror, "stage")
+    moved = remote.commit("stage", {"other.sls": "# another operator\n"})
+    before = remote.refs()
+    with pytest.raises(BranchMoved):
+        pipeline.promote(mirror, promotion)
+    assert remote.refs() == before
+    assert remote.tip("stage") == moved
+
+
+def test_promoting_what_the_branch_already_holds_pushes_nothing(deployed_pipeline, mirror, remote):
+    before = remote.refs()
+    promotion = pipeline.plan(deployed_pipeline, mirror, "stage")
+    assert promotion.old == promotion.new and promotion.commits == []
+    pipeline.promote(mirror, promotion)
+    assert remote.refs() == before
+
+
+def test_status_reports_each_environment(deployed_pipeline, mirror, remote):
+    config = deployed_pipeline
+    first = remote.tip("develop")
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    deploy(mirror, config.environment("test"))
+    tip = remote.commit("develop", {"web/init.sls": "# web v3\n"})
+    with open(os.path.join(config.environment("prod").path, "top.sls"), "a", encoding="utf-8") as handle:
+        handle.write("# hand edit\n")
+    mirror.fetch()
+    report = pipeline.status(config, mirror)
+    assert report["test"] == {
+        "branch": "develop",
+        "remote": tip,
+        "deployed": report["test"]["deployed"],
+        "in_sync": False,
+        "waiting": None,
+        "drift": 0,
+    }
+    assert report["test"]["deployed"] not in (tip, first)
+    assert report["stage"] == {
+        "branch": "stage", "remote": first, "deployed": first, "in_sync": True, "waiting": 1, "drift": 0,
+    }
+    assert report["prod"] == {
+        "branch": "master", "remote": first, "deployed": first, "in_sync": True, "waiting": 0, "drift": 1,
+    }
+    assert list(pipeline.status(config, mirror, "stage")) == ["stage"]

@@ -1,0 +1,311 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from envflow.errors import Drift, EnvflowError
+from envflow.served import ServedDir
+from tests.gitrepo import Symlink, tree_files
+
+V1 = {"top.sls": "base:\n  '*':\n    - web\n", "web/init.sls": "# web v1\n"}
+
+
+@pytest.fixture
+def served(tmp_path):
+    return ServedDir(str(tmp_path / "srv" / "stage"))
+
+
+def deploy(served, mirror, rev, force=False):
+    mirror.fetch()
+    return served.deploy(mirror.objects, mirror.commit(rev), force=force)
+
+
+def snapshot(path):
+    """Every file under ``path`` with its inode and mtime: to prove nothing was written."""
+    found = {}
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            stat = os.lstat(os.path.join(root, name))
+            found[os.path.relpath(os.path.join(root, name), path)] = (stat.st_ino, stat.st_mtime_ns)
+    return found
+
+
+def test_first_deploy_makes_path_a_symlink_to_the_commit_tree(served, mirror, remote):
+    result = deploy(served, mirror, "stage")
+    assert os.path.islink(served.path)
+    assert os.readlink(served.path) == ".stage.envflow/a"
+    assert tree_files(served.path) == V1
+    assert result["changed"] is True
+    assert result["old"] is None
+    assert result["new"]["id"] == remote.tip("stage")
+    assert result["new"]["summary"] == "initial states"
+    assert result["new"]["author"] == "Test Author <author@example.com>"
+    assert result["files"] == {"added": 2, "modified": 0, "deleted": 0}
+    assert served.deployed() == result["new"]
+
+
+def test_nothing_deployed_reads_as_none(served):
+    assert served.deployed() is None
+    assert served.drift("/nonexistent/objects") == {"added": [], "modified": [], "deleted": []}
+
+
+def test_bookkeeping_stays_out_of_the_served_tree(served, mirror):
+    deploy(served, mirror, "stage")
+    for root, dirs, files in os.walk(served.path):
+        assert ".git" not in dirs and ".git" not in files
+        assert not any(name.startswith(".envflow") or name.endswith(".json") for name in files)
+    assert sorted(tree_files(served.path)) == sorted(V1)
+
+
+def test_an_empty_directory_in_the_way_is_replaced(served, mirror):
+    os.makedirs(served.path)  # as salt-master does for every file_roots directory
+    result = deploy(served, mirror, "stage")
+    assert result["moved_aside"] is None
+    assert tree_files(served.path) == V1
+    assert not [name for name in os.listdir(os.path.dirname(served.path)) if "pre-envflow" in name]
+
+
+def test_a_checkout_in_the_way_is_moved_aside_never_deleted(served, mirror):
+    os.makedirs(os.path.join(served.path, "web"))
+    with open(os.path.join(served.path, "web", "init.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# hand made\n")
+    result = deploy(served, mirror, "stage")
+    assert result["moved_aside"] == served.path + ".pre-envflow"
+    assert tree_files(served.path + ".pre-envflow") == {"web/init.sls": "# hand made\n"}
+    assert tree_files(served.path) == V1
+
+
+def test_a_second_move_aside_keeps_the_first(served, mirror, tmp_path):
+    os.makedirs(served.path + ".pre-envflow")
+    with open(served.path, "w", encoding="utf-8") as handle:
+        handle.write("a file in the way\n")
+    result = deploy(served, mirror, "stage")
+    assert result["moved_aside"] == served.path + ".pre-envflow.1"
+    with open(served.path + ".pre-envflow.1", encoding="utf-8") as handle:
+        assert handle.read() == "a file in the way\n"
+
+
+def test_deploy_switches_to_the_new_commit(served, mirror, remote):
+    deploy(served, mirror, "stage")
+    new = remote.commit("stage", {"web/init.sls": "# web v2\n", "db/init.sls": "# db\n", "top.sls": None})
+    result = deploy(served, mirror, "stage")
+    assert os.readlink(served.path) == ".stage.envflow/b"
+    assert tree_files(served.path) == {"web/init.sls": "# web v2\n", "db/init.sls": "# db\n"}
+    assert result["old"]["id"] != new and result["new"]["id"] == new
+    assert result["files"] == {"added": 1, "modified": 1, "deleted": 1}
+    third = remote.commit("stage", {"web/init.sls": "# web v3\n"})
+    deploy(served, mirror, "stage")
+    assert os.readlink(served.path) == ".stage.envflow/a"
+    assert tree_files(served.path) == {"web/init.sls": "# web v3\n", "db/init.sls": "# db\n"}
+    assert served.deployed()["id"] == third
+
+
+def test_deploying_the_served_commit_writes_nothing(served, mirror, remote):
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    home = os.path.dirname(served.path)
+    before = snapshot(home), os.lstat(served.path).st_ino
+    result = deploy(served, mirror, "stage")
+    assert result["changed"] is False
+    assert result["files"] == {"added": 0, "modified": 0, "deleted": 0}
+    assert (snapshot(home), os.lstat(served.path).st_ino) == before
+
+
+def test_an_older_commit_can_be_deployed_again(served, mirror, remote):
+    first = deploy(served, mirror, "stage")["new"]["id"]
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    result = deploy(served, mirror, first)
+    assert result["new"]["id"] == first
+    assert tree_files(served.path) == V1
+
+
+def test_hand_edits_are_reported_as_drift(served, mirror):
+    deploy(served, mirror, "stage")
+    with open(os.path.join(served.path, "web", "init.sls"), "a", encoding="utf-8") as handle:
+        handle.write("# quick fix\n")
+    os.unlink(os.path.join(served.path, "top.sls"))
+    os.makedirs(os.path.join(served.path, "extra"))
+    with open(os.path.join(served.path, "extra", "new.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# new\n")
+    with open(os.path.join(served.path, ".gitignore"), "w", encoding="utf-8") as handle:
+        handle.write("*.bak\n")
+    with open(os.path.join(served.path, "hidden.bak"), "w", encoding="utf-8") as handle:
+        handle.write("ignored by git, served by Salt\n")
+    assert served.drift(mirror.objects) == {
+        "added": [".gitignore", "extra/new.sls", "hidden.bak"],
+        "modified": ["web/init.sls"],
+        "deleted": ["top.sls"],
+    }
+
+
+def test_drift_blocks_a_deploy_and_changes_nothing(served, mirror, remote):
+    deploy(served, mirror, "stage")
+    with open(os.path.join(served.path, "web", "init.sls"), "a", encoding="utf-8") as handle:
+        handle.write("# quick fix\n")
+    remote.commit("stage", {"db/init.sls": "# db\n"})
+    before = tree_files(served.path), os.readlink(served.path), served.deployed()
+    with pytest.raises(Drift) as error:
+        deploy(served, mirror, "stage")
+    assert str(error.value) == (
+        f"envflow: {served.path} was edited by hand (modified: web/init.sls); commit those changes "
+        "to the repository, or deploy with force=True to discard them"
+    )
+    assert error.value.changes["modified"] == ["web/init.sls"]
+    assert (tree_files(served.path), os.readlink(served.path), served.deployed()) == before
+
+
+def test_force_discards_hand_edits_and_reports_them(served, mirror, remote):
+    deploy(served, mirror, "stage")
+    with open(os.path.join(served.path, "web", "init.sls"), "a", encoding="utf-8") as handle:
+        handle.write("# quick fix\n")
+    new = remote.commit("stage", {"db/init.sls": "# db\n"})
+    result = deploy(served, mirror, "stage", force=True)
+    assert result["discarded"] == {"added": [], "modified": ["web/init.sls"], "deleted": []}
+    assert tree_files(served.path) == {**V1, "db/init.sls": "# db\n"}
+    assert served.deployed()["id"] == new
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_force_repairs_drift_on_the_served_commit(served, mirror):
+    deploy(served, mirror, "stage")
+    os.unlink(os.path.join(served.path, "top.sls"))
+    result = deploy(served, mirror, "stage", force=True)
+    assert result["changed"] is True
+    assert tree_files(served.path) == V1
+
+
+def test_hand_edits_in_the_standby_tree_are_never_served(served, mirror, remote):
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    standby = os.path.join(os.path.dirname(served.path), ".stage.envflow", "a")
+    with open(os.path.join(standby, "top.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# stale edit in the standby tree\n")
+    with open(os.path.join(standby, "planted.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# planted\n")
+    os.unlink(os.path.join(standby, "web", "init.sls"))
+    remote.commit("stage", {"db/init.sls": "# db\n"})
+    deploy(served, mirror, "stage")
+    assert os.path.realpath(served.path) == os.path.realpath(standby)
+    assert tree_files(served.path) == {"top.sls": V1["top.sls"], "web/init.sls": "# web v2\n", "db/init.sls": "# db\n"}
+
+
+def test_symlinks_leading_out_of_the_tree_are_never_served(served, mirror, remote):
+    remote.commit(
+        "stage",
+        {
+            "leak": Symlink("/etc/passwd"),
+            "web/up": Symlink("../../outside"),
+            "loop": Symlink("."),
+            "web/parent": Symlink(".."),
+            "web/abs": Symlink(served.path + "/top.sls"),
+            "web/main.sls": Symlink("init.sls"),
+            "shared": Symlink("web"),
+        },
+    )
+    result = deploy(served, mirror, "stage")
+    assert sorted(link["path"] for link in result["refused_links"]) == ["leak", "loop", "web/abs", "web/parent", "web/up"]
+    assert {"path": "leak", "target": "/etc/passwd"} in result["refused_links"]
+    files = tree_files(served.path)
+    for refused in ("leak", "web/up", "loop", "web/parent", "web/abs"):
+        assert not os.path.lexists(os.path.join(served.path, refused))
+    assert files["web/main.sls"] == Symlink("init.sls")
+    assert files["shared"] == Symlink("web")
+    # Refused links are not hand edits: the next deploys go through without force.
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    for _ in range(2):
+        result = deploy(served, mirror, "stage")
+        remote.commit("stage", {"web/init.sls": f"# web {time.time()}\n"})
+        assert not os.path.lexists(os.path.join(served.path, "leak"))
+        assert sorted(link["path"] for link in result["refused_links"]) == ["leak", "loop", "web/abs", "web/parent", "web/up"]
+
+
+def test_a_symlink_turned_outward_later_is_refused(served, mirror, remote):
+    remote.commit("stage", {"link": Symlink("web/init.sls")})
+    deploy(served, mirror, "stage")
+    assert tree_files(served.path)["link"] == Symlink("web/init.sls")
+    remote.commit("stage", {"link": Symlink("/etc/shadow")})
+    result = deploy(served, mirror, "stage")
+    assert result["refused_links"] == [{"path": "link", "target": "/etc/shadow"}]
+    assert not os.path.lexists(os.path.join(served.path, "link"))
+
+
+def test_a_tree_without_a_record_is_refused_unless_forced(served, mirror, remote):
+    deploy(served, mirror, "stage")
+    os.unlink(os.path.join(os.path.dirname(served.path), ".stage.envflow", "a.git", "envflow.json"))
+    message = f"envflow: {served.path} serves a tree envflow has no record of; deploy with force=True to replace it"
+    with pytest.raises(EnvflowError) as error:
+        served.deployed()
+    assert str(error.value) == message
+    with pytest.raises(EnvflowError) as error:
+        deploy(served, mirror, "stage")
+    assert str(error.value) == message
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    assert deploy(served, mirror, "stage", force=True)["new"]["id"] == remote.tip("stage")
+    assert tree_files(served.path)["web/init.sls"] == "# web v2\n"
+
+
+def test_leftovers_of_an_interrupted_run_are_tidied(served, mirror, remote):
+    deploy(served, mirror, "stage")
+    home = os.path.join(os.path.dirname(served.path), ".stage.envflow")
+    os.symlink("b", os.path.join(home, "link.tmp"))
+    for gitdir in ("a.git", "b.git"):
+        os.makedirs(os.path.join(home, gitdir), exist_ok=True)
+        with open(os.path.join(home, gitdir, "index.lock"), "w", encoding="utf-8"):
+            pass
+    new = remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    assert deploy(served, mirror, "stage")["new"]["id"] == new
+    assert tree_files(served.path)["web/init.sls"] == "# web v2\n"
+    assert not os.path.lexists(os.path.join(home, "link.tmp"))
+    assert not os.path.exists(os.path.join(home, "a.git", "index.lock"))
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, {root!r})
+from envflow.remote import Mirror
+from envflow.served import ServedDir
+with Mirror({repo!r}, {cache!r}) as mirror:
+    commit = mirror.commit({rev!r})
+    print("go", flush=True)
+    ServedDir({path!r}).deploy(mirror.objects, commit)
+"""
+
+
+def test_a_deploy_killed_at_any_point_leaves_one_whole_tree_served(served, mirror, remote, tmp_path):
+    """SIGKILL deploys at varied moments: readers must see the old tree or the new, whole; the next run recovers."""
+    many = {f"states/d{index % 20}/s{index:04d}.sls": f"# v1 {index}\n" for index in range(1500)}
+    one = remote.commit("stage", many, message="one")
+    two = remote.commit("stage", {path: content.replace("v1", "v2") for path, content in many.items()}, message="two")
+    mirror.fetch()
+    deploy(served, mirror, one)
+    expected = {one: tree_files(served.path)}
+    deploy(served, mirror, two)
+    expected[two] = tree_files(served.path)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    killed = 0
+    for attempt in range(16):
+        rev = one if attempt % 2 == 0 else two
+        script = _CHILD.format(root=root, repo=remote.path, cache=str(tmp_path / "cache"), path=served.path, rev=rev)
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        assert child.stdout.readline() == b"go\n"
+        time.sleep(0.004 * attempt)
+        if child.poll() is None:
+            child.send_signal(signal.SIGKILL)
+            killed += 1
+        child.wait()
+        child.stdout.close()
+        served_id = served.deployed()["id"]
+        assert served_id in expected
+        assert tree_files(served.path) == expected[served_id]
+    assert killed, "no deploy was interrupted: the test proved nothing"
+    for rev in (one, two):
+        deploy(served, mirror, rev)
+        assert tree_files(served.path) == expected[rev]
+        assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
