@@ -29,7 +29,7 @@ try:
     import pygit2  # noqa: F401 pylint: disable=unused-import
 
     from envflow import config as envflow_config
-    from envflow import fileserver
+    from envflow import saltbus
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, commit_info
     from envflow.served import ServedDir
@@ -64,7 +64,7 @@ def _is_master():
 
 
 def _master_opts(config):
-    """The master's options when this host runs the master, to refresh its file server."""
+    """The master's options when this host runs the master (to refresh its file server), else ``None``."""
     if _is_master():
         return __opts__
     path = config.master_config or os.path.join(os.path.dirname(__opts__.get("conf_file") or "/etc/salt/minion"), "master")
@@ -75,34 +75,17 @@ def _master_opts(config):
     return salt.config.master_config(path)
 
 
-def _refresh_fileserver(config, env):
-    """Make the master serve the new tree at once: forget its roots caches for the saltenvs of ``env``."""
-    opts = _master_opts(config)
-    saltenvs = fileserver.saltenvs_serving(opts.get("file_roots"), env.path) if opts else []
-    if not saltenvs:
-        return []
-    for saltenv in saltenvs:
-        fileserver.forget(opts["cachedir"], saltenv)
-    import salt.fileserver  # pylint: disable=import-outside-toplevel
-
-    salt.fileserver.Fileserver(opts).update(back=["roots"])
-    return saltenvs
-
-
 def _fire(env, action, data):
-    """Fire ``salt/envflow/<env>/<action>`` on the master's event bus."""
+    """Fire ``salt/envflow/<env>/<action>`` on the master's event bus, from the master or a minion."""
     tag = f"salt/envflow/{env}/{action}"
-    try:
-        if _is_master():
-            import salt.utils.event  # pylint: disable=import-outside-toplevel
-
-            with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-                bus.fire_event(data, tag)
-        elif __opts__.get("file_client") != "local":
+    if _is_master():
+        saltbus.fire_on_master(__opts__, tag, data)
+    elif __opts__.get("file_client") != "local":
+        try:
             __salt__["event.fire_master"](data, tag)
-    except Exception as exc:  # pylint: disable=broad-except
-        # An event that cannot be sent must not undo a deploy that is done.
-        log.warning("envflow: could not fire %s: %s", tag, exc)
+        except Exception as exc:  # pylint: disable=broad-except
+            # An event that cannot be sent must not undo a deploy that is done.
+            log.warning("envflow: could not fire %s: %s", tag, exc)
 
 
 def _target(mirror, env, rev, branch):
@@ -168,7 +151,9 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
         raise _salt_error(exc) from None
     result = {"env": env, **result}
     if result["changed"]:
-        _refresh_fileserver(config, environment)
+        master_opts = _master_opts(config)
+        if master_opts:
+            saltbus.refresh_fileserver(master_opts, environment.path)
         old = result["old"]["id"] if result["old"] else None
         _fire(env, "deployed", {"env": env, "path": environment.path, "old": old, "new": result["new"]["id"]})
     return result

@@ -6,21 +6,17 @@ dict; on failure it holds ``retcode: 1`` and a one-line ``error``, so
 ``salt-run`` exits non-zero and orchestrate marks the step failed.
 """
 
-import logging
-
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
     from envflow import config as envflow_config
-    from envflow import pipeline
+    from envflow import pipeline, saltbus
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror
 
     HAS_ENVFLOW = True
 except ImportError:
     HAS_ENVFLOW = False
-
-log = logging.getLogger(__name__)
 
 __virtualname__ = "envflow"
 
@@ -40,16 +36,6 @@ def _failure(message):
 
 def _capped(items):
     return items[:_LISTED] + ([f"... and {len(items) - _LISTED} more"] if len(items) > _LISTED else [])
-
-
-def _fire(env, action, data):
-    import salt.utils.event  # pylint: disable=import-outside-toplevel
-
-    try:
-        with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-            bus.fire_event(data, f"salt/envflow/{env}/{action}")
-    except Exception as exc:  # pylint: disable=broad-except
-        log.warning("envflow: could not fire salt/envflow/%s/%s: %s", env, action, exc)
 
 
 def _deploy(env, **kwargs):
@@ -102,7 +88,11 @@ def promote(env, rev=None, dry_run=False):
                 return {"dry_run": True, **report}
             pipeline.promote(mirror, promotion)
         if promotion.old != promotion.new:
-            _fire(env, "promoted", {"env": env, "branch": promotion.env.branch, "old": promotion.old, "new": promotion.new})
+            saltbus.fire_on_master(
+                __opts__,
+                f"salt/envflow/{env}/promoted",
+                {"env": env, "branch": promotion.env.branch, "old": promotion.old, "new": promotion.new},
+            )
         report["deployed"] = _deploy(env, rev=promotion.new)
         return report
     except EnvflowError as exc:

@@ -2,13 +2,7 @@ import pytest
 
 from envflow.config import parse
 from envflow.remote import Mirror
-from tests.gitrepo import Remote, config
-
-
-@pytest.fixture
-def remote(tmp_path):
-    """A bare automation repository with develop, stage and master at one commit."""
-    return Remote(tmp_path / "remote")
+from tests.gitrepo import config
 
 
 @pytest.fixture

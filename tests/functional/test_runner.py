@@ -1,0 +1,118 @@
+"""The envflow runner, loaded by Salt's runner loader with master options (no daemon running)."""
+
+import os
+
+from tests.functional.conftest import env_path, served_file
+from tests.gitrepo import tree_files
+
+
+def everything(block):
+    return {env["name"]: tree_files(env["path"]) for env in block["environments"]}
+
+
+def test_refresh_deploys_each_branch_tip(runners, envflow_block, remote):
+    result = runners["envflow.refresh"]()
+    assert set(result["environments"]) == {"test", "stage", "prod"}
+    for name, branch in (("test", "develop"), ("stage", "stage"), ("prod", "master")):
+        assert result["environments"][name]["new"] == remote.tip(branch)
+        assert result["environments"][name]["changed"] is True
+    assert "retcode" not in result and "retcode" not in runners.context
+    assert runners["envflow.refresh"]("test")["environments"]["test"]["changed"] is False
+
+
+def test_promote_moves_the_tested_commit_and_deploys_it(runners, envflow_block, remote):
+    runners["envflow.refresh"]()
+    old = remote.tip("stage")
+    tested = remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+    runners["envflow.refresh"]("test")
+    remote.commit("develop", {"web/init.sls": "# web v3, not tested\n"})
+    result = runners["envflow.promote"]("stage")
+    assert result == {
+        "env": "stage",
+        "branch": "stage",
+        "from": "test",
+        "old": old,
+        "new": tested,
+        "commits": [f"{tested[:10]} web v2"],
+        "files": ["M web/init.sls"],
+        "deployed": {"old": old, "new": tested, "changed": True, "moved_aside": None, "refused_links": []},
+    }
+    assert remote.tip("stage") == tested
+    assert served_file(envflow_block, "stage", "web/init.sls") == "# web v2\n"
+    assert "retcode" not in runners.context
+
+
+def test_dry_run_reports_and_changes_nothing(runners, envflow_block, remote):
+    runners["envflow.refresh"]()
+    tested = remote.commit("develop", {"db/init.sls": "# db\n"}, message="db")
+    runners["envflow.refresh"]("test")
+    before = remote.refs(), everything(envflow_block)
+    result = runners["envflow.promote"]("stage", dry_run=True)
+    assert result["dry_run"] is True
+    assert result["new"] == tested
+    assert result["commits"] == [f"{tested[:10]} db"]
+    assert result["files"] == ["A db/init.sls"]
+    assert (remote.refs(), everything(envflow_block)) == before
+
+
+def test_refusals_fail_the_runner_and_change_nothing(runners, envflow_block, remote):
+    runners["envflow.refresh"]()
+    hotfix = remote.commit("master", {"hotfix.sls": "# hotfix\n"}, message="hotfix")
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    runners["envflow.refresh"]("test")
+    runners["envflow.promote"]("stage")
+    before = remote.refs(), everything(envflow_block)
+    result = runners["envflow.promote"]("prod")
+    assert result["retcode"] == 1
+    assert result["error"].startswith(f"envflow: master has 1 commit(s) that ")
+    assert f"{hotfix[:10]} 'hotfix'" in result["error"]
+    assert "\n" not in result["error"]
+    assert "data" not in result and "Error" not in result
+    assert runners.context["retcode"] == 1
+    assert (remote.refs(), everything(envflow_block)) == before
+
+
+def test_promoting_the_first_environment_is_refused(runners, remote):
+    result = runners["envflow.promote"]("test")
+    assert result == {
+        "retcode": 1,
+        "error": "envflow: test is the first environment of the pipeline, so nothing is promoted into it; "
+        "use envflow.refresh test to deploy the tip of develop",
+    }
+
+
+def test_unknown_environment(runners, remote):
+    for call in (lambda: runners["envflow.promote"]("qa"), lambda: runners["envflow.status"]("qa"), lambda: runners["envflow.refresh"]("qa")):
+        assert call() == {"retcode": 1, "error": "envflow: no environment named 'qa'; configured: test, stage, prod"}
+
+
+def test_status_reports_every_environment(runners, envflow_block, remote):
+    runners["envflow.refresh"]()
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    runners["envflow.refresh"]("test")
+    with open(os.path.join(env_path(envflow_block, "prod"), "top.sls"), "a", encoding="utf-8") as handle:
+        handle.write("# edit\n")
+    report = runners["envflow.status"]()["environments"]
+    assert report["test"]["in_sync"] is True
+    assert report["stage"]["waiting"] == 1 and report["stage"]["in_sync"] is True
+    assert report["prod"]["drift"] == 1
+
+
+def test_a_deploy_forgets_the_masters_roots_caches_for_that_saltenv(runners, master_base_opts, remote):
+    runners["envflow.refresh"]()
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    cachedir = master_base_opts["cachedir"]
+    planted = {}
+    for saltenv in ("stage", "prod"):
+        hashes = os.path.join(cachedir, "roots", "hash", saltenv, "web")
+        os.makedirs(hashes, exist_ok=True)
+        planted[saltenv] = os.path.join(hashes, "init.sls.hash.sha256")
+        with open(planted[saltenv], "w", encoding="utf-8") as handle:
+            handle.write("0" * 64 + ":1.0")
+        os.makedirs(os.path.join(cachedir, "file_lists", "roots"), exist_ok=True)
+        with open(os.path.join(cachedir, "file_lists", "roots", f"{saltenv}.p"), "wb") as handle:
+            handle.write(b"\x80")
+    runners["envflow.refresh"]("stage")
+    assert not os.path.exists(planted["stage"])
+    assert not os.path.exists(os.path.join(cachedir, "file_lists", "roots", "stage.p"))
+    assert os.path.exists(planted["prod"])

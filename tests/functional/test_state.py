@@ -1,0 +1,89 @@
+"""The envflow.deployed state, run through Salt's state.single as Salt runs it."""
+
+import os
+
+from tests.functional.conftest import env_path, served_file
+
+
+def test_test_mode_then_real_then_nothing_to_do(loaders, envflow_block, remote):
+    loaders.modules.envflow.deploy("stage")
+    old = remote.tip("stage")
+    new = remote.commit("stage", {"web/init.sls": "# web v2\n"}, message="web v2")
+
+    preview = loaders.states.envflow.deployed(name="stage", test=True)
+    assert preview.result is None
+    assert preview.changes == {"revision": {"old": old, "new": new}}
+    assert preview.comment == f"stage would serve {new[:10]} (web v2) instead of {old[:10]} (initial states)"
+    assert served_file(envflow_block, "stage", "web/init.sls") == "# web v1\n"
+
+    applied = loaders.states.envflow.deployed(name="stage")
+    assert applied.result is True
+    assert applied.changes == {"revision": {"old": old, "new": new}}
+    assert served_file(envflow_block, "stage", "web/init.sls") == "# web v2\n"
+
+    again = loaders.states.envflow.deployed(name="stage")
+    assert again.result is True
+    assert again.changes == {}
+    assert again.comment == f"stage already serves {new[:10]} (web v2)"
+
+
+def test_first_deploy_reports_no_old_revision(loaders, remote):
+    result = loaders.states.envflow.deployed(name="prod", branch="master")
+    assert result.result is True
+    assert result.changes == {"revision": {"old": None, "new": remote.tip("master")}}
+
+
+def test_a_fixed_rev(loaders, envflow_block, remote):
+    first = remote.tip("develop")
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    result = loaders.states.envflow.deployed(name="test", rev=first)
+    assert result.result is True
+    assert result.changes["revision"]["new"] == first
+    assert served_file(envflow_block, "test", "web/init.sls") == "# web v1\n"
+
+
+def test_a_declared_branch_other_than_the_configured_one(loaders, envflow_block, remote):
+    feature = remote.commit("develop", {"web/init.sls": "# feature\n"})
+    result = loaders.states.envflow.deployed(name="test", branch="develop")
+    assert result.changes["revision"]["new"] == feature
+
+
+def test_hand_edits_fail_the_state_and_force_discards_them(loaders, envflow_block, remote):
+    loaders.modules.envflow.deploy("stage")
+    path = env_path(envflow_block, "stage")
+    os.unlink(os.path.join(path, "top.sls"))
+    new = remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    failed = loaders.states.envflow.deployed(name="stage")
+    assert failed.result is False
+    assert failed.changes == {}
+    assert failed.comment == (
+        f"envflow: {path} was edited by hand (deleted: top.sls); commit those changes to the repository, "
+        "or deploy with force=True to discard them"
+    )
+    forced = loaders.states.envflow.deployed(name="stage", force=True)
+    assert forced.result is True
+    assert forced.changes["revision"]["new"] == new
+    assert os.path.exists(os.path.join(path, "top.sls"))
+
+
+def test_force_repairs_drift_on_the_commit_already_served(loaders, envflow_block):
+    loaders.modules.envflow.deploy("stage")
+    path = env_path(envflow_block, "stage")
+    with open(os.path.join(path, "extra.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# planted\n")
+    clean = loaders.states.envflow.deployed(name="stage")
+    assert clean.result is True and clean.changes == {}
+    preview = loaders.states.envflow.deployed(name="stage", force=True, test=True)
+    assert preview.result is None
+    assert preview.changes["discarded"] == {"added": ["extra.sls"], "modified": [], "deleted": []}
+    assert os.path.exists(os.path.join(path, "extra.sls"))
+    repaired = loaders.states.envflow.deployed(name="stage", force=True)
+    assert repaired.result is True
+    assert not os.path.exists(os.path.join(path, "extra.sls"))
+    assert loaders.states.envflow.deployed(name="stage", force=True).changes == {}
+
+
+def test_unknown_environment_fails_with_one_line(loaders):
+    result = loaders.states.envflow.deployed(name="qa")
+    assert result.result is False
+    assert result.comment == "envflow: no environment named 'qa'; configured: test, stage, prod"
