@@ -161,12 +161,15 @@ class ServedDir:
         if slot is None:
             return {"added": [], "modified": [], "deleted": []}
         self.deployed()  # a served tree without a record cannot be checked
-        with held(os.path.join(self.home, "lock"), f"the directory {self.path}"):
-            repo = self._open(slot, objects)
-            try:
-                return self._drift(repo)
-            finally:
-                repo.free()
+        try:
+            with held(os.path.join(self.home, "lock"), f"the directory {self.path}"):
+                repo = self._open(slot, objects)
+                try:
+                    return self._drift(repo)
+                finally:
+                    repo.free()
+        except (OSError, pygit2.GitError) as exc:
+            raise EnvflowError(f"envflow: cannot check {self.path} for hand edits: {exc}") from None
 
     @staticmethod
     def _drift(repo):
@@ -188,44 +191,50 @@ class ServedDir:
         descriptions, ``changed``, the ``files`` changed, ``moved_aside``,
         ``refused_links`` and, with ``force``, the ``discarded`` hand edits.
         """
+        try:
+            os.makedirs(self.home, exist_ok=True)
+            with held(os.path.join(self.home, "lock"), f"the directory {self.path}"):
+                return self._deploy(objects, commit, force)
+        except (OSError, pygit2.GitError) as exc:
+            raise EnvflowError(f"envflow: cannot deploy {str(commit.id)[:10]} to {self.path}: {exc}") from None
+
+    def _deploy(self, objects, commit, force):
         new_id = str(commit.id)
-        os.makedirs(self.home, exist_ok=True)
-        with held(os.path.join(self.home, "lock"), f"the directory {self.path}"):
-            self._tidy()
-            served = self.served_slot()
-            served_record = self.record(served) if served else None
-            if served and served_record is None and not force:
-                self.deployed()  # raises: unknown tree in place
-            old = served_record["commit"] if served_record else None
-            result = {
-                "path": self.path,
-                "old": old,
-                "new": commit_info(commit),
-                "changed": False,
-                "files": {"added": 0, "modified": 0, "deleted": 0},
-                "moved_aside": None,
-                "refused_links": [],
-                "discarded": None,
-            }
-            if old is not None and old["id"] == new_id and not force:
-                result["refused_links"] = served_record["refused_links"]
-                return result
-            standby = next(slot for slot in SLOTS if slot != served)
-            drift = self._prepare(served if served_record else None, standby, objects, commit)
-            if any(drift.values()):
-                if not force:
-                    raise Drift(
-                        f"envflow: {self.path} was edited by hand ({summarize(drift)}); commit those "
-                        "changes to the repository, or deploy with force=True to discard them",
-                        drift,
-                    )
-                result["discarded"] = drift
-            result["refused_links"] = self.record(standby)["refused_links"]
-            result["files"] = self._count_changes(standby, objects, old, commit)
-            result["moved_aside"] = self._clear_the_way()
-            self._switch(standby)
-            result["changed"] = True
+        self._tidy()
+        served = self.served_slot()
+        served_record = self.record(served) if served else None
+        if served and served_record is None and not force:
+            self.deployed()  # raises: unknown tree in place
+        old = served_record["commit"] if served_record else None
+        result = {
+            "path": self.path,
+            "old": old,
+            "new": commit_info(commit),
+            "changed": False,
+            "files": {"added": 0, "modified": 0, "deleted": 0},
+            "moved_aside": None,
+            "refused_links": [],
+            "discarded": None,
+        }
+        if old is not None and old["id"] == new_id and not force:
+            result["refused_links"] = served_record["refused_links"]
             return result
+        standby = next(slot for slot in SLOTS if slot != served)
+        drift = self._prepare(served if served_record else None, standby, objects, commit)
+        if any(drift.values()):
+            if not force:
+                raise Drift(
+                    f"envflow: {self.path} was edited by hand ({summarize(drift)}); commit those "
+                    "changes to the repository, or deploy with force=True to discard them",
+                    drift,
+                )
+            result["discarded"] = drift
+        result["refused_links"] = self.record(standby)["refused_links"]
+        result["files"] = self._count_changes(standby, objects, old, commit)
+        result["moved_aside"] = self._clear_the_way()
+        self._switch(standby)
+        result["changed"] = True
+        return result
 
     def _tidy(self):
         """Remove what an interrupted run left: a half-made symlink and git lock files."""

@@ -309,3 +309,14 @@ def test_a_deploy_killed_at_any_point_leaves_one_whole_tree_served(served, mirro
         deploy(served, mirror, rev)
         assert tree_files(served.path) == expected[rev]
         assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_a_directory_that_cannot_be_made_is_one_line_error(mirror, tmp_path):
+    (tmp_path / "afile").write_text("not a directory\n")
+    served = ServedDir(str(tmp_path / "afile" / "stage"))
+    with pytest.raises(EnvflowError) as error:
+        deploy(served, mirror, "stage")
+    text = str(error.value)
+    assert text.startswith(f"envflow: cannot deploy {mirror.tip('stage')}"[:33])
+    assert f"to {served.path}: " in text and "Not a directory" in text
+    assert "\n" not in text
