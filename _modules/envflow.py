@@ -63,9 +63,14 @@ def _is_master():
     return __opts__.get("__role") == "master"
 
 
-def _master_opts(config):
-    """The master's options when this host runs the master (to refresh its file server), else ``None``."""
-    if _is_master():
+def _fileserver_opts(config):
+    """The options of the file server that serves this host's directories, or ``None``.
+
+    On the master (runner, ``salt.cmd``, orchestrate) and on a masterless
+    minion that is ``__opts__``; a minion on the master's host reads the
+    master's config (``envflow:master_config``, or ``master`` beside its own).
+    """
+    if _is_master() or __opts__.get("file_client") == "local":
         return __opts__
     path = config.master_config or os.path.join(os.path.dirname(__opts__.get("conf_file") or "/etc/salt/minion"), "master")
     if not os.path.isfile(path):
@@ -123,11 +128,14 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
         discarding those edits (see :py:func:`drift`).
 
     test : False
-        Report the commit served now and the one a deploy would serve, and change nothing.
+        Report the commit served now, the one a deploy would serve and the
+        hand edits that would block it; change nothing.
 
     Returns the old and new commits, whether anything changed, the number of
     files added, modified and deleted, the directory moved aside on a first
-    deploy, and the symlinks refused because they lead out of the tree.
+    deploy, the symlinks refused because they lead out of the tree, and the
+    saltenvs whose file server caches were refreshed (``refreshed``; empty
+    when no ``file_roots`` on this host lists the environment's path).
 
     CLI Example:
 
@@ -145,15 +153,22 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
             commit = _target(mirror, environment, rev, branch)
             served = ServedDir(environment.path)
             if test:
-                return {"env": env, "old": served.deployed(), "new": commit_info(commit), "test": True}
+                return {
+                    "env": env,
+                    "path": environment.path,
+                    "old": served.deployed(),
+                    "new": commit_info(commit),
+                    "drift": served.drift(mirror.objects),
+                    "test": True,
+                }
             result = served.deploy(mirror.objects, commit, force=force)
     except EnvflowError as exc:
         raise _salt_error(exc) from None
-    result = {"env": env, **result}
+    result = {"env": env, **result, "refreshed": []}
     if result["changed"]:
-        master_opts = _master_opts(config)
-        if master_opts:
-            saltbus.refresh_fileserver(master_opts, environment.path)
+        fileserver_opts = _fileserver_opts(config)
+        if fileserver_opts:
+            result["refreshed"] = saltbus.refresh_fileserver(fileserver_opts, environment.path)
         old = result["old"]["id"] if result["old"] else None
         _fire(env, "deployed", {"env": env, "path": environment.path, "old": old, "new": result["new"]["id"]})
     return result

@@ -47,10 +47,11 @@ def _deploy(env, **kwargs):
         "changed": result["changed"],
         "moved_aside": result["moved_aside"],
         "refused_links": [f"{link['path']} -> {link['target']}" for link in result["refused_links"]],
+        "refreshed": result["refreshed"],
     }
 
 
-def promote(env, rev=None, dry_run=False):
+def promote(env, rev=None, dry_run=False, force=False):
     """
     Promote what was tested in the previous environment into ``env``, then deploy ``env``.
 
@@ -58,7 +59,9 @@ def promote(env, rev=None, dry_run=False):
     environment before it (not that branch's moving tip), fast-forward only,
     as a compare-and-swap: if the branch moved since envflow read it, nothing
     changes. Refuses, listing them, when ``env``'s branch holds commits the
-    promoted commit lacks. Fires ``salt/envflow/<env>/promoted``.
+    promoted commit lacks, and when ``env``'s directory was edited by hand
+    (unless ``force``). Fires ``salt/envflow/<env>/promoted`` once ``env``
+    serves the promoted commit.
 
     env
         The environment to promote into; not the first of the pipeline.
@@ -68,6 +71,9 @@ def promote(env, rev=None, dry_run=False):
 
     dry_run : False
         Report the commits and files the promotion would bring; change nothing.
+
+    force : False
+        Promote even though ``env``'s directory was edited by hand, discarding the edits.
 
     CLI Example:
 
@@ -84,21 +90,28 @@ def promote(env, rev=None, dry_run=False):
             promotion = pipeline.plan(config, mirror, env, rev=rev)
             report = promotion.as_dict()
             report["commits"], report["files"] = _capped(report["commits"]), _capped(report["files"])
+            if not force:
+                # Refuse before the branch moves, not after: the deploy would refuse anyway.
+                pipeline.check_untouched(promotion.env, mirror)
             if dry_run:
                 return {"dry_run": True, **report}
             pipeline.promote(mirror, promotion)
-        if promotion.old != promotion.new:
-            saltbus.fire_on_master(
-                __opts__,
-                f"salt/envflow/{env}/promoted",
-                {"env": env, "branch": promotion.env.branch, "old": promotion.old, "new": promotion.new},
-            )
-        report["deployed"] = _deploy(env, rev=promotion.new)
-        return report
     except EnvflowError as exc:
         return _failure(str(exc))
+    try:
+        report["deployed"] = _deploy(env, rev=promotion.new, force=force)
     except (CommandExecutionError, SaltInvocationError) as exc:
-        return _failure(str(exc))
+        return _failure(
+            f"envflow: {promotion.env.branch} now points at {promotion.new[:10]}, but deploying it to {env} "
+            f"failed: {exc}; fix that, then run envflow.refresh {env}"
+        )
+    if promotion.old != promotion.new:
+        saltbus.fire_on_master(
+            __opts__,
+            f"salt/envflow/{env}/promoted",
+            {"env": env, "branch": promotion.env.branch, "old": promotion.old, "new": promotion.new},
+        )
+    return report
 
 
 def status(env=None):
@@ -123,9 +136,12 @@ def status(env=None):
         return _failure(str(exc))
 
 
-def refresh(env=None):
+def refresh(env=None, force=False):
     """
     Fetch the remote and deploy the tip of each environment's branch (or only ``env``'s).
+
+    force : False
+        Deploy even where a directory was edited by hand, discarding the edits.
 
     CLI Example:
 
@@ -133,6 +149,7 @@ def refresh(env=None):
 
         salt-run envflow.refresh
         salt-run envflow.refresh test
+        salt-run envflow.refresh prod force=True
     """
     try:
         config = envflow_config.parse(__opts__.get("envflow"))
@@ -142,7 +159,7 @@ def refresh(env=None):
     report, errors = {}, []
     for environment in environments:
         try:
-            report[environment.name] = _deploy(environment.name)
+            report[environment.name] = _deploy(environment.name, force=force)
         except (CommandExecutionError, SaltInvocationError) as exc:
             report[environment.name] = {"error": str(exc)}
             errors.append(f"{environment.name}: {exc}")

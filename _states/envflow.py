@@ -14,6 +14,11 @@ an orchestrate SLS) and deploys through :py:func:`envflow.deploy
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+try:
+    from envflow.served import drift_message
+except ImportError:  # the execution module is then missing too, and __virtual__ says so
+    pass
+
 __virtualname__ = "envflow"
 
 
@@ -55,15 +60,16 @@ def deployed(name, branch=None, rev=None, force=False):
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
         plan = __salt__["envflow.deploy"](name, rev=rev, branch=branch, test=True)
-        old, new = plan["old"], plan["new"]
-        drift = {}
-        if old is not None and old["id"] == new["id"]:
-            drift = __salt__["envflow.drift"](name) if force else {}
-            if not any(drift.values()):
-                ret.update(result=True, comment=f"{name} already serves {_short(new)}")
-                return ret
+        old, new, drift = plan["old"], plan["new"], plan["drift"]
+        edited = any(drift.values())
+        if edited and not force:
+            ret["comment"] = drift_message(plan["path"], drift, "use force: True")
+            return ret
+        if old is not None and old["id"] == new["id"] and not edited:
+            ret.update(result=True, comment=f"{name} already serves {_short(new)}")
+            return ret
         changes = {"revision": {"old": old["id"] if old else None, "new": new["id"]}}
-        if any(drift.values()):
+        if edited:
             changes["discarded"] = drift
         if __opts__["test"]:
             ret.update(result=None, changes=changes, comment=f"{name} would serve {_short(new)} instead of {_short(old)}")

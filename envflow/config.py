@@ -72,10 +72,10 @@ def _string(value, key, example):
     return value.strip()
 
 
-def _path(value, key):
-    path = _string(value, key, "/srv/salt/stage")
+def _path(value, key, example="/srv/salt/stage"):
+    path = _string(value, key, example)
     if not os.path.isabs(path):
-        _fail(key, f"{path!r} is a relative path; use an absolute path such as /srv/salt/{path}")
+        _fail(key, f"{path!r} is a relative path; use an absolute path such as {example}")
     path = os.path.normpath(path)
     if path == os.sep:
         _fail(key, "'/' cannot be an environment directory; use a directory such as /srv/salt/stage")
@@ -160,5 +160,5 @@ def parse(raw):
                 )
     master_config = raw.get("master_config")
     if master_config is not None:
-        master_config = _path(master_config, "envflow:master_config")
+        master_config = _path(master_config, "envflow:master_config", "/etc/salt/master")
     return Config(repo=repo, environments=environments, master_config=master_config)

@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from envflow.errors import Diverged, EnvflowError, RevisionError
-from envflow.served import ServedDir
+from envflow.errors import Diverged, Drift, EnvflowError, RevisionError
+from envflow.served import ServedDir, drift_message
 
 
 def _short(commit_id):
@@ -72,12 +72,13 @@ def plan(config, mirror, name, rev=None):
     old = mirror.tip(env.branch)
     if old is not None and not mirror.contains(target.id, old):
         extra = mirror.commits(old, target.id)
+        first = config.environments[0]
         listed = ", ".join(f"{_short(cid)} {summary!r}" for cid, summary in extra[:5])
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
         raise Diverged(
             f"envflow: {env.branch} has {len(extra)} commit(s) that {_short(target.id)} from {upstream.name} "
-            f"lacks: {listed}{more}; bring them into {upstream.branch} and promote them through "
-            f"{upstream.name}, or remove them from {env.branch}",
+            f"lacks: {listed}{more}; bring them into {first.branch} and promote them through the "
+            f"pipeline from {first.name}, or remove them from {env.branch}",
             extra,
         )
     return Promotion(
@@ -88,6 +89,14 @@ def plan(config, mirror, name, rev=None):
         commits=mirror.commits(target.id, old),
         files=mirror.changed_files(old, target.id),
     )
+
+
+def check_untouched(env, mirror):
+    """Raise :class:`~envflow.errors.Drift` if ``env``'s served tree was edited by hand."""
+    served = ServedDir(env.path)
+    drift = served.drift(mirror.objects)
+    if any(drift.values()):
+        raise Drift(drift_message(env.path, drift, "promote with force=True"), drift)
 
 
 def promote(mirror, promotion):

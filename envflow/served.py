@@ -56,6 +56,14 @@ _DRIFT_KIND = {
 }
 
 
+def drift_message(path, changes, remedy="deploy with force=True"):
+    """The one-line refusal for hand edits ``changes`` of the tree at ``path``."""
+    return (
+        f"envflow: {path} was edited by hand ({summarize(changes)}); commit those changes to the "
+        f"repository, or {remedy} to discard them"
+    )
+
+
 def summarize(changes, limit=5):
     """Render a drift mapping as one short line: ``modified: a, b; added: c``."""
     parts = []
@@ -163,13 +171,16 @@ class ServedDir:
         self.deployed()  # a served tree without a record cannot be checked
         try:
             with held(os.path.join(self.home, "lock"), f"the directory {self.path}"):
-                repo = self._open(slot, objects)
-                try:
-                    return self._drift(repo)
-                finally:
-                    repo.free()
+                return self._drift_of(slot, objects)
         except (OSError, pygit2.GitError) as exc:
             raise EnvflowError(f"envflow: cannot check {self.path} for hand edits: {exc}") from None
+
+    def _drift_of(self, slot, objects):
+        repo = self._open(slot, objects)
+        try:
+            return self._drift(repo)
+        finally:
+            repo.free()
 
     @staticmethod
     def _drift(repo):
@@ -216,18 +227,20 @@ class ServedDir:
             "refused_links": [],
             "discarded": None,
         }
-        if old is not None and old["id"] == new_id and not force:
-            result["refused_links"] = served_record["refused_links"]
-            return result
         standby = next(slot for slot in SLOTS if slot != served)
-        drift = self._prepare(served if served_record else None, standby, objects, commit)
+        if old is not None and old["id"] == new_id:
+            # Nothing to write unless the served tree drifted from its commit.
+            drift = self._drift_of(served, objects)
+            if not any(drift.values()):
+                result["refused_links"] = served_record["refused_links"]
+                return result
+            if force:
+                self._checkout(standby, objects, commit)
+        else:
+            drift = self._prepare(served if served_record else None, standby, objects, commit)
         if any(drift.values()):
             if not force:
-                raise Drift(
-                    f"envflow: {self.path} was edited by hand ({summarize(drift)}); commit those "
-                    "changes to the repository, or deploy with force=True to discard them",
-                    drift,
-                )
+                raise Drift(drift_message(self.path, drift), drift)
             result["discarded"] = drift
         result["refused_links"] = self.record(standby)["refused_links"]
         result["files"] = self._count_changes(standby, objects, old, commit)
@@ -250,11 +263,7 @@ class ServedDir:
 
         def check_served():
             try:
-                repo = self._open(served, objects)
-                try:
-                    drift.update(self._drift(repo))
-                finally:
-                    repo.free()
+                drift.update(self._drift_of(served, objects))
             except Exception as exc:  # pylint: disable=broad-except
                 failure.append(exc)
 

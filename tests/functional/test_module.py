@@ -74,7 +74,7 @@ def test_invalid_configuration_is_reported_on_first_use(minion_base_opts, envflo
     with pytest.raises(CommandExecutionError) as error:
         loaders.modules.envflow.deploy("stage")
     assert str(error.value) == (
-        "envflow:environments:1:path: 'srv/stage' is a relative path; use an absolute path such as /srv/salt/srv/stage"
+        "envflow:environments:1:path: 'srv/stage' is a relative path; use an absolute path such as /srv/salt/stage"
     )
     assert not os.path.exists(tmp_path / "cache" / "envflow")
 

@@ -35,7 +35,14 @@ def test_promote_moves_the_tested_commit_and_deploys_it(runners, envflow_block, 
         "new": tested,
         "commits": [f"{tested[:10]} web v2"],
         "files": ["M web/init.sls"],
-        "deployed": {"old": old, "new": tested, "changed": True, "moved_aside": None, "refused_links": []},
+        "deployed": {
+            "old": old,
+            "new": tested,
+            "changed": True,
+            "moved_aside": None,
+            "refused_links": [],
+            "refreshed": ["stage"],
+        },
     }
     assert remote.tip("stage") == tested
     assert served_file(envflow_block, "stage", "web/init.sls") == "# web v2\n"
@@ -116,3 +123,39 @@ def test_a_deploy_forgets_the_masters_roots_caches_for_that_saltenv(runners, mas
     assert not os.path.exists(planted["stage"])
     assert not os.path.exists(os.path.join(cachedir, "file_lists", "roots", "stage.p"))
     assert os.path.exists(planted["prod"])
+
+
+def test_promotion_into_an_edited_directory_is_refused_before_the_branch_moves(runners, envflow_block, remote):
+    runners["envflow.refresh"]()
+    tested = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    runners["envflow.refresh"]("test")
+    stage = env_path(envflow_block, "stage")
+    with open(os.path.join(stage, "top.sls"), "a", encoding="utf-8") as handle:
+        handle.write("# edited on the master\n")
+    before = remote.refs(), everything(envflow_block)
+    result = runners["envflow.promote"]("stage")
+    assert result == {
+        "retcode": 1,
+        "error": f"envflow: {stage} was edited by hand (modified: top.sls); commit those changes to the "
+        "repository, or promote with force=True to discard them",
+    }
+    assert (remote.refs(), everything(envflow_block)) == before
+    forced = runners["envflow.promote"]("stage", force=True)
+    assert forced["new"] == tested and forced["deployed"]["changed"] is True
+    assert served_file(envflow_block, "stage", "top.sls") == "base:\n  '*':\n    - web\n"
+
+
+def test_refresh_reports_drift_and_force_discards_it(runners, envflow_block, remote):
+    runners["envflow.refresh"]()
+    prod = env_path(envflow_block, "prod")
+    os.unlink(os.path.join(prod, "top.sls"))
+    result = runners["envflow.refresh"]("prod")
+    assert result["retcode"] == 1
+    assert result["error"] == (
+        f"prod: envflow: {prod} was edited by hand (deleted: top.sls); commit those changes to the repository, "
+        "or deploy with force=True to discard them"
+    )
+    assert not os.path.exists(os.path.join(prod, "top.sls"))
+    repaired = runners["envflow.refresh"]("prod", force=True)
+    assert repaired["environments"]["prod"]["changed"] is True
+    assert os.path.exists(os.path.join(prod, "top.sls"))

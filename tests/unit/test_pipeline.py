@@ -96,7 +96,7 @@ def test_a_hotfix_on_the_branch_blocks_promotion_and_is_listed(deployed_pipeline
     assert error.value.commits == [(hotfix, "urgent hotfix")]
     assert str(error.value) == (
         f"envflow: master has 1 commit(s) that {promotion.new[:10]} from stage lacks: {hotfix[:10]} 'urgent hotfix'; "
-        "bring them into stage and promote them through stage, or remove them from master"
+        "bring them into develop and promote them through the pipeline from test, or remove them from master"
     )
     assert remote.refs() == before
 

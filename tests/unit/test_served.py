@@ -171,6 +171,17 @@ def test_force_discards_hand_edits_and_reports_them(served, mirror, remote):
     assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
 
 
+def test_redeploying_the_served_commit_over_hand_edits_is_refused(served, mirror):
+    deploy(served, mirror, "stage")
+    with open(os.path.join(served.path, "planted.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# planted\n")
+    before = snapshot(os.path.dirname(served.path))
+    with pytest.raises(Drift) as error:
+        deploy(served, mirror, "stage")
+    assert error.value.changes == {"added": ["planted.sls"], "modified": [], "deleted": []}
+    assert snapshot(os.path.dirname(served.path)) == before
+
+
 def test_force_repairs_drift_on_the_served_commit(served, mirror):
     deploy(served, mirror, "stage")
     os.unlink(os.path.join(served.path, "top.sls"))
