@@ -106,6 +106,16 @@ def _target(mirror, env, rev, branch):
     return mirror.commit(branch)
 
 
+def _preview(served, mirror, force):
+    """What is served now and its hand edits; with ``force``, a tree without a record reads as nothing served."""
+    try:
+        return {"old": served.deployed(), "drift": served.drift(mirror.objects), "test": True}
+    except EnvflowError:
+        if not force:
+            raise
+        return {"old": None, "drift": {"added": [], "modified": [], "deleted": []}, "test": True}
+
+
 def deploy(env, rev=None, force=False, branch=None, test=False):
     """
     Make an environment's directory serve exactly one commit's tree.
@@ -153,14 +163,7 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
             commit = _target(mirror, environment, rev, branch)
             served = ServedDir(environment.path)
             if test:
-                return {
-                    "env": env,
-                    "path": environment.path,
-                    "old": served.deployed(),
-                    "new": commit_info(commit),
-                    "drift": served.drift(mirror.objects),
-                    "test": True,
-                }
+                return {"env": env, "path": environment.path, "new": commit_info(commit), **_preview(served, mirror, force)}
             result = served.deploy(mirror.objects, commit, force=force)
     except EnvflowError as exc:
         raise _salt_error(exc) from None

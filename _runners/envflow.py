@@ -48,6 +48,7 @@ def _deploy(env, **kwargs):
         "moved_aside": result["moved_aside"],
         "refused_links": [f"{link['path']} -> {link['target']}" for link in result["refused_links"]],
         "refreshed": result["refreshed"],
+        "discarded": result["discarded"],
     }
 
 

@@ -28,6 +28,12 @@ def __virtual__():
     return __virtualname__
 
 
+def _switch(old, new):
+    if old is not None and old["id"] == new["id"]:
+        return f"{_short(new)} again, without the hand edits"
+    return f"{_short(new)} instead of {_short(old)}"
+
+
 def _short(commit):
     return f"{commit['id'][:10]} ({commit['summary']})" if commit else "nothing"
 
@@ -59,7 +65,7 @@ def deployed(name, branch=None, rev=None, force=False):
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
-        plan = __salt__["envflow.deploy"](name, rev=rev, branch=branch, test=True)
+        plan = __salt__["envflow.deploy"](name, rev=rev, branch=branch, force=force, test=True)
         old, new, drift = plan["old"], plan["new"], plan["drift"]
         edited = any(drift.values())
         if edited and not force:
@@ -72,10 +78,12 @@ def deployed(name, branch=None, rev=None, force=False):
         if edited:
             changes["discarded"] = drift
         if __opts__["test"]:
-            ret.update(result=None, changes=changes, comment=f"{name} would serve {_short(new)} instead of {_short(old)}")
+            ret.update(result=None, changes=changes, comment=f"{name} would serve {_switch(old, new)}")
             return ret
         done = __salt__["envflow.deploy"](name, rev=new["id"], force=force)
-        comment = f"{name} now serves {_short(done['new'])} instead of {_short(done['old'])}"
+        if done.get("discarded"):
+            changes["discarded"] = done["discarded"]
+        comment = f"{name} now serves {_switch(done['old'], done['new'])}"
         if done.get("moved_aside"):
             comment += f"; what was in the way was moved to {done['moved_aside']}"
         if done.get("refused_links"):

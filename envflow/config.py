@@ -78,7 +78,7 @@ def _path(value, key, example="/srv/salt/stage"):
         _fail(key, f"{path!r} is a relative path; use an absolute path such as {example}")
     path = os.path.normpath(path)
     if path == os.sep:
-        _fail(key, "'/' cannot be an environment directory; use a directory such as /srv/salt/stage")
+        _fail(key, f"'/' cannot be used here; use a path such as {example}")
     return path
 
 

@@ -106,24 +106,32 @@ def promote(mirror, promotion):
 
 
 def status(config, mirror, name=None):
-    """Describe each environment (or just ``name``): branch, remote tip, deployed commit, sync, waiting commits, drift."""
+    """Describe each environment (or just ``name``): branch, remote tip, deployed commit, sync, waiting commits, drift.
+
+    An environment whose directory cannot be read reports why in ``problem``; the others are still described.
+    """
     report = {}
     for env in config.select(name):
         tip = mirror.tip(env.branch)
-        served = ServedDir(env.path)
-        deployed = served.deployed()
+        entry = report[env.name] = {"branch": env.branch, "remote": str(tip) if tip is not None else None}
+        try:
+            deployed = deployed_id(env)
+            drift = ServedDir(env.path).drift(mirror.objects)
+        except EnvflowError as exc:
+            entry.update(deployed=None, in_sync=False, waiting=None, drift=None, problem=str(exc))
+            continue
         upstream = config.upstream(env.name)
-        upstream_id = deployed_id(upstream) if upstream else None
+        try:
+            upstream_id = deployed_id(upstream) if upstream else None
+        except EnvflowError:
+            upstream_id = None  # reported on the upstream's own entry
         waiting = None
         if upstream_id is not None and upstream_id in mirror.repo:
             waiting = len(mirror.commits(upstream_id, tip, limit=1000))
-        drift = served.drift(mirror.objects)
-        report[env.name] = {
-            "branch": env.branch,
-            "remote": str(tip) if tip is not None else None,
-            "deployed": deployed["id"] if deployed else None,
-            "in_sync": deployed is not None and tip is not None and deployed["id"] == str(tip),
-            "waiting": waiting,
-            "drift": sum(len(paths) for paths in drift.values()),
-        }
+        entry.update(
+            deployed=deployed,
+            in_sync=deployed is not None and deployed == entry["remote"],
+            waiting=waiting,
+            drift=sum(len(paths) for paths in drift.values()),
+        )
     return report

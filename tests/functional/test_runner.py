@@ -42,6 +42,7 @@ def test_promote_moves_the_tested_commit_and_deploys_it(runners, envflow_block, 
             "moved_aside": None,
             "refused_links": [],
             "refreshed": ["stage"],
+            "discarded": None,
         },
     }
     assert remote.tip("stage") == tested
@@ -142,6 +143,7 @@ def test_promotion_into_an_edited_directory_is_refused_before_the_branch_moves(r
     assert (remote.refs(), everything(envflow_block)) == before
     forced = runners["envflow.promote"]("stage", force=True)
     assert forced["new"] == tested and forced["deployed"]["changed"] is True
+    assert forced["deployed"]["discarded"] == {"added": [], "modified": ["top.sls"], "deleted": []}
     assert served_file(envflow_block, "stage", "top.sls") == "base:\n  '*':\n    - web\n"
 
 

@@ -82,6 +82,8 @@ def test_force_repairs_drift_on_the_commit_already_served(loaders, envflow_block
     assert os.path.exists(os.path.join(path, "extra.sls"))
     repaired = loaders.states.envflow.deployed(name="stage", force=True)
     assert repaired.result is True
+    assert repaired.comment.startswith("stage now serves ") and repaired.comment.endswith("again, without the hand edits")
+    assert repaired.changes["discarded"] == {"added": ["extra.sls"], "modified": [], "deleted": []}
     assert not os.path.exists(os.path.join(path, "extra.sls"))
     assert loaders.states.envflow.deployed(name="stage", force=True).changes == {}
 
@@ -90,3 +92,17 @@ def test_unknown_environment_fails_with_one_line(loaders):
     result = loaders.states.envflow.deployed(name="qa")
     assert result.result is False
     assert result.comment == "envflow: no environment named 'qa'; configured: test, stage, prod"
+
+
+def test_force_replaces_a_tree_envflow_has_no_record_of(loaders, envflow_block, remote):
+    loaders.modules.envflow.deploy("stage")
+    path = env_path(envflow_block, "stage")
+    home = os.path.join(os.path.dirname(path), ".stage.envflow")
+    os.unlink(os.path.join(home, os.readlink(path).split("/")[-1] + ".git", "envflow.json"))
+    refused = loaders.states.envflow.deployed(name="stage")
+    assert refused.result is False
+    assert refused.comment == f"envflow: {path} serves a tree envflow has no record of; deploy with force=True to replace it"
+    forced = loaders.states.envflow.deployed(name="stage", force=True)
+    assert forced.result is True
+    assert forced.changes == {"revision": {"old": None, "new": remote.tip("stage")}}
+    assert loaders.modules.envflow.deployed("stage")["id"] == remote.tip("stage")

@@ -147,3 +147,16 @@ def test_status_reports_each_environment(deployed_pipeline, mirror, remote):
         "branch": "master", "remote": first, "deployed": first, "in_sync": True, "waiting": 0, "drift": 1,
     }
     assert list(pipeline.status(config, mirror, "stage")) == ["stage"]
+
+
+def test_status_describes_the_others_when_one_directory_is_unreadable(deployed_pipeline, mirror):
+    stage = deployed_pipeline.environment("stage").path
+    home = os.path.join(os.path.dirname(stage), ".stage.envflow")
+    os.unlink(os.path.join(home, "a.git", "envflow.json"))
+    report = pipeline.status(deployed_pipeline, mirror)
+    assert report["stage"]["problem"] == (
+        f"envflow: {stage} serves a tree envflow has no record of; deploy with force=True to replace it"
+    )
+    assert report["stage"]["deployed"] is None
+    assert "problem" not in report["prod"] and report["prod"]["waiting"] is None
+    assert report["test"]["in_sync"] is True and "problem" not in report["test"]
