@@ -1,0 +1,1 @@
+"""Integration tests: a real salt-master and salt-minion, real git repositories, no mocks."""

@@ -1,0 +1,167 @@
+"""A real salt-master and salt-minion per test module, serving real git repositories.
+
+Each test module gets one :class:`Site`: a bare automation repository built
+with the git CLI, a master whose ``file_roots`` map the saltenvs test, stage
+and prod to envflow's directories, and a minion on the same host whose top
+file (committed on every branch) puts it in the ``stage`` saltenv. Nothing is
+mocked: what is tested runs through ``salt-run``, ``salt-call`` and ``salt``.
+
+salt-factories' root comes from ``salt_factories_config`` in tests/conftest.py:
+one per run, so this run's daemons and CLIs use wrappers of its own virtualenv.
+"""
+
+import itertools
+import os
+import pathlib
+import shutil
+
+import pytest
+from saltfactories.utils import random_string
+
+from envflow.served import ServedDir
+from tests import gitrepo
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+CLI_TIMEOUT = 180
+# The file the minion's highstate writes, from salt://web/motd.txt of its saltenv.
+MOTD = "web/motd.txt"
+_LABELS = itertools.count(1)
+# Salt's default for fileserver_list_cache_time, in seconds.
+SALT_FILE_LIST_CACHE_TIME = 20
+
+
+def motd(label):
+    """Content for ``web/motd.txt``: always 32 bytes, so versions differ only in content, never in size."""
+    text = f"motd {label}"[:31]
+    return f"{text:<31}\n"
+
+
+def fresh_motd(prefix):
+    """A ``motd`` content no other commit of the run has."""
+    return motd(f"{prefix}-{next(_LABELS):04d}")
+
+
+def ok(ret):
+    """Assert a CLI run succeeded and return its parsed output."""
+    assert ret.returncode == 0, f"{ret.cmdline} failed ({ret.returncode}):\n{ret.stdout}\n{ret.stderr}"
+    return ret.data
+
+
+class Site:
+    """One master, one minion, the automation repository and envflow's directories."""
+
+    def __init__(self, master, minion, remote, envflow, base, out):
+        self.master = master
+        self.minion = minion
+        self.remote = remote
+        self.envflow = envflow
+        self.base = base
+        self.out = out
+        self.paths = {env["name"]: env["path"] for env in envflow["environments"]}
+        # One process per CLI object: none of these runs two commands at once.
+        self.run_cli = master.salt_run_cli(timeout=CLI_TIMEOUT)
+        self.salt_cli = master.salt_cli(timeout=CLI_TIMEOUT)
+        self.call_cli = minion.salt_call_cli(timeout=CLI_TIMEOUT)
+
+    def run(self, *args, **kwargs):
+        """``salt-run`` on the master."""
+        return self.run_cli.run(*args, **kwargs)
+
+    def call(self, *args, **kwargs):
+        """``salt-call`` on the minion (the same host as the master)."""
+        return self.call_cli.run(*args, **kwargs)
+
+    def minion_reads(self, path, saltenv="stage"):
+        """What the minion gets for ``salt://<path>`` in ``saltenv``, through the master's file server."""
+        return ok(self.call("cp.get_file_str", f"salt://{path}", f"saltenv={saltenv}"))
+
+    def deployed(self, env):
+        """The commit id ``env``'s directory serves, read from disk in this process (a CLI run costs a second)."""
+        info = ServedDir(self.paths[env]).deployed()
+        return info["id"] if info else None
+
+    def show(self, rev, path):
+        """The content of ``path`` at ``rev`` in the automation repository."""
+        return gitrepo.git("show", f"{rev}:{path}", cwd=self.remote.path, text=False).decode("utf-8")
+
+    def served_file(self, env, path):
+        """The content of ``path`` as ``env``'s directory serves it, read from disk."""
+        with open(os.path.join(self.paths[env], path), encoding="utf-8") as handle:
+            return handle.read()
+
+
+def _repo_files(target, out):
+    top = (
+        "test:\n  'test-*':\n    - web\n"
+        f"stage:\n  '{target}':\n    - web\n"
+        "prod:\n  'prod-*':\n    - web\n"
+    )
+    web = (
+        "envflow-motd:\n"
+        "  file.managed:\n"
+        f"    - name: {out}\n"
+        "    - source: salt://web/motd.txt\n"
+        "    - makedirs: True\n"
+    )
+    return {"top.sls": top, "web/init.sls": web, MOTD: motd("initial")}
+
+
+@pytest.fixture(scope="module")
+def site_options():
+    """How the module's site is built; a test module overrides this fixture to change it.
+
+    ``loader_folders``: copy the repository's ``_modules``, ``_states`` and
+    ``_runners`` into the ``base`` file_roots, to be synced with ``saltutil.sync_all``.
+    ``minion_in_top``: whether the top file puts the minion in ``stage`` (a
+    minion that no top file matches syncs from ``base``).
+    """
+    return {"loader_folders": False, "minion_in_top": True}
+
+
+@pytest.fixture(scope="module")
+def site(salt_factories, tmp_path_factory, site_options):
+    """Start a master and a minion for the module, with every environment deployed once."""
+    master_id = random_string("m-", uppercase=False)
+    minion_id = random_string("n-", uppercase=False)
+    work = tmp_path_factory.mktemp("site")
+    out = work / "out" / "motd.txt"
+    remote = gitrepo.Remote(work / "git", files=_repo_files(minion_id if site_options["minion_in_top"] else "nobody", out))
+
+    # The master's root is chosen here so envflow's directories can be the
+    # file_roots salt-factories makes anyway (base and prod under state-tree):
+    # salt-factories merges file_roots lists, so any other path would be
+    # served beside its own instead of replacing it.
+    master_root = pathlib.Path(salt_factories.root_dir) / master_id
+    state_tree = master_root / "state-tree"
+    envflow = gitrepo.config(remote.path, state_tree)
+    base = state_tree / "base"
+    file_roots = {"base": [str(base)]}
+    file_roots.update({env["name"]: [env["path"]] for env in envflow["environments"]})
+    master = salt_factories.salt_master_daemon(
+        master_id,
+        defaults={"root_dir": str(master_root), "file_roots": file_roots},
+        overrides={
+            "envflow": envflow,
+            # salt-factories turns the file list cache off (0); envflow must work with Salt's
+            # default, which salt/fileserver/__init__.py applies when the key is absent.
+            "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME,
+            # Lets the minion run a runner inside the master daemon (publish.runner), to ask its Salt version.
+            "peer_run": {minion_id: ["salt.cmd"]},
+        },
+    )
+    assert {env: list(roots) for env, roots in master.config["file_roots"].items()} == file_roots
+    # An SLS declaring what stage serves, applied on the minion with saltenv=base.
+    (base / "envflow_stage.sls").write_text("stage:\n  envflow.deployed:\n    - branch: stage\n", encoding="utf-8")
+    if site_options["loader_folders"]:
+        for kind in ("_modules", "_states", "_runners"):
+            shutil.copytree(REPO_ROOT / kind, base / kind, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    minion = master.salt_minion_daemon(
+        minion_id,
+        # The execution module clears the master's file server caches through the master's config.
+        overrides={"envflow": {**envflow, "master_config": master.config_file}},
+    )
+    with master.started(), minion.started():
+        test_site = Site(master, minion, remote, envflow, base, out)
+        deployed = ok(test_site.run("envflow.refresh"))
+        assert sorted(deployed["environments"]) == ["prod", "stage", "test"], deployed
+        yield test_site
