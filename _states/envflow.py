@@ -65,32 +65,43 @@ def deployed(name, branch=None, rev=None, force=False):
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
-        plan = __salt__["envflow.deploy"](name, rev=rev, branch=branch, force=force, test=True)
-        old, new, drift = plan["old"], plan["new"], plan["drift"]
-        edited = any(drift.values())
-        if edited and not force:
-            ret["comment"] = drift_message(plan["path"], drift, "use force: True")
-            return ret
-        if old is not None and old["id"] == new["id"] and not edited:
-            ret.update(result=True, comment=f"{name} already serves {_short(new)}")
-            return ret
-        changes = {"revision": {"old": old["id"] if old else None, "new": new["id"]}}
-        if edited:
-            changes["discarded"] = drift
         if __opts__["test"]:
-            ret.update(result=None, changes=changes, comment=f"{name} would serve {_switch(old, new)}")
-            return ret
-        done = __salt__["envflow.deploy"](name, rev=new["id"], force=force)
-        if done.get("discarded"):
-            changes["discarded"] = done["discarded"]
-        comment = f"{name} now serves {_switch(done['old'], done['new'])}"
-        if done.get("moved_aside"):
-            comment += f"; what was in the way was moved to {done['moved_aside']}"
-        if done.get("refused_links"):
-            comment += "; refused symlinks leading out of the tree: " + ", ".join(
-                f"{link['path']} -> {link['target']}" for link in done["refused_links"]
-            )
-        ret.update(result=True, changes=changes, comment=comment)
+            return _preview(ret, name, rev, branch, force)
+        # One call: deploy refuses hand edits, and writes nothing when the commit is already served.
+        done = __salt__["envflow.deploy"](name, rev=rev, branch=branch, force=force)
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["comment"] = str(exc)
+        return ret
+    if not done["changed"]:
+        ret.update(result=True, comment=f"{name} already serves {_short(done['new'])}")
+        return ret
+    changes = {"revision": {"old": done["old"]["id"] if done["old"] else None, "new": done["new"]["id"]}}
+    if done.get("discarded"):
+        changes["discarded"] = done["discarded"]
+    comment = f"{name} now serves {_switch(done['old'], done['new'])}"
+    if done.get("moved_aside"):
+        comment += f"; what was in the way was moved to {done['moved_aside']}"
+    if done.get("refused_links"):
+        comment += "; refused symlinks leading out of the tree: " + ", ".join(
+            f"{link['path']} -> {link['target']}" for link in done["refused_links"]
+        )
+    ret.update(result=True, changes=changes, comment=comment)
+    return ret
+
+
+def _preview(ret, name, rev, branch, force):
+    """Test mode: what a run would change, or why it would fail, changing nothing."""
+    plan = __salt__["envflow.deploy"](name, rev=rev, branch=branch, force=force, test=True)
+    old, new, drift = plan["old"], plan["new"], plan["drift"]
+    edited = any(drift.values())
+    if edited and not force:
+        ret["comment"] = drift_message(plan["path"], drift)
+        return ret
+    if old is not None and old["id"] == new["id"] and not edited:
+        ret.update(result=True, comment=f"{name} already serves {_short(new)}")
+        return ret
+    changes = {"revision": {"old": old["id"] if old else None, "new": new["id"]}}
+    if edited:
+        changes["discarded"] = drift
+    ret.update(result=None, changes=changes, comment=f"{name} would serve {_switch(old, new)}")
     return ret

@@ -234,20 +234,21 @@ class ServedDir:
             if not any(drift.values()):
                 result["refused_links"] = served_record["refused_links"]
                 return result
-            if force:
-                self._checkout(standby, objects, commit)
+            self._refuse_hand_edits(drift, force)
+            checked_out = self._checkout(standby, objects, commit, old)
         else:
-            drift = self._prepare(served if served_record else None, standby, objects, commit)
-        if any(drift.values()):
-            if not force:
-                raise Drift(drift_message(self.path, drift), drift)
-            result["discarded"] = drift
-        result["refused_links"] = self.record(standby)["refused_links"]
-        result["files"] = self._count_changes(standby, objects, old, commit)
+            drift, checked_out = self._prepare(served if served_record else None, standby, objects, commit, old)
+            self._refuse_hand_edits(drift, force)
+        result["refused_links"], result["files"] = checked_out
+        result["discarded"] = drift if any(drift.values()) else None
         result["moved_aside"] = self._clear_the_way()
         self._switch(standby)
         result["changed"] = True
         return result
+
+    def _refuse_hand_edits(self, drift, force):
+        if any(drift.values()) and not force:
+            raise Drift(drift_message(self.path, drift), drift)
 
     def _tidy(self):
         """Remove what an interrupted run left: a half-made symlink and git lock files."""
@@ -256,8 +257,11 @@ class ServedDir:
         for slot in SLOTS:
             clear_stale_git_locks(self._gitdir(slot))
 
-    def _prepare(self, served, standby, objects, commit):
-        """Check the served slot for hand edits while the standby is checked out; return the edits."""
+    def _prepare(self, served, standby, objects, commit, old):
+        """Check the served slot for hand edits while the standby is checked out.
+
+        Returns the hand edits, and what :meth:`_checkout` returns.
+        """
         drift = {"added": [], "modified": [], "deleted": []}
         failure = []
 
@@ -271,15 +275,16 @@ class ServedDir:
         if checker:
             checker.start()
         try:
-            self._checkout(standby, objects, commit)
+            checked_out = self._checkout(standby, objects, commit, old)
         finally:
             if checker:
                 checker.join()
         if failure:
             raise failure[0]
-        return drift
+        return drift, checked_out
 
-    def _checkout(self, slot, objects, commit):
+    def _checkout(self, slot, objects, commit, old):
+        """Bring ``slot`` to exactly ``commit``; return its refused links and the files changed since ``old``."""
         previous = self.record(slot)
         self._drop_record(slot)
         repo = self._open(slot, objects)
@@ -289,9 +294,11 @@ class ServedDir:
             repo.set_head(commit.id)
             links = self._links(repo, commit, previous)
             refused = self._refuse_outward_links(repo, links)
+            counts = self._count_changes(repo, old, commit)
         finally:
             repo.free()
         self._write_record(slot, {"commit": commit_info(commit), "links": sorted(links), "refused_links": refused})
+        return refused, counts
 
     @staticmethod
     def _links(repo, commit, previous):
@@ -344,18 +351,13 @@ class ServedDir:
             index.write()
         return refused
 
-    def _count_changes(self, slot, objects, old, commit):
+    @staticmethod
+    def _count_changes(repo, old, commit):
         counts = {"added": 0, "modified": 0, "deleted": 0}
-        repo = self._open(slot, objects)
-        try:
-            tree = repo[commit.id].peel(pygit2.Tree)
-            base = repo[old["id"]].peel(pygit2.Tree) if old and old["id"] in repo else None
-            diff = repo.diff(base, tree) if base is not None else tree.diff_to_tree(swap=True)
-            for delta in diff.deltas:
-                kind = {DeltaStatus.ADDED: "added", DeltaStatus.DELETED: "deleted"}.get(delta.status, "modified")
-                counts[kind] += 1
-        finally:
-            repo.free()
+        base = repo[old["id"]].peel(pygit2.Tree) if old and old["id"] in repo else None
+        diff = repo.diff(base, commit.tree) if base is not None else commit.tree.diff_to_tree(swap=True)
+        for delta in diff.deltas:
+            counts[{DeltaStatus.ADDED: "added", DeltaStatus.DELETED: "deleted"}.get(delta.status, "modified")] += 1
         return counts
 
     def _clear_the_way(self):

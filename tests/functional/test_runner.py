@@ -161,3 +161,14 @@ def test_refresh_reports_drift_and_force_discards_it(runners, envflow_block, rem
     repaired = runners["envflow.refresh"]("prod", force=True)
     assert repaired["environments"]["prod"]["changed"] is True
     assert os.path.exists(os.path.join(prod, "top.sls"))
+
+
+def test_the_roots_update_runs_only_for_fileserver_events(master_base_opts, envflow_block, tmp_path):
+    from envflow import saltbus  # pylint: disable=import-outside-toplevel
+
+    stage = env_path(envflow_block, "stage")
+    for events in (False, True):
+        opts = dict(master_base_opts, cachedir=str(tmp_path / f"cache-{events}"), fileserver_events=events)
+        assert saltbus.refresh_fileserver(opts, stage) == ["stage"]
+        assert os.path.exists(tmp_path / f"cache-{events}" / "roots" / "mtime_map") is events
+    assert saltbus.refresh_fileserver(dict(master_base_opts, file_roots={"base": ["/srv/salt"]}), stage) == []

@@ -58,7 +58,7 @@ def test_hand_edits_fail_the_state_and_force_discards_them(loaders, envflow_bloc
     assert failed.changes == {}
     assert failed.comment == (
         f"envflow: {path} was edited by hand (deleted: top.sls); commit those changes to the repository, "
-        "or use force: True to discard them"
+        "or deploy with force=True to discard them"
     )
     assert loaders.states.envflow.deployed(name="stage", test=True).result is False
     forced = loaders.states.envflow.deployed(name="stage", force=True)
@@ -75,7 +75,7 @@ def test_force_repairs_drift_on_the_commit_already_served(loaders, envflow_block
     refused = loaders.states.envflow.deployed(name="stage")
     assert refused.result is False and refused.changes == {}
     assert refused.comment.endswith("was edited by hand (added: extra.sls); commit those changes to the repository, "
-                                    "or use force: True to discard them")
+                                    "or deploy with force=True to discard them")
     preview = loaders.states.envflow.deployed(name="stage", force=True, test=True)
     assert preview.result is None
     assert preview.changes["discarded"] == {"added": ["extra.sls"], "modified": [], "deleted": []}
