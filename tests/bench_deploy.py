@@ -1,0 +1,585 @@
+#!/usr/bin/env python
+"""Benchmark envflow's deploy against Salt's ``git.latest`` and a plain ``git fetch && git reset --hard``.
+
+A script, not a test (pytest does not collect it: no ``test_`` prefix). Run it with the
+Python of a virtualenv holding Salt, pygit2 and envflow::
+
+    python tests/bench_deploy.py [--sizes 200,20000] [--repeat 5] [--salt-call PATH]
+
+For each size it builds a bare repository of that many files (``git fast-import``,
+about 50 files per directory in a states-like layout) in a temporary directory, then
+measures in the same run:
+
+* envflow: the ``envflow.deployed`` state, and Salt's ``git.latest`` state, both applied
+  by ``salt-call --local state.apply <sls> --out=json`` with a minimal standalone minion
+  config. Each state's own ``duration`` is read from the JSON, so Salt's start-up, the
+  rendering of the SLS and the printing are left out of both. A ``module.run`` state
+  first loads both execution modules (pygit2 import, ``git --version``) outside the
+  timed states, and the two timed states swap places every round.
+* ``git fetch -q && git reset -q --hard origin/develop`` in a plain clone
+  (``git clone`` for the first deploy), as subprocess wall time.
+
+Scenarios: the first deploy (envflow: fetch into a new mirror and check out the whole
+tree; git.latest and git: clone), a one-file change (a one-line change to one file is
+committed, then all three deploy it; median of ``--repeat`` rounds), and the commit
+already served (median of ``--repeat`` applies with nothing new). envflow's second
+deploy also creates its standby slot (a full checkout), and its third is the first
+to reuse a slot; both are warm-up rounds, shown but kept out of the one-file medians.
+
+The minion's ``file_roots`` map a saltenv to the environment's path, so envflow's deploy
+also refreshes the ``roots`` file server for it, as it does on a master (git.latest does
+not).
+
+envflow's peak memory is measured apart, by the package-level deploy
+(``envflow.remote.Mirror`` fetch + ``envflow.served.ServedDir.deploy``, what the
+execution module runs) in a child process per scenario: its peak resident set (``VmHWM``
+from ``/proc/self/status``, interpreter, pygit2 and libgit2 included; ``ru_maxrss`` where
+there is no /proc, but on Linux that one carries the parent's peak over ``exec``), the same
+after the child's imports as a baseline, and the ``tracemalloc`` peak during the deploy
+(Python objects only; libgit2's own allocations are not traced).
+
+Aims (from the issue): on 20,000 files a one-file deploy 5x faster than git.latest, and
+within 1.5x of the same change on 200 files. The script prints PASS or MISS for each and
+never fails on them: speed is measured here, not asserted by tests.
+"""
+
+import argparse
+import json
+import os
+import random
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+ENV = "bench"
+BRANCH = "develop"
+FILES_PER_DIR = 50
+DIRS_PER_AREA = 20
+WARMUP_ROUNDS = 2
+AIM_VS_GIT_LATEST = 5.0
+AIM_SIZE_RATIO = 1.5
+
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Bench Author",
+    "GIT_AUTHOR_EMAIL": "bench@example.com",
+    "GIT_COMMITTER_NAME": "Bench Author",
+    "GIT_COMMITTER_EMAIL": "bench@example.com",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def _env():
+    return dict(os.environ, **_GIT_ENV)
+
+
+def git(*args, cwd=None, input=None):
+    """Run git, return its stripped standard output; raise with its error output on failure."""
+    proc = subprocess.run(["git", *args], cwd=cwd, env=_env(), input=input, capture_output=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout.decode().strip()
+
+
+# -- the repository ------------------------------------------------------------
+
+
+def _data(payload):
+    return b"data %d\n%s\n" % (len(payload), payload)
+
+
+class BenchRepo:
+    """A bare repository of ``size`` files laid out like a states tree, and one-line changes to it."""
+
+    def __init__(self, root, size, seed=0):
+        self.path = os.path.join(root, "automation.git")
+        self.size = size
+        self.contents = {}
+        self.random = random.Random(seed)
+        self.commits = 0
+        git("init", "-q", "--bare", "-b", BRANCH, self.path)
+        self._build()
+
+    @staticmethod
+    def _content(path, number):
+        role = path.rsplit("/", 1)[0].replace("/", "-")
+        return (
+            f"# {path}\n"
+            f"{role}-pkg-{number}:\n"
+            f"  pkg.installed:\n"
+            f"    - name: {role}-package-{number}\n"
+            f"{role}-conf-{number}:\n"
+            f"  file.managed:\n"
+            f"    - name: /etc/{role}/conf-{number}.conf\n"
+            f"    - mode: '0644'\n"
+            f"    - contents: |\n"
+            f"        setting_{number} = {number * 7919 % 100003}\n"
+            f"    - require:\n"
+            f"      - pkg: {role}-pkg-{number}\n"
+        ).encode()
+
+    def _paths(self):
+        yield "top.sls"
+        made = 1
+        directory = 0
+        while made < self.size:
+            area, role = divmod(directory, DIRS_PER_AREA)
+            for number in range(min(FILES_PER_DIR, self.size - made)):
+                yield f"states/area{area:03d}/role{role:02d}/state{number:02d}.sls"
+                made += 1
+            directory += 1
+
+    def _build(self):
+        stream = [
+            b"commit refs/heads/%s\n" % BRANCH.encode(),
+            b"committer Bench Author <bench@example.com> %d +0000\n" % int(time.time()),
+            _data(b"initial states"),
+        ]
+        for number, path in enumerate(self._paths()):
+            if path == "top.sls":
+                content = b"base:\n  '*':\n    - states\n"
+            else:
+                content = self._content(path, number)
+            self.contents[path] = content
+            stream.append(b"M 100644 inline %s\n" % path.encode())
+            stream.append(_data(content))
+        git("fast-import", "--quiet", cwd=self.path, input=b"".join(stream))
+        self.tip = git("rev-parse", f"refs/heads/{BRANCH}", cwd=self.path)
+
+    def change_one_file(self):
+        """Commit a one-line change to one file (a different one each time) on the branch; return the commit id."""
+        self.commits += 1
+        path = self.random.choice(sorted(p for p in self.contents if p != "top.sls"))
+        content = self.contents[path] + b"# change %d\n" % self.commits
+        self.contents[path] = content
+        stream = b"".join(
+            [
+                b"commit refs/heads/%s\n" % BRANCH.encode(),
+                b"committer Bench Author <bench@example.com> %d +0000\n" % int(time.time()),
+                _data(b"change %s" % path.encode()),
+                b"from refs/heads/%s^0\n" % BRANCH.encode(),
+                b"M 100644 inline %s\n" % path.encode(),
+                _data(content),
+            ]
+        )
+        git("fast-import", "--quiet", cwd=self.path, input=stream)
+        self.tip = git("rev-parse", f"refs/heads/{BRANCH}", cwd=self.path)
+        self.changed = path
+        return self.tip
+
+
+# -- Salt -------------------------------------------------------------------
+
+
+class Salt:
+    """A standalone minion (``salt-call --local``) whose states deploy with envflow and with git.latest."""
+
+    def __init__(self, root, repo, salt_call):
+        self.root = root
+        self.repo = repo
+        self.salt_call = salt_call
+        self.conf = os.path.join(root, "conf")
+        self.sls_dir = os.path.join(root, "sls")
+        self.env_path = os.path.join(root, "srv", ENV)
+        self.git_target = os.path.join(root, "git-latest")
+        for folder in (self.conf, self.sls_dir, os.path.dirname(self.env_path)):
+            os.makedirs(folder, exist_ok=True)
+        minion = {
+            "id": "envflow-bench",
+            "root_dir": os.path.join(root, "salt"),
+            "file_client": "local",
+            # The environment's path is a saltenv of this masterless minion, as it is of a master:
+            # envflow's deploy then refreshes the roots file server's caches for it.
+            "file_roots": {"base": [self.sls_dir], ENV: [self.env_path]},
+            "log_level_logfile": "warning",
+            "envflow": {
+                "repo": repo.path,
+                "environments": [{"name": ENV, "branch": BRANCH, "path": self.env_path}],
+            },
+        }
+        with open(os.path.join(self.conf, "minion"), "w", encoding="utf-8") as handle:
+            json.dump(minion, handle, indent=2)
+        self.runs = 0
+
+    def apply(self, states):
+        """Apply ``states`` (a list of ``(id, kind)``) in that order; return ``{id: state return}``.
+
+        ``kind`` is ``envflow`` or ``git``. A module.run state loads both execution modules first.
+        """
+        self.runs += 1
+        sls = {
+            "preload": {
+                "module.run": [
+                    {"envflow.deployed": [{"env": ENV}]},
+                    {"git.version": []},
+                    {"order": 1},
+                ]
+            }
+        }
+        for order, (state_id, kind) in enumerate(states, start=2):
+            if kind == "envflow":
+                sls[state_id] = {"envflow.deployed": [{"name": ENV}, {"branch": BRANCH}, {"order": order}]}
+            else:
+                sls[state_id] = {
+                    "git.latest": [
+                        {"name": self.repo.path},
+                        {"target": self.git_target},
+                        {"rev": BRANCH},
+                        {"branch": BRANCH},
+                        {"order": order},
+                    ]
+                }
+        name = f"bench{self.runs}"
+        with open(os.path.join(self.sls_dir, f"{name}.sls"), "w", encoding="utf-8") as handle:
+            json.dump(sls, handle, indent=1)
+        cmd = [self.salt_call, "-c", self.conf, "--local", "--out=json", "--log-level=quiet", "state.apply", name]
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, check=False)
+        try:
+            # Anything Salt prints before the JSON document (a deprecation warning) is skipped.
+            ran = json.loads(proc.stdout[proc.stdout.index("{") :])["local"]
+        except (ValueError, KeyError, TypeError):
+            output = proc.stdout[-2000:] + proc.stderr[-2000:]
+            raise RuntimeError(f"salt-call failed ({proc.returncode}): {output}") from None
+        if not isinstance(ran, dict):
+            raise RuntimeError(f"salt-call returned no states: {ran}")
+        found = {ret["__id__"]: ret for ret in ran.values()}
+        failed = {key: ret.get("comment") for key, ret in found.items() if ret.get("result") is not True}
+        if failed:
+            raise RuntimeError(f"states failed: {failed}")
+        return found
+
+
+# -- measuring ------------------------------------------------------------
+
+
+def _timed(command, cwd):
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=cwd, env=_env(), shell=True, capture_output=True, check=False)
+    elapsed = (time.perf_counter() - start) * 1000
+    if proc.returncode:
+        raise RuntimeError(f"{command} failed: {proc.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+def _served_commit(salt):
+    # The deployed commit as envflow records it, read directly to check each round did what it says.
+    from envflow.served import ServedDir  # pylint: disable=import-outside-toplevel
+
+    return ServedDir(salt.env_path).deployed()["id"]
+
+
+def _check(salt, clone, repo, what):
+    expect = repo.tip
+    got = {
+        "envflow": _served_commit(salt),
+        "git.latest": git("rev-parse", "HEAD", cwd=salt.git_target),
+        "git fetch+reset": git("rev-parse", "HEAD", cwd=clone),
+    }
+    wrong = {key: value for key, value in got.items() if value != expect}
+    if wrong:
+        raise RuntimeError(f"{what}: expected {expect} everywhere, got {wrong}")
+    changed = getattr(repo, "changed", None)
+    if changed:
+        for tree in (salt.env_path, salt.git_target, clone):
+            with open(os.path.join(tree, changed), "rb") as handle:
+                if handle.read() != repo.contents[changed]:
+                    raise RuntimeError(f"{what}: {tree}/{changed} does not hold the new content")
+
+
+def measure_size(size, args, workdir):
+    """Run every scenario on a repository of ``size`` files; return the timings in ms."""
+    root = os.path.join(workdir, f"size{size}")
+    os.makedirs(root)
+    start = time.perf_counter()
+    repo = BenchRepo(root, size)
+    built = time.perf_counter() - start
+    salt = Salt(root, repo, args.salt_call)
+    clone = os.path.join(root, "clone")
+    results = {"built_s": built, "files": len(repo.contents)}
+
+    # First deploy: envflow makes its mirror and first tree, git.latest and git clone.
+    ran = salt.apply([("envflow_first", "envflow"), ("git_latest_first", "git")])
+    results["first"] = {
+        "envflow": [ran["envflow_first"]["duration"]],
+        "git.latest": [ran["git_latest_first"]["duration"]],
+        "git": [_timed(f"git clone -q -b {BRANCH} {shlex.quote(repo.path)} {shlex.quote(clone)}", root)],
+    }
+    _check(salt, clone, repo, "first deploy")
+
+    rounds = []
+    for number in range(WARMUP_ROUNDS + args.repeat):
+        repo.change_one_file()
+        order = [("envflow_change", "envflow"), ("git_latest_change", "git")]
+        if number % 2:
+            order.reverse()
+        ran = salt.apply(order)
+        fetch_reset = _timed(f"git fetch -q origin && git reset -q --hard origin/{BRANCH}", clone)
+        _check(salt, clone, repo, f"one-file change {number + 1}")
+        for key in ("envflow_change", "git_latest_change"):
+            if not ran[key]["changes"]:
+                raise RuntimeError(f"one-file change {number + 1}: {key} reported no change: {ran[key]['comment']}")
+        rounds.append(
+            {
+                "envflow": ran["envflow_change"]["duration"],
+                "git.latest": ran["git_latest_change"]["duration"],
+                "git": fetch_reset,
+            }
+        )
+    results["warmup"] = rounds[:WARMUP_ROUNDS]
+    results["change"] = {key: [r[key] for r in rounds[WARMUP_ROUNDS:]] for key in ("envflow", "git.latest", "git")}
+
+    # The commit already served: nothing new to fetch or write.
+    states = []
+    for number in range(args.repeat):
+        pair = [(f"envflow_served_{number}", "envflow"), (f"git_latest_served_{number}", "git")]
+        states.extend(reversed(pair) if number % 2 else pair)
+    ran = salt.apply(states)
+    for key, ret in ran.items():
+        if key != "preload" and ret["changes"]:
+            raise RuntimeError(f"already served: {key} changed something: {ret['changes']}")
+    results["served"] = {
+        "envflow": [ran[f"envflow_served_{n}"]["duration"] for n in range(args.repeat)],
+        "git.latest": [ran[f"git_latest_served_{n}"]["duration"] for n in range(args.repeat)],
+        "git": [
+            _timed(f"git fetch -q origin && git reset -q --hard origin/{BRANCH}", clone) for _ in range(args.repeat)
+        ],
+    }
+    _check(salt, clone, repo, "already served")
+    results["salt_calls"] = salt.runs
+
+    results["memory"] = measure_memory(repo, root)
+    return results
+
+
+# -- memory -----------------------------------------------------------------
+
+_MEMORY_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, tracemalloc
+    from envflow.remote import Mirror
+    from envflow.served import ServedDir
+
+    def high_water_kb():
+        # VmHWM: this process's peak resident set. Not ru_maxrss: Linux carries that over exec
+        # from the parent, so a child would report the benchmark's own peak.
+        try:
+            with open("/proc/self/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]), "VmHWM"
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
+
+    repo, cachedir, path, branch = sys.argv[1:5]
+    baseline, source = high_water_kb()
+    tracemalloc.start()
+    with Mirror(repo, cachedir) as mirror:
+        mirror.fetch()
+        result = ServedDir(path).deploy(mirror.objects, mirror.commit(branch))
+    _, traced = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    peak, _ = high_water_kb()
+    print(json.dumps({"baseline_kb": baseline, "peak_kb": peak, "source": source, "traced_peak": traced,
+                      "changed": result["changed"]}))
+    """
+)
+
+
+def measure_memory(repo, root):
+    """Peak memory of the package-level deploy, one child process per scenario."""
+    cachedir = os.path.join(root, "memory", "cache")
+    path = os.path.join(root, "memory", "srv", ENV)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def child():
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_CHILD, repo.path, cachedir, path, BRANCH],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode:
+            raise RuntimeError(f"memory child failed: {out.stderr[-2000:]}")
+        return json.loads(out.stdout)
+
+    found = {"first": child()}
+    repo.change_one_file()
+    found["second (makes standby)"] = child()
+    repo.change_one_file()
+    child()  # the first deploy that reuses a slot
+    repo.change_one_file()
+    found["one-file change"] = child()
+    found["already served"] = child()
+    return found
+
+
+# -- report -----------------------------------------------------------------
+
+
+def _median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def _ms(value):
+    return f"{value:,.1f}" if value == value else "-"
+
+
+def _spread(values):
+    return f"{min(values):,.0f}-{max(values):,.0f}" if len(values) > 1 else ""
+
+
+def report(all_results, args):
+    lines = []
+    out = lines.append
+    out("")
+    out("envflow deploy benchmark")
+    out(
+        f"python {sys.version.split()[0]}, salt {_salt_version()}, pygit2 {_pygit2_version()}, "
+        f"{git('--version')}, {os.cpu_count()} CPUs"
+    )
+    out(
+        "times in ms: envflow and git.latest = the state's own duration from salt-call --local state.apply --out=json "
+        "(Salt's start-up excluded);"
+    )
+    out(
+        "git fetch+reset = wall time of `git fetch -q origin && git reset -q --hard origin/develop` in a clone "
+        "(first: git clone)."
+    )
+    out(
+        f"one-file change and already served: median of {args.repeat} (min-max); envflow's first {WARMUP_ROUNDS} "
+        "one-file deploys are warm-up (the 2nd deploy makes the standby slot, a full checkout) and are listed apart."
+    )
+    out(
+        "envflow's deploy includes its refresh of the roots file server "
+        "(the minion's file_roots map a saltenv to the path)."
+    )
+    out(
+        "load average (1 min) at the start / end: {:.2f} / {:.2f}; other work on the machine shows up as noise, "
+        "ratios within one run are what to compare".format(args.load_start, os.getloadavg()[0])
+    )
+    out("")
+    header = (
+        f"{'files':>6}  {'scenario':<38} {'envflow':>10} {'(min-max)':>13} {'git.latest':>11} {'(min-max)':>13} "
+        f"{'git.latest/envflow':>19} {'fetch+reset':>12} {'fetch+reset/envflow':>20}"
+    )
+    out(header)
+    out("-" * len(header))
+    for size, res in all_results.items():
+        rows = [("first deploy (git: clone)", res["first"])]
+        for number, warm in enumerate(res["warmup"], start=2):
+            label = "one-file, warm-up: deploy 2 (standby)" if number == 2 else f"one-file, warm-up: deploy {number}"
+            rows.append((label, {key: [value] for key, value in warm.items()}))
+        rows.append((f"one-file change (median of {len(res['change']['envflow'])})", res["change"]))
+        rows.append((f"already served (median of {len(res['served']['envflow'])})", res["served"]))
+        for label, data in rows:
+            envflow, latest, plain = (_median(data[key]) for key in ("envflow", "git.latest", "git"))
+            out(
+                f"{res['files']:>6}  {label:<38} {_ms(envflow):>10} {_spread(data['envflow']):>13} {_ms(latest):>11} "
+                f"{_spread(data['git.latest']):>13} {latest / envflow:>18.2f}x "
+                f"{_ms(plain):>12} {plain / envflow:>19.2f}x"
+            )
+        out("")
+    source = next(iter(next(iter(all_results.values()))["memory"].values()))["source"]
+    out("envflow peak memory (package-level deploy: Mirror.fetch + ServedDir.deploy, one child process per scenario;")
+    out(f"  peak RSS = the child's {source} (peak resident set: interpreter, pygit2 and libgit2 included);")
+    out("  baseline = the same after the imports, before the deploy;")
+    out("  tracemalloc = peak of Python allocations during the deploy, libgit2's own allocations not included)")
+    out(
+        f"{'files':>6}  {'scenario':<38} {'peak RSS MiB':>13} {'baseline MiB':>13} {'over baseline':>14} "
+        f"{'tracemalloc MiB':>16}"
+    )
+    for size, res in all_results.items():
+        for label, mem in res["memory"].items():
+            out(
+                f"{res['files']:>6}  {label:<38} {mem['peak_kb'] / 1024:>13.1f} {mem['baseline_kb'] / 1024:>13.1f} "
+                f"{(mem['peak_kb'] - mem['baseline_kb']) / 1024:>14.1f} {mem['traced_peak'] / 2**20:>16.1f}"
+            )
+    out("")
+    out("aims")
+    sizes = sorted(all_results)
+    large, small = sizes[-1], sizes[0]
+    change = {size: _median(all_results[size]["change"]["envflow"]) for size in sizes}
+    latest = _median(all_results[large]["change"]["git.latest"])
+    speedup = latest / change[large]
+    out(
+        f"  one-file deploy on {all_results[large]['files']} files, git.latest/envflow = {speedup:.2f}x "
+        f"(aim >= {AIM_VS_GIT_LATEST:g}x): {'PASS' if speedup >= AIM_VS_GIT_LATEST else 'MISS'}"
+    )
+    if large != small:
+        ratio = change[large] / change[small]
+        out(
+            f"  one-file deploy, envflow {all_results[large]['files']} files / {all_results[small]['files']} files = "
+            f"{change[large]:.1f} / {change[small]:.1f} ms = {ratio:.2f}x "
+            f"(aim <= {AIM_SIZE_RATIO:g}x): {'PASS' if ratio <= AIM_SIZE_RATIO else 'MISS'}"
+        )
+    else:
+        out("  size ratio: give two sizes with --sizes to compare")
+    for size in sizes:
+        res = all_results[size]
+        out(
+            f"  ({res['files']} files: repository built in {res['built_s']:.2f} s; {res['salt_calls']} salt-call runs)"
+        )
+    print("\n".join(lines))
+
+
+def _salt_version():
+    try:
+        import salt.version  # pylint: disable=import-outside-toplevel
+
+        return salt.version.__version__
+    except ImportError:
+        return "?"
+
+
+def _pygit2_version():
+    try:
+        import pygit2  # pylint: disable=import-outside-toplevel
+
+        return f"{pygit2.__version__} (libgit2 {pygit2.LIBGIT2_VERSION})"
+    except ImportError:
+        return "?"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="200,20000", help="comma-separated file counts (default: 200,20000)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed one-file changes and already-served runs per size")
+    parser.add_argument(
+        "--salt-call",
+        default=os.path.join(os.path.dirname(sys.executable), "salt-call"),
+        help="the salt-call to run (default: the one beside this Python)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print its path")
+    args = parser.parse_args(argv)
+    sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
+    if not sizes or min(sizes) < 2 or args.repeat < 1:
+        parser.error("give sizes of at least 2 files and --repeat of at least 1")
+    if not os.access(args.salt_call, os.X_OK):
+        parser.error(f"{args.salt_call} is not an executable salt-call; give one with --salt-call")
+    args.load_start = os.getloadavg()[0]
+    workdir = tempfile.mkdtemp(prefix="envflow-bench-")
+    started = time.perf_counter()
+    try:
+        results = {}
+        for size in sizes:
+            print(f"size {size}: measuring ...", file=sys.stderr, flush=True)
+            results[size] = measure_size(size, args, workdir)
+        report(results, args)
+        print(f"\n(total run time {time.perf_counter() - started:.0f} s)")
+    finally:
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
