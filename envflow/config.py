@@ -120,7 +120,7 @@ def parse(raw):
 
     Raises :class:`~envflow.errors.ConfigError` naming the first key that is wrong.
     """
-    if raw is None or raw == {} or raw == "":
+    if raw is None or raw in ({}, ""):
         raise ConfigError(
             "envflow: no configuration found; add an 'envflow' block with 'repo' and "
             "'environments' to the master config (or the minion config or pillar)"

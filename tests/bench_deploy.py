@@ -45,6 +45,7 @@ never fails on them: speed is measured here, not asserted by tests.
 
 import argparse
 import json
+import math
 import os
 import random
 import shlex
@@ -428,7 +429,7 @@ def _median(values):
 
 
 def _ms(value):
-    return f"{value:,.1f}" if value == value else "-"
+    return "-" if math.isnan(value) else f"{value:,.1f}"
 
 
 def _spread(values):
@@ -471,7 +472,7 @@ def report(all_results, args):
     )
     out(header)
     out("-" * len(header))
-    for size, res in all_results.items():
+    for res in all_results.values():
         rows = [("first deploy (git: clone)", res["first"])]
         for number, warm in enumerate(res["warmup"], start=2):
             label = "one-file, warm-up: deploy 2 (standby)" if number == 2 else f"one-file, warm-up: deploy {number}"
@@ -495,7 +496,7 @@ def report(all_results, args):
         f"{'files':>6}  {'scenario':<38} {'peak RSS MiB':>13} {'baseline MiB':>13} {'over baseline':>14} "
         f"{'tracemalloc MiB':>16}"
     )
-    for size, res in all_results.items():
+    for res in all_results.values():
         for label, mem in res["memory"].items():
             out(
                 f"{res['files']:>6}  {label:<38} {mem['peak_kb'] / 1024:>13.1f} {mem['baseline_kb'] / 1024:>13.1f} "

@@ -21,3 +21,14 @@ def salt_factories_config():
     Salt 3006 run silently use 3008's wrappers. Short, for unix socket paths.
     """
     return {"root_dir": pathlib.Path(tempfile.mkdtemp(prefix="sf-"))}
+
+
+def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
+    """Stop Salt's temporary log handler before pytest closes the stream it captured.
+
+    Otherwise Salt flushes into the closed stream at exit and prints a
+    "Logging error" traceback per buffered record.
+    """
+    import salt._logging.impl  # pylint: disable=import-outside-toplevel
+
+    salt._logging.impl.shutdown_temp_handler()  # pylint: disable=protected-access

@@ -72,7 +72,7 @@ def test_refusals_fail_the_runner_and_change_nothing(runners, envflow_block, rem
     before = remote.refs(), everything(envflow_block)
     result = runners["envflow.promote"]("prod")
     assert result["retcode"] == 1
-    assert result["error"].startswith(f"envflow: master has 1 commit(s) that ")
+    assert result["error"].startswith("envflow: master has 1 commit(s) that ")
     assert f"{hotfix[:10]} 'hotfix'" in result["error"]
     assert "\n" not in result["error"]
     assert "data" not in result and "Error" not in result

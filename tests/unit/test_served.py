@@ -54,7 +54,7 @@ def test_nothing_deployed_reads_as_none(served):
 
 def test_bookkeeping_stays_out_of_the_served_tree(served, mirror):
     deploy(served, mirror, "stage")
-    for root, dirs, files in os.walk(served.path):
+    for _root, dirs, files in os.walk(served.path):
         assert ".git" not in dirs and ".git" not in files
         assert not any(name.startswith(".envflow") or name.endswith(".json") for name in files)
     assert sorted(tree_files(served.path)) == sorted(V1)
