@@ -225,6 +225,18 @@ def _orchestrate(site, name, text):
     return site.run("state.orchestrate", f"orch.{name}", "saltenv=base")
 
 
+def _apply_stage_after_promotion(site):
+    """An orchestrate step: the stage minion's highstate, once promote_stage succeeded."""
+    return (
+        "apply_stage:\n"
+        "  salt.state:\n"
+        f"    - tgt: {site.minion.id}\n"
+        "    - highstate: True\n"
+        "    - require:\n"
+        "      - salt: promote_stage\n"
+    )
+
+
 def _steps(ret):
     """The orchestration's state results, keyed by state id."""
     (results,) = ret.data["data"].values()
@@ -247,12 +259,7 @@ def test_orchestrate_promotes_then_applies_the_stage_highstate(site):
         "    - env: stage\n"
         "    - require:\n"
         "      - envflow: serve_test\n"
-        "apply_stage:\n"
-        "  salt.state:\n"
-        f"    - tgt: {site.minion.id}\n"
-        "    - highstate: True\n"
-        "    - require:\n"
-        "      - salt: promote_stage\n",
+        + _apply_stage_after_promotion(site),
     )
     assert ret.returncode == 0, ret
     steps = _steps(ret)
@@ -277,12 +284,7 @@ def test_orchestrate_stops_when_a_promotion_is_refused(site):
         "    - name: envflow.promote\n"
         "    - env: stage\n"
         f"    - rev: {untested}\n"
-        "apply_stage:\n"
-        "  salt.state:\n"
-        f"    - tgt: {site.minion.id}\n"
-        "    - highstate: True\n"
-        "    - require:\n"
-        "      - salt: promote_stage\n",
+        + _apply_stage_after_promotion(site),
     )
     assert ret.returncode != 0, ret
     steps = _steps(ret)
