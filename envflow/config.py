@@ -17,6 +17,22 @@ from envflow.remote import is_local
 _SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _TOP_KEYS = {"repo", "environments", "master_config"}
 _ENV_KEYS = {"name", "branch", "path"}
+_OPTIONAL_ENV_KEYS = {"target", "gates"}
+_GATE_KEYS = {"verified", "soak", "approvals"}
+_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What a commit must have passed before it is promoted into an environment."""
+
+    verified: bool = False
+    soak: int = 0
+    approvals: int = 0
+
+    def __bool__(self):
+        return bool(self.verified or self.soak or self.approvals)
 
 
 @dataclass(frozen=True)
@@ -26,6 +42,8 @@ class Environment:
     name: str
     branch: str
     path: str
+    target: str = None
+    gates: Gates = Gates()
 
 
 @dataclass(frozen=True)
@@ -95,20 +113,53 @@ def _environment(raw, index):
     key = f"envflow:environments:{index}"
     if not isinstance(raw, dict):
         _fail(key, "must be a mapping with name, branch and path")
-    unknown = sorted(set(raw) - _ENV_KEYS, key=str)
+    unknown = sorted(set(raw) - _ENV_KEYS - _OPTIONAL_ENV_KEYS, key=str)
     if unknown:
-        _fail(key, f"unknown key {unknown[0]!r}; an environment has name, branch and path")
+        _fail(key, f"unknown key {unknown[0]!r}; an environment has name, branch, path, and optionally target and gates")
     for field in sorted(_ENV_KEYS):
         if field not in raw:
             _fail(key, f"missing {field!r}; an environment has name, branch and path")
     name = _string(raw["name"], f"{key}:name", "stage")
     if not _SALTENV.match(name) or name == "__env__":
         _fail(f"{key}:name", f"{name!r} is not a valid saltenv name; use letters, digits, '_', '-' and '.'")
+    target = raw.get("target")
+    if target is not None:
+        target = _string(target, f"{key}:target", "G@env:stage")
     return Environment(
         name=name,
         branch=_branch(raw["branch"], f"{key}:branch"),
         path=_path(raw["path"], f"{key}:path"),
+        target=target,
+        gates=_gates(raw.get("gates"), f"{key}:gates", first=index == 0, name=name),
     )
+
+
+def _duration(value, key):
+    """Seconds from ``3600``, ``"90s"``, ``"30m"``, ``"2h"`` or ``"1d"``."""
+    match = _DURATION.match(str(value).strip()) if not isinstance(value, bool) else None
+    if not match:
+        _fail(key, f"{value!r} is not a duration; give seconds or a number with s, m, h or d, such as 2h")
+    return int(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def _gates(raw, key, first, name):
+    if raw is None:
+        return Gates()
+    if not isinstance(raw, dict):
+        _fail(key, "must be a mapping with verified, soak and/or approvals")
+    unknown = sorted(set(raw) - _GATE_KEYS, key=str)
+    if unknown:
+        _fail(key, f"unknown gate {unknown[0]!r}; gates are verified, soak and approvals")
+    if first and raw:
+        _fail(key, f"{name} is the first environment: nothing is promoted into it, so it has no gates")
+    verified = raw.get("verified", False)
+    if not isinstance(verified, bool):
+        _fail(f"{key}:verified", f"{verified!r} is not true or false")
+    approvals = raw.get("approvals", 0)
+    if isinstance(approvals, bool) or not isinstance(approvals, int) or approvals < 0:
+        _fail(f"{key}:approvals", f"{approvals!r} is not a number of people; give 0 or more, such as 2")
+    soak = _duration(raw["soak"], f"{key}:soak") if "soak" in raw else 0
+    return Gates(verified=verified, soak=soak, approvals=approvals)
 
 
 def _inside(path, other):

@@ -17,9 +17,21 @@ from pygit2.enums import FetchPrune, SortMode
 from envflow.errors import BranchMoved, RemoteError, RevisionError
 from envflow.locking import clear_stale_git_locks, held
 
-_FETCH_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+NOTES = "refs/notes/envflow"
+_FETCH_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", f"+{NOTES}:{NOTES}"]
 _SCP_LIKE = re.compile(r"^[^/@:]+@[^/:]+:")
 _ZERO = pygit2.Oid(hex="0" * 40)
+
+
+def _shown_ref(refname):
+    return refname[len("refs/heads/") :] if refname.startswith("refs/heads/") else refname
+
+
+def _moved(refname):
+    return BranchMoved(
+        f"envflow: {_shown_ref(refname)} moved on the remote while envflow was working; "
+        "nothing was changed, run the command again"
+    )
 
 
 def redact(url):
@@ -51,10 +63,7 @@ class _Callbacks(pygit2.RemoteCallbacks):
         for update in updates:
             want = self.expected.get(update.dst_refname)
             if want is not None and update.src != want:
-                raise BranchMoved(
-                    f"envflow: {update.dst_refname[len('refs/heads/'):]} moved on the remote while "
-                    "envflow was working; nothing was changed, run the command again"
-                )
+                raise _moved(update.dst_refname)
 
     def push_update_reference(self, refname, message):
         if message:
@@ -185,8 +194,11 @@ class Mirror:
 
         Raises :class:`BranchMoved` if the remote branch is no longer ``old``.
         """
-        refname = f"refs/heads/{branch}"
-        staging = f"refs/envflow/push/{branch}"
+        self.update_ref(f"refs/heads/{branch}", old, new)
+
+    def update_ref(self, refname, old, new):
+        """Move the reference ``refname`` on the remote from ``old`` (``None``: absent) to ``new``, as a compare-and-swap."""
+        staging = f"refs/envflow/push/{refname[len('refs/'):]}"
         repo = self.repo
         with held(self.path + ".lock", f"the mirror of {self.shown}"):
             repo.references.create(staging, new, force=True)
@@ -198,14 +210,11 @@ class Mirror:
             except pygit2.GitError as exc:
                 message = self.scrub(exc)
                 if "non-fastforward" in message or "not present locally" in message:
-                    raise BranchMoved(
-                        f"envflow: {branch} moved on the remote while envflow was working; "
-                        "nothing was changed, run the command again"
-                    ) from None
-                raise RemoteError(f"envflow: cannot push {branch} to {self.shown}: {message}") from None
+                    raise _moved(refname) from None
+                raise RemoteError(f"envflow: cannot push {_shown_ref(refname)} to {self.shown}: {message}") from None
             finally:
                 repo.references.delete(staging)
             if callbacks.rejected:
                 reason = self.scrub(callbacks.rejected[refname])
-                raise RemoteError(f"envflow: {self.shown} refused the update of {branch}: {reason}")
+                raise RemoteError(f"envflow: {self.shown} refused the update of {_shown_ref(refname)}: {reason}")
             repo.references.create(refname, new, force=True)

@@ -27,6 +27,7 @@ from pygit2.enums import CheckoutStrategy, DeltaStatus, DiffOption, FileMode
 
 from envflow.errors import Drift, EnvflowError
 from envflow.locking import clear_stale_git_locks, held
+from envflow.records import now_iso
 from envflow.remote import commit_info
 
 SLOTS = ("a", "b")
@@ -148,7 +149,10 @@ class ServedDir:
     # -- reading --------------------------------------------------------
 
     def deployed(self):
-        """Describe the commit served at ``path`` (id, summary, author, time), or ``None`` if none is.
+        """Describe the commit served at ``path``, or ``None`` if none is.
+
+        The description has the commit's ``id``, ``summary``, ``author`` and
+        ``time``, and ``deployed_at``: since when ``path`` serves it.
 
         Raises :class:`EnvflowError` if ``path`` is envflow's symlink but its record is gone.
         """
@@ -161,7 +165,7 @@ class ServedDir:
                 f"envflow: {self.path} serves a tree envflow has no record of; "
                 "deploy with force=True to replace it"
             )
-        return record["commit"]
+        return {**record["commit"], "deployed_at": record.get("since")}
 
     def drift(self, objects):
         """Return the hand edits of the served tree as ``{"added": [...], "modified": [...], "deleted": [...]}``."""
@@ -235,7 +239,7 @@ class ServedDir:
                 result["refused_links"] = served_record["refused_links"]
                 return result
             self._refuse_hand_edits(drift, force)
-            checked_out = self._checkout(standby, objects, commit, old)
+            checked_out = self._checkout(standby, objects, commit, old, since=served_record.get("since"))
         else:
             drift, checked_out = self._prepare(served if served_record else None, standby, objects, commit, old)
             self._refuse_hand_edits(drift, force)
@@ -283,7 +287,7 @@ class ServedDir:
             raise failure[0]
         return drift, checked_out
 
-    def _checkout(self, slot, objects, commit, old):
+    def _checkout(self, slot, objects, commit, old, since=None):
         """Bring ``slot`` to exactly ``commit``; return its refused links and the files changed since ``old``."""
         previous = self.record(slot)
         self._drop_record(slot)
@@ -297,7 +301,8 @@ class ServedDir:
             counts = self._count_changes(repo, old, commit)
         finally:
             repo.free()
-        self._write_record(slot, {"commit": commit_info(commit), "links": sorted(links), "refused_links": refused})
+        record = {"commit": commit_info(commit), "since": since or now_iso(), "links": sorted(links), "refused_links": refused}
+        self._write_record(slot, record)
         return refused, counts
 
     @staticmethod

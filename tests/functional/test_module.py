@@ -17,7 +17,7 @@ def test_deploy_serves_the_branch_tip(envflow, envflow_block, remote):
     assert result["changed"] is True
     assert result["new"]["id"] == remote.tip("stage")
     assert served_file(envflow_block, "stage", "web/init.sls") == "# web v1\n"
-    assert envflow.deployed("stage") == result["new"]
+    assert envflow.deployed("stage") == {**result["new"], "deployed_at": envflow.deployed("stage")["deployed_at"]}
     assert envflow.drift("stage") == {"added": [], "modified": [], "deleted": []}
 
 

@@ -1,3 +1,4 @@
+import datetime
 import os
 import signal
 import subprocess
@@ -44,7 +45,9 @@ def test_first_deploy_makes_path_a_symlink_to_the_commit_tree(served, mirror, re
     assert result["new"]["summary"] == "initial states"
     assert result["new"]["author"] == "Test Author <author@example.com>"
     assert result["files"] == {"added": 2, "modified": 0, "deleted": 0}
-    assert served.deployed() == result["new"]
+    deployed = served.deployed()
+    assert {key: deployed[key] for key in result["new"]} == result["new"]
+    assert abs(datetime.datetime.fromisoformat(deployed["deployed_at"]) - datetime.datetime.now(datetime.timezone.utc)).total_seconds() < 60
 
 
 def test_nothing_deployed_reads_as_none(served):
@@ -184,10 +187,13 @@ def test_redeploying_the_served_commit_over_hand_edits_is_refused(served, mirror
 
 def test_force_repairs_drift_on_the_served_commit(served, mirror):
     deploy(served, mirror, "stage")
+    since = served.deployed()["deployed_at"]
+    time.sleep(1.1)
     os.unlink(os.path.join(served.path, "top.sls"))
     result = deploy(served, mirror, "stage", force=True)
     assert result["changed"] is True
     assert tree_files(served.path) == V1
+    assert served.deployed()["deployed_at"] == since  # the same commit, served all along
 
 
 def test_hand_edits_in_the_standby_tree_are_never_served(served, mirror, remote):

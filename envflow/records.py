@@ -1,0 +1,75 @@
+"""Gate records (verifications, approvals, forced promotions) kept in the remote repository.
+
+Each commit's records are one JSON git note on ``refs/notes/envflow``, so every
+master sees the same ones and plain git reads them::
+
+    git fetch origin refs/notes/envflow:refs/notes/envflow
+    git notes --ref=envflow show <commit>
+
+The note maps each kind to environments and their entries::
+
+    {"approved": {"prod": [{"by": "alice", "at": "2026-11-27T21:14:25+00:00"}]},
+     "verified": {"stage": [{"by": "root", "at": "...", "jid": "20261127211425123456"}]},
+     "forced":   {"prod": [{"by": "bob", "at": "...", "reason": "...", "gates": ["..."]}]}}
+
+Writing is a compare-and-swap push of the notes reference, retried on a race
+after a fresh fetch: records only ever grow, so a retry merges, never overwrites.
+"""
+
+import datetime
+import json
+
+import pygit2
+
+from envflow.errors import BranchMoved, RemoteError
+from envflow.remote import NOTES
+
+KINDS = ("verified", "approved", "forced")
+_ATTEMPTS = 5
+
+
+def now_iso():
+    """The current time, UTC, ISO 8601 to the second."""
+    return datetime.datetime.now(tz=datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def read(mirror, commit_id):
+    """The records of ``commit_id`` as a dict (empty when it has none). The mirror must be fetched."""
+    try:
+        note = mirror.repo.lookup_note(str(commit_id), NOTES)
+    except KeyError:
+        return {}
+    try:
+        return json.loads(note.message)
+    except ValueError:
+        return {}  # a note someone wrote by hand; envflow's own entries replace it
+
+
+def entries(records, kind, env):
+    """The entries of ``kind`` recorded for ``env``."""
+    return records.get(kind, {}).get(env, [])
+
+
+def add(mirror, commit_id, kind, env, entry):
+    """Record ``entry`` (a dict with at least ``by``) of ``kind`` for ``env`` on ``commit_id``, on the remote.
+
+    Returns the commit's records after the write. An entry by someone who
+    already has one of that kind for that environment replaces theirs.
+    """
+    entry = {**entry, "at": entry.get("at") or now_iso()}
+    for _attempt in range(_ATTEMPTS):
+        repo = mirror.repo
+        ref = repo.references.get(NOTES)
+        old = ref.target if ref is not None else None
+        records = read(mirror, commit_id)
+        listed = [item for item in entries(records, kind, env) if item.get("by") != entry["by"]]
+        records.setdefault(kind, {})[env] = [*listed, entry]
+        who = pygit2.Signature(str(entry["by"]), "envflow@localhost")
+        text = json.dumps(records, indent=1, sort_keys=True) + "\n"
+        repo.create_note(text, who, who, str(commit_id), NOTES, True)
+        try:
+            mirror.update_ref(NOTES, old, repo.references[NOTES].target)
+            return records
+        except BranchMoved:
+            mirror.fetch()  # another master recorded meanwhile: merge with its records
+    raise RemoteError(f"envflow: could not record on {mirror.shown}: {NOTES} kept moving; run the command again")
