@@ -48,5 +48,13 @@ class Drift(EnvflowError):
         self.changes = changes
 
 
+class GateBlocked(EnvflowError):
+    """A gate of the target environment is closed; ``gates`` lists why, one line per gate."""
+
+    def __init__(self, message, gates):
+        super().__init__(message)
+        self.gates = gates
+
+
 class Busy(EnvflowError):
     """Another envflow process holds the lock of an environment or repository."""

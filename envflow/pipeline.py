@@ -1,8 +1,10 @@
 """Pipeline-level operations: what a promotion would do, doing it, and the status of every environment."""
 
+import datetime
 from dataclasses import dataclass
 
-from envflow.errors import Diverged, Drift, EnvflowError, RevisionError
+from envflow import records
+from envflow.errors import Diverged, Drift, EnvflowError, GateBlocked, RevisionError
 from envflow.served import ServedDir, drift_message
 
 
@@ -89,6 +91,75 @@ def plan(config, mirror, name, rev=None):
         commits=mirror.commits(target.id, old),
         files=mirror.changed_files(old, target.id),
     )
+
+
+def _span(seconds):
+    """``5400`` -> ``1h30m``: the two largest units."""
+    seconds, parts = max(0, int(seconds)), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts[:2])
+
+
+def blocking_gates(promotion, mirror, now=None):
+    """The gates of ``promotion``'s environment that the promoted commit has not passed, one line each.
+
+    Each line names the gate and what would open it. The mirror must be fetched.
+    """
+    env, upstream, commit = promotion.env, promotion.upstream, promotion.new
+    gates = env.gates
+    if not gates:
+        return []
+    found = records.read(mirror, commit)
+    blocked = []
+    if gates.verified and not records.entries(found, "verified", upstream.name):
+        blocked.append(
+            f"verified: {_short(commit)} was not verified in {upstream.name}; "
+            f"run salt-run envflow.verify {upstream.name} jid=<its highstate job> once it passed there"
+        )
+    if gates.soak:
+        served = ServedDir(upstream.path).deployed()
+        since = served.get("deployed_at") if served else None
+        now = now or datetime.datetime.now(tz=datetime.timezone.utc)
+        age = (now - datetime.datetime.fromisoformat(since)).total_seconds() if since else 0
+        if age < gates.soak:
+            blocked.append(
+                f"soak: {upstream.name} has served it for {_span(age)} of the {_span(gates.soak)} required; "
+                f"promote again in {_span(gates.soak - age)}"
+            )
+    if gates.approvals:
+        people = sorted({entry["by"] for entry in records.entries(found, "approved", env.name)})
+        if len(people) < gates.approvals:
+            blocked.append(
+                f"approvals: {len(people)} of {gates.approvals} for {env.name} "
+                f"({', '.join(people) if people else 'none yet'}); "
+                f"{gates.approvals - len(people)} more people must run salt-run envflow.approve {env.name}"
+            )
+    return blocked
+
+
+def check_gates(promotion, mirror, force=False, reason=None):
+    """Raise :class:`GateBlocked` unless every gate is open, or ``force`` with a ``reason`` bypasses them.
+
+    Returns the gates bypassed (empty when all were open).
+    """
+    blocked = blocking_gates(promotion, mirror)
+    if blocked and not force:
+        raise GateBlocked(
+            f"envflow: promoting {_short(promotion.new)} into {promotion.env.name} is blocked by "
+            + "; ".join(blocked)
+            + "; or bypass the gates with force=True reason='<why>'",
+            blocked,
+        )
+    if blocked and not (reason and str(reason).strip()):
+        raise GateBlocked(
+            f"envflow: force=True bypasses the gates of {promotion.env.name} only with a reason, which is "
+            "recorded with the promotion; add reason='<why>'",
+            blocked,
+        )
+    return blocked
 
 
 def check_untouched(env, mirror):

@@ -99,3 +99,50 @@ def test_unknown_environment_lists_the_configured_ones():
 def test_urls_are_accepted_as_repo():
     for url in ("file:///srv/git/a.git", "https://git.example.com/a.git", "git@git.example.com:ops/a.git"):
         assert parse(changed(repo=url)).repo == url
+
+
+def test_targets_and_gates():
+    raw = copy.deepcopy(VALID)
+    raw["environments"][1]["target"] = "G@env:stage"
+    raw["environments"][2]["gates"] = {"verified": True, "soak": "2h", "approvals": 2}
+    config = parse(raw)
+    assert config.environment("stage").target == "G@env:stage"
+    assert config.environment("test").target is None
+    gates = config.environment("prod").gates
+    assert (gates.verified, gates.soak, gates.approvals) == (True, 7200, 2)
+    assert not config.environment("stage").gates
+    for soak, seconds in ((90, 90), ("90s", 90), ("30m", 1800), ("1d", 86400)):
+        raw["environments"][2]["gates"] = {"soak": soak}
+        assert parse(raw).environment("prod").gates.soak == seconds
+
+
+@pytest.mark.parametrize(
+    "gates, message",
+    [
+        ({"verify": True}, "envflow:environments:2:gates: unknown gate 'verify'; gates are verified, soak and approvals"),
+        ("verified", "envflow:environments:2:gates: must be a mapping with verified, soak and/or approvals"),
+        ({"verified": "yes"}, "envflow:environments:2:gates:verified: 'yes' is not true or false"),
+        ({"soak": "2 weeks"}, "envflow:environments:2:gates:soak: '2 weeks' is not a duration; give seconds or a number"),
+        ({"soak": True}, "envflow:environments:2:gates:soak: True is not a duration"),
+        ({"approvals": -1}, "envflow:environments:2:gates:approvals: -1 is not a number of people"),
+        ({"approvals": "two"}, "envflow:environments:2:gates:approvals: 'two' is not a number of people"),
+    ],
+)
+def test_each_gate_mistake_names_its_key(gates, message):
+    with pytest.raises(ConfigError) as error:
+        parse(changed(env2_gates=gates))
+    assert str(error.value).startswith(message)
+
+
+def test_the_first_environment_takes_no_gates():
+    with pytest.raises(ConfigError) as error:
+        parse(changed(env0_gates={"verified": True}))
+    assert str(error.value) == (
+        "envflow:environments:0:gates: test is the first environment: nothing is promoted into it, so it has no gates"
+    )
+
+
+def test_an_empty_target_is_refused():
+    with pytest.raises(ConfigError) as error:
+        parse(changed(env1_target=""))
+    assert str(error.value).startswith("envflow:environments:1:target: must be a non-empty string, for example G@env:stage")

@@ -1,0 +1,108 @@
+import datetime
+import os
+
+import pytest
+
+from envflow import pipeline, records
+from envflow.config import parse
+from envflow.errors import GateBlocked
+from envflow.served import ServedDir
+from tests.gitrepo import config, git
+
+
+@pytest.fixture
+def gated(remote, mirror, tmp_path):
+    """test -> stage -> prod, prod gated; every environment deployed, a new commit deployed in stage."""
+    raw = config(remote.path, tmp_path / "srv")
+    raw["environments"][2]["gates"] = {"verified": True, "soak": "1h", "approvals": 2}
+    cfg = parse(raw)
+    new = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    remote.set_branch("stage", new)
+    mirror.fetch()
+    for env in cfg.environments:
+        ServedDir(env.path).deploy(mirror.objects, mirror.commit(env.branch))
+    return cfg
+
+
+def later(hours):
+    return datetime.datetime.now(tz=datetime.timezone.utc) + datetime.timedelta(hours=hours)
+
+
+def test_every_closed_gate_is_named_with_what_opens_it(gated, mirror):
+    promotion = pipeline.plan(gated, mirror, "prod")
+    blocked = pipeline.blocking_gates(promotion, mirror)
+    short = promotion.new[:10]
+    assert blocked[0] == (
+        f"verified: {short} was not verified in stage; run salt-run envflow.verify stage jid=<its highstate job> "
+        "once it passed there"
+    )
+    assert blocked[1].startswith("soak: stage has served it for 0s of the 1h required; promote again in ")
+    assert blocked[2] == "approvals: 0 of 2 for prod (none yet); 2 more people must run salt-run envflow.approve prod"
+    with pytest.raises(GateBlocked) as error:
+        pipeline.check_gates(promotion, mirror)
+    assert str(error.value).startswith(f"envflow: promoting {short} into prod is blocked by verified: ")
+    assert str(error.value).endswith("; or bypass the gates with force=True reason='<why>'")
+    assert "\n" not in str(error.value)
+
+
+def test_gates_open_one_by_one(gated, mirror):
+    promotion = pipeline.plan(gated, mirror, "prod")
+    records.add(mirror, promotion.new, "verified", "stage", {"by": "root", "jid": "20261127000000000000"})
+    records.add(mirror, promotion.new, "approved", "prod", {"by": "alice"})
+    records.add(mirror, promotion.new, "approved", "prod", {"by": "alice"})  # the same person twice counts once
+    blocked = pipeline.blocking_gates(promotion, mirror, now=later(2))
+    assert blocked == ["approvals: 1 of 2 for prod (alice); 1 more people must run salt-run envflow.approve prod"]
+    records.add(mirror, promotion.new, "approved", "prod", {"by": "bob"})
+    assert pipeline.blocking_gates(promotion, mirror, now=later(0.5))[0].startswith(
+        "soak: stage has served it for 30m"
+    )
+    assert pipeline.blocking_gates(promotion, mirror, now=later(1)) == []
+
+
+def test_force_needs_a_reason(gated, mirror):
+    promotion = pipeline.plan(gated, mirror, "prod")
+    with pytest.raises(GateBlocked) as error:
+        pipeline.check_gates(promotion, mirror, force=True)
+    assert str(error.value) == (
+        "envflow: force=True bypasses the gates of prod only with a reason, which is recorded with the promotion; "
+        "add reason='<why>'"
+    )
+    assert len(pipeline.check_gates(promotion, mirror, force=True, reason="security fix")) == 3
+
+
+def test_ungated_environments_are_never_blocked(gated, mirror, remote):
+    remote.commit("develop", {"db/init.sls": "# db\n"})
+    mirror.fetch()
+    ServedDir(gated.environment("test").path).deploy(mirror.objects, mirror.commit("develop"))
+    assert pipeline.blocking_gates(pipeline.plan(gated, mirror, "stage"), mirror) == []
+
+
+def test_records_live_on_the_remote_and_read_with_plain_git(gated, mirror, remote, tmp_path):
+    commit = remote.tip("stage")
+    records.add(mirror, commit, "approved", "prod", {"by": "alice"})
+    text = git("notes", "--ref=envflow", "show", commit, cwd=remote.path)
+    assert '"approved"' in text and '"alice"' in text
+    # Another master, with a mirror of its own, sees it and adds to it.
+    from envflow.remote import Mirror
+
+    with Mirror(remote.path, str(tmp_path / "other-master")) as other:
+        other.fetch()
+        assert [entry["by"] for entry in records.entries(records.read(other, commit), "approved", "prod")] == ["alice"]
+        records.add(other, commit, "approved", "prod", {"by": "bob"})
+    mirror.fetch()
+    assert [entry["by"] for entry in records.entries(records.read(mirror, commit), "approved", "prod")] == ["alice", "bob"]
+
+
+def test_a_record_written_meanwhile_by_another_master_is_merged_not_lost(gated, mirror, remote, tmp_path):
+    from envflow.remote import Mirror
+
+    commit = remote.tip("stage")
+    with Mirror(remote.path, str(tmp_path / "other-master")) as other:
+        other.fetch()
+        records.add(other, commit, "approved", "prod", {"by": "bob"})
+    # This mirror has not fetched since: its compare-and-swap loses, it fetches and merges.
+    result = records.add(mirror, commit, "approved", "prod", {"by": "alice"})
+    assert sorted(entry["by"] for entry in records.entries(result, "approved", "prod")) == ["alice", "bob"]
+    assert os.path.isdir(remote.path)
+    text = git("notes", "--ref=envflow", "show", commit, cwd=remote.path)
+    assert '"alice"' in text and '"bob"' in text
