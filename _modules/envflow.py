@@ -29,7 +29,7 @@ try:
     import pygit2  # noqa: F401 pylint: disable=unused-import
 
     from envflow import config as envflow_config
-    from envflow import saltbus
+    from envflow import pipeline, records, saltbus
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, commit_info
     from envflow.served import ServedDir
@@ -175,6 +175,92 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
         old = result["old"]["id"] if result["old"] else None
         _fire(env, "deployed", {"env": env, "path": environment.path, "old": old, "new": result["new"]["id"]})
     return result
+
+
+def _operator():
+    """Who runs this: the operating-system user, as Salt names it (``sudo_alice`` under sudo)."""
+    import salt.utils.user  # pylint: disable=import-outside-toplevel
+
+    return salt.utils.user.get_specific_user()
+
+
+def promote(env, rev=None, dry_run=False, force=False, reason=None, by=None):
+    """
+    Promote what was tested in the previous environment into ``env``, then deploy ``env``.
+
+    Moves ``env``'s branch on the remote to the commit deployed in the
+    environment before it (not that branch's moving tip), fast-forward only,
+    as a compare-and-swap: if the branch moved since envflow read it, nothing
+    changes. Refuses, changing nothing, when ``env``'s branch holds commits
+    the promoted commit lacks (listing them), when ``env``'s directory was
+    edited by hand, and when a gate of ``env`` is closed (naming it and what
+    opens it). Fires ``salt/envflow/<env>/promoted`` once ``env`` serves the
+    promoted commit. The runner :py:func:`envflow.promote
+    <salt.runners.envflow.promote>` calls this on the master.
+
+    env
+        The environment to promote into; not the first of the pipeline.
+
+    rev
+        An older commit to promote, contained in the commit deployed upstream.
+
+    dry_run : False
+        Report the commits, files, closed gates and hand edits in ``env``'s
+        directory that the promotion would meet; change nothing.
+
+    force : False
+        Discard hand edits in ``env``'s directory and, with ``reason``, bypass
+        closed gates; the bypass is recorded with the commit on the remote.
+
+    reason
+        Why gates are bypassed; required when ``force`` bypasses a closed gate.
+
+    by
+        Who promotes, for the record of a bypass (default: the operating-system user).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envflow.promote stage
+        salt-call envflow.promote prod dry_run=True
+        salt-call envflow.promote prod force=True reason="security fix, approved by phone"
+    """
+    try:
+        config = _config()
+        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
+            mirror.fetch()
+            promotion = pipeline.plan(config, mirror, env, rev=rev)
+            report = promotion.as_dict()
+            if dry_run:
+                return {
+                    "dry_run": True,
+                    **report,
+                    "path": promotion.env.path,
+                    "gates": pipeline.blocking_gates(promotion, mirror),
+                    "drift": ServedDir(promotion.env.path).drift(mirror.objects),
+                }
+            if not force:
+                # Refuse before the branch moves, not after: the deploy would refuse anyway.
+                pipeline.check_untouched(promotion.env, mirror)
+            bypassed = pipeline.check_gates(promotion, mirror, force=force, reason=reason)
+            pipeline.promote(mirror, promotion)
+            if bypassed:
+                entry = {"by": by or _operator(), "reason": reason, "gates": bypassed, "from": promotion.old}
+                records.add(mirror, promotion.new, "forced", env, entry)
+                report["bypassed"] = bypassed
+    except EnvflowError as exc:
+        raise _salt_error(exc) from None
+    try:
+        report["deployed"] = pipeline.deploy_summary(deploy(env, rev=promotion.new, force=force))
+    except CommandExecutionError as exc:
+        raise CommandExecutionError(
+            f"envflow: {promotion.env.branch} now points at {promotion.new[:10]}, but deploying it to {env} "
+            f"failed: {exc}; fix that, then run envflow.refresh {env}"
+        ) from None
+    if promotion.old != promotion.new:
+        _fire(env, "promoted", {"env": env, "branch": promotion.env.branch, "old": promotion.old, "new": promotion.new})
+    return report
 
 
 def deployed(env):

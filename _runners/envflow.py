@@ -6,11 +6,14 @@ dict; on failure it holds ``retcode: 1`` and a one-line ``error``, so
 ``salt-run`` exits non-zero and orchestrate marks the step failed.
 """
 
+import datetime
+
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
     from envflow import config as envflow_config
-    from envflow import pipeline, saltbus
+    from envflow import jobs, pipeline, records
+    from envflow.served import ServedDir
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror
 
@@ -19,9 +22,6 @@ except ImportError:
     HAS_ENVFLOW = False
 
 __virtualname__ = "envflow"
-
-_LISTED = 50
-
 
 def __virtual__():
     if not HAS_ENVFLOW:
@@ -34,35 +34,23 @@ def _failure(message):
     return {"retcode": 1, "error": message}
 
 
-def _capped(items):
-    return items[:_LISTED] + ([f"... and {len(items) - _LISTED} more"] if len(items) > _LISTED else [])
-
-
 def _deploy(env, **kwargs):
     """Deploy through the execution module, as the master's own ``salt.cmd`` would."""
-    result = __salt__["salt.cmd"]("envflow.deploy", env, **kwargs)
-    return {
-        "old": result["old"]["id"] if result["old"] else None,
-        "new": result["new"]["id"],
-        "changed": result["changed"],
-        "moved_aside": result["moved_aside"],
-        "refused_links": [f"{link['path']} -> {link['target']}" for link in result["refused_links"]],
-        "refreshed": result["refreshed"],
-        "discarded": result["discarded"],
-    }
+    return pipeline.deploy_summary(__salt__["salt.cmd"]("envflow.deploy", env, **kwargs))
 
 
-def promote(env, rev=None, dry_run=False, force=False):
+def promote(env, rev=None, dry_run=False, force=False, reason=None):
     """
     Promote what was tested in the previous environment into ``env``, then deploy ``env``.
 
     Moves ``env``'s branch on the remote to the commit deployed in the
     environment before it (not that branch's moving tip), fast-forward only,
     as a compare-and-swap: if the branch moved since envflow read it, nothing
-    changes. Refuses, listing them, when ``env``'s branch holds commits the
-    promoted commit lacks, and when ``env``'s directory was edited by hand
-    (unless ``force``). Fires ``salt/envflow/<env>/promoted`` once ``env``
-    serves the promoted commit.
+    changes. Refuses, changing nothing, when ``env``'s branch holds commits
+    the promoted commit lacks (listing them), when ``env``'s directory was
+    edited by hand, and when a gate of ``env`` is closed (naming it and what
+    opens it). Fires ``salt/envflow/<env>/promoted`` once ``env`` serves the
+    promoted commit.
 
     env
         The environment to promote into; not the first of the pipeline.
@@ -71,10 +59,14 @@ def promote(env, rev=None, dry_run=False, force=False):
         An older commit to promote, contained in the commit deployed upstream.
 
     dry_run : False
-        Report the commits and files the promotion would bring; change nothing.
+        Report the commits, files and closed gates the promotion would meet; change nothing.
 
     force : False
-        Promote even though ``env``'s directory was edited by hand, discarding the edits.
+        Discard hand edits in ``env``'s directory and, with ``reason``, bypass
+        closed gates; the bypass is recorded with the commit on the remote.
+
+    reason
+        Why the gates are bypassed; required when ``force`` bypasses a closed gate.
 
     CLI Example:
 
@@ -83,36 +75,24 @@ def promote(env, rev=None, dry_run=False, force=False):
         salt-run envflow.promote stage
         salt-run envflow.promote prod dry_run=True
         salt-run envflow.promote prod rev=3f2c9a1
+        salt-run envflow.promote prod force=True reason="CVE fix, approved on the phone"
     """
     try:
-        config = envflow_config.parse(__opts__.get("envflow"))
-        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
-            mirror.fetch()
-            promotion = pipeline.plan(config, mirror, env, rev=rev)
-            report = promotion.as_dict()
-            report["commits"], report["files"] = _capped(report["commits"]), _capped(report["files"])
-            if not force:
-                # Refuse before the branch moves, not after: the deploy would refuse anyway.
-                pipeline.check_untouched(promotion.env, mirror)
-            if dry_run:
-                return {"dry_run": True, **report}
-            pipeline.promote(mirror, promotion)
-    except EnvflowError as exc:
-        return _failure(str(exc))
-    try:
-        report["deployed"] = _deploy(env, rev=promotion.new, force=force)
+        return __salt__["salt.cmd"](
+            "envflow.promote", env, rev=rev, dry_run=dry_run, force=force, reason=reason, by=_user()
+        )
     except (CommandExecutionError, SaltInvocationError) as exc:
-        return _failure(
-            f"envflow: {promotion.env.branch} now points at {promotion.new[:10]}, but deploying it to {env} "
-            f"failed: {exc}; fix that, then run envflow.refresh {env}"
-        )
-    if promotion.old != promotion.new:
-        saltbus.fire_on_master(
-            __opts__,
-            f"salt/envflow/{env}/promoted",
-            {"env": env, "branch": promotion.env.branch, "old": promotion.old, "new": promotion.new},
-        )
-    return report
+        return _failure(str(exc))
+
+
+def _user():
+    """The Salt user running this runner (eauth name, or ``sudo_<name>``), else the operating-system user."""
+    user = globals().get("__user__")
+    if not user or user == "UNKNOWN":
+        import salt.utils.user  # pylint: disable=import-outside-toplevel
+
+        user = salt.utils.user.get_specific_user()
+    return user
 
 
 def status(env=None):
@@ -167,3 +147,135 @@ def refresh(env=None, force=False):
     if errors:
         return {**_failure("; ".join(errors)), "environments": report}
     return {"environments": report}
+
+
+def _target_minions(environment):
+    """The minions ``environment``'s compound ``target`` matches, or ``None`` when it has no target."""
+    if not environment.target:
+        return None
+    import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+    found = salt.utils.minions.CkMinions(__opts__).check_minions(environment.target, "compound")
+    return sorted(found["minions"])
+
+
+def minions(env):
+    """
+    List the minions an environment serves: those its ``target`` (a compound target) matches.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.minions stage
+    """
+    try:
+        config = envflow_config.parse(__opts__.get("envflow"))
+        environment = config.environment(env)
+    except EnvflowError as exc:
+        return _failure(str(exc))
+    if not environment.target:
+        index = config.environments.index(environment)
+        return _failure(
+            f"envflow:environments:{index}:target: not set for {env}; add a compound target such as G@env:{env}"
+        )
+    return {"env": env, "target": environment.target, "minions": _target_minions(environment)}
+
+
+def _last_state_job(since):
+    """The newest state run in the job cache that started after ``since`` (an aware datetime), or ``None``."""
+    listed = __salt__["jobs.list_jobs"](search_function=list(jobs.STATE_FUNCTIONS))
+    utc = __opts__.get("utc_jid", False)
+    newer = [jid for jid in listed if jobs.jid_time(jid, utc) >= since]
+    return max(newer) if newer else None
+
+
+def verify(env, jid=None):
+    """
+    Record that the commit ``env`` serves passed there, for the ``verified`` gate of the next environment.
+
+    With ``jid``, first checks that job's returns in the job cache: it must
+    be a state run started after ``env`` began serving the commit, every
+    targeted minion (and every minion of ``env``'s ``target``) must have
+    answered, and no state may have failed; otherwise nothing is recorded and
+    the failed minions and states are named. ``jid=last`` takes the newest
+    state run since the commit was deployed. The record goes to the remote
+    repository, as a git note on the commit (``refs/notes/envflow``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.verify stage jid=20261127211425123456
+        salt-run envflow.verify stage jid=last
+        salt-run envflow.verify stage
+    """
+    try:
+        config = envflow_config.parse(__opts__.get("envflow"))
+        environment = config.environment(env)
+        served = ServedDir(environment.path).deployed()
+        if served is None:
+            return _failure(f"envflow: nothing is deployed in {env}, so there is nothing to verify")
+        entry = {"by": _user()}
+        if jid is not None:
+            since = datetime.datetime.fromisoformat(served["deployed_at"])
+            jid = _last_state_job(since) if str(jid) == "last" else str(jid)
+            if jid is None:
+                return _failure(
+                    f"envflow: no state run in the job cache since {env} began serving {served['id'][:10]}; "
+                    f"apply the states of {env}'s minions first"
+                )
+            problems = jobs.failures(__salt__["jobs.list_job"](jid), _target_minions(environment) or ())
+            if not problems and jobs.jid_time(jid, __opts__.get("utc_jid", False)) < since:
+                problems = [f"it started before {env} began serving {served['id'][:10]}"]
+            if problems:
+                return _failure(
+                    f"envflow: job {jid} does not verify {served['id'][:10]} in {env}: "
+                    + "; ".join(problems)
+                    + "; nothing was recorded"
+                )
+            entry["jid"] = jid
+        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
+            mirror.fetch()
+            records.add(mirror, served["id"], "verified", env, entry)
+        return {"env": env, "commit": served["id"], "verified_by": entry["by"], "jid": jid}
+    except EnvflowError as exc:
+        return _failure(str(exc))
+
+
+def approve(env, rev=None):
+    """
+    Approve a commit for promotion into ``env``, for its ``approvals`` gate.
+
+    The commit is ``rev``, or the one deployed in the environment before
+    ``env`` (what the next promotion would bring). The approver is the Salt
+    user running the command (the eauth name, or ``sudo_<name>`` under sudo),
+    else the operating-system user; one approval per person counts. The record
+    goes to the remote repository, as a git note on the commit.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.approve prod
+        salt-run envflow.approve prod rev=3f2c9a1
+    """
+    try:
+        config = envflow_config.parse(__opts__.get("envflow"))
+        environment = config.environment(env)
+        upstream = config.upstream(env)
+        if upstream is None:
+            return _failure(f"envflow: {env} is the first environment of the pipeline; nothing is promoted into it")
+        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
+            mirror.fetch()
+            if rev is None:
+                tested = pipeline.deployed_id(upstream)
+                if tested is None:
+                    return _failure(f"envflow: nothing is deployed in {upstream.name}; give rev=<commit> to approve")
+                rev = tested
+            commit = str(mirror.commit(str(rev)).id)
+            found = records.add(mirror, commit, "approved", env, {"by": _user()})
+        people = sorted({entry["by"] for entry in records.entries(found, "approved", env)})
+        return {"env": env, "commit": commit, "approvals": people, "needed": environment.gates.approvals}
+    except EnvflowError as exc:
+        return _failure(str(exc))

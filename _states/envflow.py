@@ -105,3 +105,70 @@ def _preview(ret, name, rev, branch, force):
         changes["discarded"] = drift
     ret.update(result=None, changes=changes, comment=f"{name} would serve {_switch(old, new)}")
     return ret
+
+
+def promoted(name, rev=None, force=False, reason=None):
+    """
+    Make sure the environment ``name`` holds, and serves, the commit deployed in the environment before it.
+
+    Promotes (see :py:func:`envflow.promote <salt.modules.envflow.promote>`)
+    when the branch of ``name`` lacks that commit; does nothing when the
+    branch already points at it and ``name`` serves it. In test mode, lists the
+    commits a promotion would bring, or says which gate or hand edit would
+    block it. Meant for orchestrate SLS files, which run on the master.
+
+    name
+        The environment to promote into.
+
+    rev
+        An older commit to promote, contained in the commit deployed upstream.
+
+    force : False
+        Discard hand edits in the environment's directory and, with ``reason``, bypass closed gates.
+
+    reason
+        Why the gates are bypassed; recorded with the promotion.
+
+    Changes are ``{"revision": {"old": <branch commit>, "new": <commit>}, "commits": [...]}``.
+
+    .. code-block:: yaml
+
+        prod:
+          envflow.promoted: []
+    """
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        plan = __salt__["envflow.promote"](name, rev=rev, dry_run=True)
+        serving = __salt__["envflow.deployed"](name)
+        if plan["old"] == plan["new"] and serving is not None and serving["id"] == plan["new"]:
+            ret.update(result=True, comment=f"{name} already holds and serves {plan['new'][:10]}")
+            return ret
+        if __opts__["test"]:
+            return _preview_promotion(ret, name, plan, force, reason)
+        done = __salt__["envflow.promote"](name, rev=rev, force=force, reason=reason)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret["comment"] = str(exc)
+        return ret
+    ret["changes"] = {"revision": {"old": done["old"], "new": done["new"]}, "commits": done["commits"]}
+    ret["comment"] = f"{name} promoted to {done['new'][:10]} from {done['from']}"
+    if done.get("bypassed"):
+        ret["changes"]["bypassed"] = done["bypassed"]
+        ret["comment"] += f", bypassing: {'; '.join(done['bypassed'])}"
+    ret["result"] = True
+    return ret
+
+
+def _preview_promotion(ret, name, plan, force, reason):
+    """Test mode for :py:func:`promoted`: the commits a promotion would bring, or why it would be refused."""
+    if any(plan["drift"].values()) and not force:
+        ret["comment"] = drift_message(plan["path"], plan["drift"], "promote with force=True")
+        return ret
+    if plan["gates"] and not (force and reason):
+        ret["comment"] = f"promoting {plan['new'][:10]} into {name} would be blocked by " + "; ".join(plan["gates"])
+        return ret
+    ret.update(
+        result=None,
+        changes={"revision": {"old": plan["old"], "new": plan["new"]}, "commits": plan["commits"]},
+        comment=f"{name} would be promoted to {plan['new'][:10]} from {plan['from']}, bringing {len(plan['commits'])} commit(s)",
+    )
+    return ret

@@ -12,6 +12,10 @@ def _short(commit_id):
     return str(commit_id)[:10]
 
 
+def _capped(items, limit=50):
+    return items[:limit] + ([f"... and {len(items) - limit} more"] if len(items) > limit else [])
+
+
 @dataclass
 class Promotion:
     """A checked promotion of ``env``'s branch from ``old`` to ``new`` (commit ids; ``old`` may be ``None``)."""
@@ -24,15 +28,15 @@ class Promotion:
     files: list
 
     def as_dict(self):
-        """The promotion as the small structured dict runners return."""
+        """The promotion as the small structured dict runners return (long lists cut at 50)."""
         return {
             "env": self.env.name,
             "branch": self.env.branch,
             "from": self.upstream.name,
             "old": self.old,
             "new": self.new,
-            "commits": [f"{_short(cid)} {summary}" for cid, summary in self.commits],
-            "files": [f"{status} {path}" for status, path in self.files],
+            "commits": _capped([f"{_short(cid)} {summary}" for cid, summary in self.commits]),
+            "files": _capped([f"{status} {path}" for status, path in self.files]),
         }
 
 
@@ -160,6 +164,19 @@ def check_gates(promotion, mirror, force=False, reason=None):
             blocked,
         )
     return blocked
+
+
+def deploy_summary(result):
+    """The small view of a deploy's result that runners return: commit ids, what happened."""
+    return {
+        "old": result["old"]["id"] if result["old"] else None,
+        "new": result["new"]["id"],
+        "changed": result["changed"],
+        "moved_aside": result["moved_aside"],
+        "refused_links": [f"{link['path']} -> {link['target']}" for link in result["refused_links"]],
+        "refreshed": result["refreshed"],
+        "discarded": result["discarded"],
+    }
 
 
 def check_untouched(env, mirror):

@@ -106,3 +106,54 @@ def test_force_replaces_a_tree_envflow_has_no_record_of(loaders, envflow_block, 
     assert forced.result is True
     assert forced.changes == {"revision": {"old": None, "new": remote.tip("stage")}}
     assert loaders.modules.envflow.deployed("stage")["id"] == remote.tip("stage")
+
+
+def test_promoted_previews_then_promotes_then_has_nothing_to_do(loaders, envflow_block, remote):
+    envflow = loaders.modules.envflow
+    for env in ("test", "stage", "prod"):
+        envflow.deploy(env)
+    old = remote.tip("stage")
+    tested = remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+    envflow.deploy("test")
+
+    preview = loaders.states.envflow.promoted(name="stage", test=True)
+    assert preview.result is None
+    assert preview.changes == {"revision": {"old": old, "new": tested}, "commits": [f"{tested[:10]} web v2"]}
+    assert preview.comment == f"stage would be promoted to {tested[:10]} from test, bringing 1 commit(s)"
+    assert remote.tip("stage") == old
+
+    done = loaders.states.envflow.promoted(name="stage")
+    assert done.result is True
+    assert done.changes == {"revision": {"old": old, "new": tested}, "commits": [f"{tested[:10]} web v2"]}
+    assert remote.tip("stage") == tested
+    assert served_file(envflow_block, "stage", "web/init.sls") == "# web v2\n"
+
+    again = loaders.states.envflow.promoted(name="stage")
+    assert again.result is True and again.changes == {}
+    assert again.comment == f"stage already holds and serves {tested[:10]}"
+
+
+def test_promoted_fails_on_hand_edits_in_test_mode_too(loaders, envflow_block, remote):
+    envflow = loaders.modules.envflow
+    for env in ("test", "stage"):
+        envflow.deploy(env)
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    envflow.deploy("test")
+    path = env_path(envflow_block, "stage")
+    with open(os.path.join(path, "top.sls"), "a", encoding="utf-8") as handle:
+        handle.write("# hand edit\n")
+    before = remote.refs()
+    for test in (True, False):
+        result = loaders.states.envflow.promoted(name="stage", test=test)
+        assert result.result is False
+        assert result.comment == (
+            f"envflow: {path} was edited by hand (modified: top.sls); commit those changes to the repository, "
+            "or promote with force=True to discard them"
+        )
+    assert remote.refs() == before
+
+
+def test_promoted_into_the_first_environment_fails(loaders, remote):
+    result = loaders.states.envflow.promoted(name="test")
+    assert result.result is False
+    assert result.comment.startswith("envflow: test is the first environment of the pipeline")

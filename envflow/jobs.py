@@ -1,0 +1,51 @@
+"""Judging a Salt job from the master's job cache: did every targeted minion answer, and did every state pass?
+
+Works on the dict ``salt-run jobs.list_job <jid>`` returns (``Function``,
+``Minions``, ``StartTime``, ``Result``: minion -> ``{"return": ..., "retcode": ...}``).
+"""
+
+import datetime
+
+STATE_FUNCTIONS = ("state.highstate", "state.apply", "state.sls", "state.top", "state.sls_id")
+
+
+def jid_time(jid, utc=False):
+    """When job ``jid`` started, as an aware UTC datetime (Salt writes local time unless ``utc_jid``)."""
+    started = datetime.datetime.strptime(str(jid)[:20], "%Y%m%d%H%M%S%f")
+    started = started.replace(tzinfo=datetime.timezone.utc) if utc else started.astimezone()
+    return started.astimezone(datetime.timezone.utc)
+
+
+def _state_id(key):
+    parts = key.split("_|-")
+    return parts[1] if len(parts) > 1 else key
+
+
+def failures(job, expected=()):
+    """Why ``job`` does not show a passing state run: one line per problem, empty when it passed.
+
+    ``expected`` names minions that must be among those that answered (the
+    environment's minions), on top of the job's own targets.
+    """
+    if not job or (not job.get("Function") and not job.get("Result")):
+        return ["it is not in the master's job cache"]
+    if job.get("Function") not in STATE_FUNCTIONS:
+        return [f"it ran {job.get('Function')}, not a state run ({', '.join(STATE_FUNCTIONS)})"]
+    results = job.get("Result") or {}
+    problems = [f"{minion} did not answer" for minion in sorted(set(job.get("Minions") or []) | set(expected)) if minion not in results]
+    for minion in sorted(results):
+        answer = results[minion]
+        states = answer.get("return")
+        if isinstance(states, dict) and states and all(isinstance(state, dict) and "result" in state for state in states.values()):
+            ordered = sorted(states.items(), key=lambda item: item[1].get("__run_num__", 0))
+            for key, state in ordered:
+                if state.get("result") is False:
+                    comment = str(state.get("comment") or "").strip().splitlines()
+                    problems.append(f"{minion}: state {_state_id(key)} failed" + (f" ({comment[0]})" if comment else ""))
+        elif isinstance(states, list):
+            problems.append(f"{minion}: " + " ".join(str(item).strip().splitlines()[0] for item in states if str(item).strip()))
+        elif not states:
+            problems.append(f"{minion}: ran no state")
+        elif answer.get("retcode") not in (None, 0):
+            problems.append(f"{minion}: returned retcode {answer.get('retcode')}")
+    return problems
