@@ -10,6 +10,7 @@ salt-factories' root comes from ``salt_factories_config`` in tests/conftest.py:
 one per run, so this run's daemons and CLIs use wrappers of its own virtualenv.
 """
 
+import contextlib
 import itertools
 import os
 import pathlib
@@ -165,3 +166,80 @@ def site(salt_factories, tmp_path_factory, site_options):
         deployed = ok(test_site.run("envflow.refresh"))
         assert sorted(deployed["environments"]) == ["prod", "stage", "test"], deployed
         yield test_site
+
+
+PIPELINES = REPO_ROOT / "docs" / "pipelines"
+
+
+def _release_files(out_dir):
+    """A repository whose top file maps minions to environments by their ``env`` grain."""
+    top = "".join(
+        f"{env}:\n  'G@env:{env}':\n    - match: compound\n    - web\n" for env in ("test", "stage", "prod")
+    )
+    web = (
+        "envflow-motd:\n"
+        "  file.managed:\n"
+        f"    - name: {out_dir}/{{{{ grains['id'] }}}}.txt\n"
+        "    - source: salt://web/motd.txt\n"
+        "    - makedirs: True\n"
+    )
+    return {"top.sls": top, "web/init.sls": web, MOTD: motd("initial")}
+
+
+class ReleaseSite:
+    """One master, a stage minion and a prod minion (by their ``env`` grain), and the shipped pipeline files."""
+
+    def __init__(self, master, minions, remote, envflow, out_dir):
+        self.master, self.minions, self.remote, self.envflow, self.out_dir = master, minions, remote, envflow, out_dir
+        self.paths = {env["name"]: env["path"] for env in envflow["environments"]}
+        self.run_cli = master.salt_run_cli(timeout=CLI_TIMEOUT)
+
+    def run(self, *args, **kwargs):
+        return self.run_cli.run(*args, **kwargs)
+
+    def written(self, env):
+        """What the highstate of ``env``'s minion last wrote, or ``None``."""
+        path = self.out_dir / f"{self.minions[env].id}.txt"
+        return path.read_text(encoding="utf-8") if path.exists() else None
+
+    def deployed(self, env):
+        info = ServedDir(self.paths[env]).deployed()
+        return info["id"] if info else None
+
+    def served_file(self, env, path):
+        with open(os.path.join(self.paths[env], path), encoding="utf-8") as handle:
+            return handle.read()
+
+
+@contextlib.contextmanager
+def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False):
+    """Start a master with the shipped orchestrate files (and, if asked, the shipped reactor) and two minions."""
+    master_id = random_string("m-", uppercase=False)
+    work = tmp_path_factory.mktemp("release")
+    out_dir = work / "out"
+    remote = gitrepo.Remote(work / "git", files=_release_files(out_dir))
+    master_root = pathlib.Path(salt_factories.root_dir) / master_id
+    state_tree = master_root / "state-tree"
+    envflow = gitrepo.config(remote.path, state_tree)
+    for env in envflow["environments"]:
+        env["target"] = f"G@env:{env['name']}"
+    if gates:
+        envflow["environments"][2]["gates"] = gates
+    base = state_tree / "base"
+    shutil.copytree(PIPELINES / "orch", base / "orch")
+    file_roots = {"base": [str(base)], **{env["name"]: [env["path"]] for env in envflow["environments"]}}
+    overrides = {"envflow": envflow, "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME}
+    if reactor:
+        shutil.copytree(PIPELINES / "reactor", work / "reactor")
+        overrides["reactor"] = [{"salt/envflow/*/deployed": [str(work / "reactor" / "envflow-deployed.sls")]}]
+    master = salt_factories.salt_master_daemon(
+        master_id, defaults={"root_dir": str(master_root), "file_roots": file_roots}, overrides=overrides
+    )
+    minions = {
+        env: master.salt_minion_daemon(random_string(f"{env}-", uppercase=False), overrides={"grains": {"env": env}})
+        for env in ("stage", "prod")
+    }
+    with master.started(), minions["stage"].started(), minions["prod"].started():
+        site = ReleaseSite(master, minions, remote, envflow, out_dir)
+        assert sorted(ok(site.run("envflow.refresh"))["environments"]) == ["prod", "stage", "test"]
+        yield site

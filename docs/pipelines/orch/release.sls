@@ -1,0 +1,37 @@
+{#- The full release: promote stage, apply stage's states, verify stage with that job, promote prod.
+
+    Copy this file to orch/release.sls in your base file_roots and run:
+        salt-run state.orchestrate orch.release
+    Every step requires the one before it: a failed highstate on a stage minion
+    stops the release, and prod's branch and directory stay as they are.
+    Minions are those of each environment's `target` in the envflow configuration. -#}
+{%- set environments = salt['config.get']('envflow:environments', []) %}
+{%- set targets = {} %}
+{%- for env in environments %}{% do targets.update({env['name']: env.get('target')}) %}{% endfor %}
+
+promote_stage:
+  envflow.promoted:
+    - name: stage
+
+highstate_stage:
+  salt.state:
+    - tgt: {{ targets['stage'] | yaml_dquote }}
+    - tgt_type: compound
+    - highstate: True
+    - queue: True
+    - require:
+      - envflow: promote_stage
+
+verify_stage:
+  salt.runner:
+    - name: envflow.verify
+    - env: stage
+    - jid: last
+    - require:
+      - salt: highstate_stage
+
+promote_prod:
+  envflow.promoted:
+    - name: prod
+    - require:
+      - salt: verify_stage
