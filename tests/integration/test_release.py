@@ -19,6 +19,12 @@ def _release(site):
     return site.run("state.orchestrate", "orch.release", "saltenv=base")
 
 
+def test_each_environment_lists_its_minions(site):
+    for env in ("stage", "prod"):
+        listed = ok(site.run("envflow.minions", env))
+        assert listed == {"env": env, "target": f"G@env:{env}", "minions": [site.minions[env].id]}
+
+
 def test_the_release_pipeline_brings_the_tested_commit_to_prod(site):
     content = fresh_motd("release")
     tested = site.remote.commit("develop", {MOTD: content}, "motd to release")
