@@ -43,14 +43,10 @@ def promote(env, rev=None, dry_run=False, force=False, reason=None):
     """
     Promote what was tested in the previous environment into ``env``, then deploy ``env``.
 
-    Moves ``env``'s branch on the remote to the commit deployed in the
-    environment before it (not that branch's moving tip), fast-forward only,
-    as a compare-and-swap: if the branch moved since envflow read it, nothing
-    changes. Refuses, changing nothing, when ``env``'s branch holds commits
-    the promoted commit lacks (listing them), when ``env``'s directory was
-    edited by hand, and when a gate of ``env`` is closed (naming it and what
-    opens it). Fires ``salt/envflow/<env>/promoted`` once ``env`` serves the
-    promoted commit.
+    Runs :py:func:`envflow.promote <salt.modules.envflow.promote>` on the
+    master, which says what a promotion checks and refuses; a refusal returns
+    ``retcode: 1`` and a one-line ``error``, and changes nothing. Bypasses of
+    gates are recorded under the Salt user running this runner.
 
     env
         The environment to promote into; not the first of the pipeline.
@@ -183,11 +179,17 @@ def minions(env):
 
 
 def _last_state_job(since):
-    """The newest state run in the job cache that started after ``since`` (an aware datetime), or ``None``."""
+    """The newest state run in the job cache started after ``since`` that every targeted minion answered.
+
+    A run still going (another highstate queued behind it, say) is passed over, not judged half done.
+    """
     listed = __salt__["jobs.list_jobs"](search_function=list(jobs.STATE_FUNCTIONS))
     utc = __opts__.get("utc_jid", False)
-    newer = [jid for jid in listed if jobs.jid_time(jid, utc) >= since]
-    return max(newer) if newer else None
+    for jid in sorted((jid for jid in listed if jobs.jid_time(jid, utc) >= since), reverse=True):
+        job = __salt__["jobs.list_job"](jid)
+        if set(job.get("Minions") or []) <= set(job.get("Result") or {}):
+            return jid
+    return None
 
 
 def verify(env, jid=None):
@@ -199,7 +201,8 @@ def verify(env, jid=None):
     targeted minion (and every minion of ``env``'s ``target``) must have
     answered, and no state may have failed; otherwise nothing is recorded and
     the failed minions and states are named. ``jid=last`` takes the newest
-    state run since the commit was deployed. The record goes to the remote
+    state run since the commit was deployed that every targeted minion has
+    answered. The record goes to the remote
     repository, as a git note on the commit (``refs/notes/envflow``).
 
     CLI Example:
