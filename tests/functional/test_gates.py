@@ -112,3 +112,28 @@ def test_verify_with_a_job_the_cache_does_not_hold_records_nothing(gated_runners
         "it is not in the master's job cache; nothing was recorded",
     }
     assert remote.refs() == before
+
+
+def test_the_promoted_state_reports_closed_gates_in_test_mode_and_fails_on_them(minion_base_opts, envflow_block, remote, tmp_path):
+    from saltfactories.utils.functional import Loaders  # pylint: disable=import-outside-toplevel
+
+    block = copy.deepcopy(envflow_block)
+    block["environments"][2]["gates"] = {"approvals": 1}
+    loaders = Loaders(dict(minion_base_opts, envflow=block, cachedir=str(tmp_path / "cache")))
+    for env in ("test", "stage", "prod"):
+        loaders.modules.envflow.deploy(env)
+    tested = remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    loaders.modules.envflow.deploy("stage")
+    before = remote.refs()
+    blocked = "approvals: 0 of 1 for prod (none yet); 1 more people must run salt-run envflow.approve prod"
+    preview = loaders.states.envflow.promoted(name="prod", test=True)
+    assert preview.result is False
+    assert preview.comment == f"promoting {tested[:10]} into prod would be blocked by {blocked}"
+    real = loaders.states.envflow.promoted(name="prod")
+    assert real.result is False
+    assert real.comment == f"envflow: promoting {tested[:10]} into prod is blocked by {blocked}; or bypass the gates with force=True reason='<why>'"
+    assert remote.refs() == before
+    forced = loaders.states.envflow.promoted(name="prod", force=True, reason="hotfix window")
+    assert forced.result is True
+    assert forced.changes["bypassed"] == [blocked]
+    assert remote.tip("master") == tested
