@@ -16,8 +16,12 @@ the master, through ``salt-run salt.cmd`` or the runner, the master config):
       repo: /srv/git/automation.git
       environments:
         - {name: test, branch: develop, path: /srv/salt/test}
-        - {name: stage, branch: stage, path: /srv/salt/stage}
-        - {name: prod, branch: master, path: /srv/salt/prod}
+        - {name: stage, branch: stage, path: /srv/salt/stage, target: "G@env:stage"}
+        - name: prod
+          branch: master
+          path: /srv/salt/prod
+          target: "G@env:prod"
+          gates: {verified: true, soak: 2h, approvals: 2}
 """
 
 import logging
@@ -244,11 +248,12 @@ def promote(env, rev=None, dry_run=False, force=False, reason=None, by=None):
                 # Refuse before the branch moves, not after: the deploy would refuse anyway.
                 pipeline.check_untouched(promotion.env, mirror)
             bypassed = pipeline.check_gates(promotion, mirror, force=force, reason=reason)
-            pipeline.promote(mirror, promotion)
             if bypassed:
+                # Recorded before the branch moves: a bypass never goes unrecorded.
                 entry = {"by": by or _operator(), "reason": reason, "gates": bypassed, "from": promotion.old}
                 records.add(mirror, promotion.new, "forced", env, entry)
                 report["bypassed"] = bypassed
+            pipeline.promote(mirror, promotion)
     except EnvflowError as exc:
         raise _salt_error(exc) from None
     try:

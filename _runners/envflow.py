@@ -178,16 +178,19 @@ def minions(env):
     return {"env": env, "target": environment.target, "minions": _target_minions(environment)}
 
 
-def _last_state_job(since):
-    """The newest state run in the job cache started after ``since`` that every targeted minion answered.
+def _last_state_job(since, minions):
+    """The newest finished state run in the job cache started after ``since`` (``None``: any time).
 
-    A run still going (another highstate queued behind it, say) is passed over, not judged half done.
+    Finished: every targeted minion answered, so a run still going is passed
+    over rather than judged half done. With ``minions`` (the environment's),
+    only runs that targeted all of them count.
     """
     listed = __salt__["jobs.list_jobs"](search_function=list(jobs.STATE_FUNCTIONS))
     utc = __opts__.get("utc_jid", False)
-    for jid in sorted((jid for jid in listed if jobs.jid_time(jid, utc) >= since), reverse=True):
+    for jid in sorted((jid for jid in listed if since is None or jobs.jid_time(jid, utc) >= since), reverse=True):
         job = __salt__["jobs.list_job"](jid)
-        if set(job.get("Minions") or []) <= set(job.get("Result") or {}):
+        targeted = set(job.get("Minions") or [])
+        if targeted <= set(job.get("Result") or {}) and set(minions or ()) <= targeted:
             return jid
     return None
 
@@ -221,15 +224,17 @@ def verify(env, jid=None):
             return _failure(f"envflow: nothing is deployed in {env}, so there is nothing to verify")
         entry = {"by": _user()}
         if jid is not None:
-            since = datetime.datetime.fromisoformat(served["deployed_at"])
-            jid = _last_state_job(since) if str(jid) == "last" else str(jid)
+            # Trees deployed by envflow before it recorded deployed_at have no start to compare with.
+            since = datetime.datetime.fromisoformat(served["deployed_at"]) if served.get("deployed_at") else None
+            minions = _target_minions(environment) or ()
+            jid = _last_state_job(since, minions) if str(jid) == "last" else str(jid)
             if jid is None:
                 return _failure(
-                    f"envflow: no state run in the job cache since {env} began serving {served['id'][:10]}; "
-                    f"apply the states of {env}'s minions first"
+                    f"envflow: no finished state run of {env}'s minions in the job cache since {env} began "
+                    f"serving {served['id'][:10]}; apply their states first"
                 )
-            problems = jobs.failures(__salt__["jobs.list_job"](jid), _target_minions(environment) or ())
-            if not problems and jobs.jid_time(jid, __opts__.get("utc_jid", False)) < since:
+            problems = jobs.failures(__salt__["jobs.list_job"](jid), minions)
+            if not problems and since and jobs.jid_time(jid, __opts__.get("utc_jid", False)) < since:
                 problems = [f"it started before {env} began serving {served['id'][:10]}"]
             if problems:
                 return _failure(

@@ -140,7 +140,10 @@ def promoted(name, rev=None, force=False, reason=None):
     try:
         plan = __salt__["envflow.promote"](name, rev=rev, dry_run=True)
         serving = __salt__["envflow.deployed"](name)
-        if plan["old"] == plan["new"] and serving is not None and serving["id"] == plan["new"]:
+        if any(plan["drift"].values()) and not force:
+            ret["comment"] = drift_message(plan["path"], plan["drift"], "promote with force=True")
+            return ret
+        if plan["old"] == plan["new"] and serving is not None and serving["id"] == plan["new"] and not any(plan["drift"].values()):
             ret.update(result=True, comment=f"{name} already holds and serves {plan['new'][:10]}")
             return ret
         if __opts__["test"]:
@@ -160,9 +163,6 @@ def promoted(name, rev=None, force=False, reason=None):
 
 def _preview_promotion(ret, name, plan, force, reason):
     """Test mode for :py:func:`promoted`: the commits a promotion would bring, or why it would be refused."""
-    if any(plan["drift"].values()) and not force:
-        ret["comment"] = drift_message(plan["path"], plan["drift"], "promote with force=True")
-        return ret
     if plan["gates"] and not (force and reason):
         ret["comment"] = f"promoting {plan['new'][:10]} into {name} would be blocked by " + "; ".join(plan["gates"])
         return ret

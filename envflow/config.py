@@ -150,8 +150,6 @@ def _gates(raw, key, first, name):
     unknown = sorted(set(raw) - _GATE_KEYS, key=str)
     if unknown:
         _fail(key, f"unknown gate {unknown[0]!r}; gates are verified, soak and approvals")
-    if first and raw:
-        _fail(key, f"{name} is the first environment: nothing is promoted into it, so it has no gates")
     verified = raw.get("verified", False)
     if not isinstance(verified, bool):
         _fail(f"{key}:verified", f"{verified!r} is not true or false")
@@ -159,7 +157,10 @@ def _gates(raw, key, first, name):
     if isinstance(approvals, bool) or not isinstance(approvals, int) or approvals < 0:
         _fail(f"{key}:approvals", f"{approvals!r} is not a number of people; give 0 or more, such as 2")
     soak = _duration(raw["soak"], f"{key}:soak") if "soak" in raw else 0
-    return Gates(verified=verified, soak=soak, approvals=approvals)
+    gates = Gates(verified=verified, soak=soak, approvals=approvals)
+    if first and gates:
+        _fail(key, f"{name} is the first environment: nothing is promoted into it, so it has no gates")
+    return gates
 
 
 def _inside(path, other):

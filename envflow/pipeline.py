@@ -107,6 +107,10 @@ def _span(seconds):
     return "".join(parts[:2])
 
 
+def _people(count):
+    return "1 more person" if count == 1 else f"{count} more people"
+
+
 def blocking_gates(promotion, mirror, now=None):
     """The gates of ``promotion``'s environment that the promoted commit has not passed, one line each.
 
@@ -139,7 +143,7 @@ def blocking_gates(promotion, mirror, now=None):
             blocked.append(
                 f"approvals: {len(people)} of {gates.approvals} for {env.name} "
                 f"({', '.join(people) if people else 'none yet'}); "
-                f"{gates.approvals - len(people)} more people must run salt-run envflow.approve {env.name}"
+                f"{_people(gates.approvals - len(people))} must run salt-run envflow.approve {env.name}"
             )
     return blocked
 

@@ -53,8 +53,9 @@ def entries(records, kind, env):
 def add(mirror, commit_id, kind, env, entry):
     """Record ``entry`` (a dict with at least ``by``) of ``kind`` for ``env`` on ``commit_id``, on the remote.
 
-    Returns the commit's records after the write. An entry by someone who
-    already has one of that kind for that environment replaces theirs.
+    Returns the commit's records after the write. An approval or verification
+    by someone who already has one for that environment replaces theirs (one
+    per person counts); forced promotions are all kept, for the audit trail.
     """
     entry = {**entry, "at": entry.get("at") or now_iso()}
     for _attempt in range(_ATTEMPTS):
@@ -62,7 +63,7 @@ def add(mirror, commit_id, kind, env, entry):
         ref = repo.references.get(NOTES)
         old = ref.target if ref is not None else None
         records = read(mirror, commit_id)
-        listed = [item for item in entries(records, kind, env) if item.get("by") != entry["by"]]
+        listed = [item for item in entries(records, kind, env) if kind == "forced" or item.get("by") != entry["by"]]
         records.setdefault(kind, {})[env] = [*listed, entry]
         who = pygit2.Signature(str(entry["by"]), "envflow@localhost")
         text = json.dumps(records, indent=1, sort_keys=True) + "\n"

@@ -125,7 +125,7 @@ def test_the_promoted_state_reports_closed_gates_in_test_mode_and_fails_on_them(
     tested = remote.commit("stage", {"web/init.sls": "# web v2\n"})
     loaders.modules.envflow.deploy("stage")
     before = remote.refs()
-    blocked = "approvals: 0 of 1 for prod (none yet); 1 more people must run salt-run envflow.approve prod"
+    blocked = "approvals: 0 of 1 for prod (none yet); 1 more person must run salt-run envflow.approve prod"
     preview = loaders.states.envflow.promoted(name="prod", test=True)
     assert preview.result is False
     assert preview.comment == f"promoting {tested[:10]} into prod would be blocked by {blocked}"

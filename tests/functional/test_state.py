@@ -157,3 +157,16 @@ def test_promoted_into_the_first_environment_fails(loaders, remote):
     result = loaders.states.envflow.promoted(name="test")
     assert result.result is False
     assert result.comment.startswith("envflow: test is the first environment of the pipeline")
+
+
+def test_promoted_does_not_call_an_edited_environment_done(loaders, envflow_block, remote):
+    for env in ("test", "stage"):
+        loaders.modules.envflow.deploy(env)
+    path = env_path(envflow_block, "stage")
+    os.unlink(os.path.join(path, "top.sls"))
+    result = loaders.states.envflow.promoted(name="stage")
+    assert result.result is False
+    assert result.comment.startswith(f"envflow: {path} was edited by hand (deleted: top.sls)")
+    repaired = loaders.states.envflow.promoted(name="stage", force=True)
+    assert repaired.result is True
+    assert os.path.exists(os.path.join(path, "top.sls"))

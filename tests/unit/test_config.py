@@ -146,3 +146,7 @@ def test_an_empty_target_is_refused():
     with pytest.raises(ConfigError) as error:
         parse(changed(env1_target=""))
     assert str(error.value).startswith("envflow:environments:1:target: must be a non-empty string, for example G@env:stage")
+
+
+def test_the_first_environment_may_spell_out_closed_gates():
+    assert not parse(changed(env0_gates={"verified": False, "approvals": 0})).environment("test").gates

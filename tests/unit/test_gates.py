@@ -51,7 +51,7 @@ def test_gates_open_one_by_one(gated, mirror):
     records.add(mirror, promotion.new, "approved", "prod", {"by": "alice"})
     records.add(mirror, promotion.new, "approved", "prod", {"by": "alice"})  # the same person twice counts once
     blocked = pipeline.blocking_gates(promotion, mirror, now=later(2))
-    assert blocked == ["approvals: 1 of 2 for prod (alice); 1 more people must run salt-run envflow.approve prod"]
+    assert blocked == ["approvals: 1 of 2 for prod (alice); 1 more person must run salt-run envflow.approve prod"]
     records.add(mirror, promotion.new, "approved", "prod", {"by": "bob"})
     assert pipeline.blocking_gates(promotion, mirror, now=later(0.5))[0].startswith(
         "soak: stage has served it for 30m"
@@ -106,3 +106,10 @@ def test_a_record_written_meanwhile_by_another_master_is_merged_not_lost(gated, 
     assert os.path.isdir(remote.path)
     text = git("notes", "--ref=envflow", "show", commit, cwd=remote.path)
     assert '"alice"' in text and '"bob"' in text
+
+
+def test_every_forced_promotion_is_kept_for_the_audit_trail(gated, mirror, remote):
+    commit = remote.tip("stage")
+    records.add(mirror, commit, "forced", "prod", {"by": "alice", "reason": "first"})
+    found = records.add(mirror, commit, "forced", "prod", {"by": "alice", "reason": "second"})
+    assert [entry["reason"] for entry in records.entries(found, "forced", "prod")] == ["first", "second"]

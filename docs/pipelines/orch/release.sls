@@ -8,6 +8,12 @@
 {%- set environments = salt['config.get']('envflow:environments', []) %}
 {%- set targets = {} %}
 {%- for env in environments %}{% do targets.update({env['name']: env.get('target')}) %}{% endfor %}
+{%- if not targets.get('stage') %}
+
+stage_needs_a_target:
+  test.fail_without_changes:
+    - name: "envflow: give the stage environment a target (a compound target such as G@env:stage) to release through it"
+{%- else %}
 
 promote_stage:
   envflow.promoted:
@@ -35,3 +41,4 @@ promote_prod:
     - name: prod
     - require:
       - salt: verify_stage
+{%- endif %}
