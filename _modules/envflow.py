@@ -165,19 +165,28 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
         with Mirror(config.repo, __opts__["cachedir"]) as mirror:
             mirror.fetch()
             commit = _target(mirror, environment, rev, branch)
-            served = ServedDir(environment.path)
             if test:
+                served = ServedDir(environment.path)
                 return {"env": env, "path": environment.path, "new": commit_info(commit), **_preview(served, mirror, force)}
-            result = served.deploy(mirror.objects, commit, force=force)
+            return _serve(config, environment, mirror, commit, force)
     except EnvflowError as exc:
         raise _salt_error(exc) from None
-    result = {"env": env, **result, "refreshed": []}
+
+
+def _serve(config, environment, mirror, commit, force):
+    """Deploy ``commit`` into ``environment``'s directory; then refresh the file server and fire ``deployed``."""
+    result = {"env": environment.name, **ServedDir(environment.path).deploy(mirror.objects, commit, force=force)}
+    result["refreshed"] = []
     if result["changed"]:
         fileserver_opts = _fileserver_opts(config)
         if fileserver_opts:
             result["refreshed"] = saltbus.refresh_fileserver(fileserver_opts, environment.path)
         old = result["old"]["id"] if result["old"] else None
-        _fire(env, "deployed", {"env": env, "path": environment.path, "old": old, "new": result["new"]["id"]})
+        _fire(
+            environment.name,
+            "deployed",
+            {"env": environment.name, "path": environment.path, "old": old, "new": result["new"]["id"]},
+        )
     return result
 
 
@@ -254,15 +263,16 @@ def promote(env, rev=None, dry_run=False, force=False, reason=None, by=None):
                 records.add(mirror, promotion.new, "forced", env, entry)
                 report["bypassed"] = bypassed
             pipeline.promote(mirror, promotion)
+            try:
+                served = _serve(config, promotion.env, mirror, mirror.commit(promotion.new), force)
+            except EnvflowError as exc:
+                raise EnvflowError(
+                    f"envflow: {promotion.env.branch} now points at {promotion.new[:10]}, but deploying it to {env} "
+                    f"failed: {exc}; fix that, then run envflow.refresh {env}"
+                ) from None
+            report["deployed"] = pipeline.deploy_summary(served)
     except EnvflowError as exc:
         raise _salt_error(exc) from None
-    try:
-        report["deployed"] = pipeline.deploy_summary(deploy(env, rev=promotion.new, force=force))
-    except CommandExecutionError as exc:
-        raise CommandExecutionError(
-            f"envflow: {promotion.env.branch} now points at {promotion.new[:10]}, but deploying it to {env} "
-            f"failed: {exc}; fix that, then run envflow.refresh {env}"
-        ) from None
     if promotion.old != promotion.new:
         _fire(env, "promoted", {"env": env, "branch": promotion.env.branch, "old": promotion.old, "new": promotion.new})
     return report
