@@ -197,24 +197,72 @@ class Mirror:
         self.update_ref(f"refs/heads/{branch}", old, new)
 
     def update_ref(self, refname, old, new):
-        """Move the reference ``refname`` on the remote from ``old`` (``None``: absent) to ``new``, as a compare-and-swap."""
+        """Move the reference ``refname`` on the remote from ``old`` (``None``: absent) to ``new``, as a compare-and-swap.
+
+        Raises :class:`BranchMoved` if the remote reference is no longer ``old``.
+        """
         staging = f"refs/envflow/push/{refname[len('refs/'):]}"
         repo = self.repo
         with held(self.path + ".lock", f"the mirror of {self.shown}"):
             repo.references.create(staging, new, force=True)
-            callbacks = _Callbacks({refname: old if old is not None else _ZERO})
             try:
-                repo.remotes.create_anonymous(self.url).push([f"{staging}:{refname}"], callbacks=callbacks)
-            except BranchMoved:
-                raise
-            except pygit2.GitError as exc:
-                message = self.scrub(exc)
-                if "non-fastforward" in message or "not present locally" in message:
-                    raise _moved(refname) from None
-                raise RemoteError(f"envflow: cannot push {_shown_ref(refname)} to {self.shown}: {message}") from None
+                if is_local(self.url):
+                    self._swap_local(staging, refname, old, new)
+                else:
+                    self._push(f"{staging}:{refname}", {refname: old if old is not None else _ZERO})
             finally:
                 repo.references.delete(staging)
-            if callbacks.rejected:
-                reason = self.scrub(callbacks.rejected[refname])
-                raise RemoteError(f"envflow: {self.shown} refused the update of {_shown_ref(refname)}: {reason}")
             repo.references.create(refname, new, force=True)
+
+    def _push(self, refspec, expected):
+        """Push ``refspec``; ``expected`` maps remote refs to the value they must hold (the negotiation checks it)."""
+        refname = refspec.rsplit(":", 1)[1]
+        callbacks = _Callbacks(expected)
+        try:
+            self.repo.remotes.create_anonymous(self.url).push([refspec], callbacks=callbacks)
+        except BranchMoved:
+            raise
+        except pygit2.GitError as exc:
+            message = self.scrub(exc)
+            if "non-fastforward" in message or "not present locally" in message:
+                raise _moved(refname) from None
+            raise RemoteError(f"envflow: cannot push {_shown_ref(refname)} to {self.shown}: {message}") from None
+        if callbacks.rejected:
+            reason = self.scrub(callbacks.rejected[refname])
+            if any(word in reason for word in ("failed to update ref", "stale info", "fetch first", "non-fast-forward")):
+                raise _moved(refname)  # receive-pack's own compare-and-swap refused it
+            raise RemoteError(f"envflow: {self.shown} refused the update of {_shown_ref(refname)}: {reason}")
+
+    def _swap_local(self, staging, refname, old, new):
+        """Compare-and-swap ``refname`` in a repository on this machine.
+
+        libgit2's local transport overwrites the reference after its advertised
+        value was checked, with no ``receive-pack`` to compare again; so the
+        objects are pushed to a reference of envflow's own, and the branch is
+        moved in the remote repository itself with a check under its lock.
+        """
+        incoming = f"refs/envflow/incoming/{os.getpid()}/{refname[len('refs/'):]}"
+        self._push(f"+{staging}:{incoming}", {})
+        local = self.url[len("file://") :] if self.url.startswith("file://") else self.url
+        remote = pygit2.Repository(local)
+        try:
+            current = remote.references.get(refname)
+            try:
+                if old is None:
+                    if current is not None:
+                        raise _moved(refname)
+                    remote.references.create(refname, new, force=False)
+                elif current is None or current.target != old:
+                    raise _moved(refname)
+                else:
+                    current.set_target(new, f"envflow: {_shown_ref(refname)} {str(old)[:10]} -> {str(new)[:10]}")
+            except pygit2.AlreadyExistsError:
+                raise _moved(refname) from None
+            except pygit2.GitError as exc:
+                if "does not match" in str(exc):  # the value changed under libgit2's lock
+                    raise _moved(refname) from None
+                raise RemoteError(f"envflow: cannot update {_shown_ref(refname)} in {self.shown}: {exc}") from None
+            finally:
+                remote.references.delete(incoming)
+        finally:
+            remote.free()

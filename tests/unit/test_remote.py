@@ -127,3 +127,35 @@ def test_compare_and_swap_refuses_creating_a_branch_that_appeared(remote, mirror
     with pytest.raises(BranchMoved):
         mirror.update_branch("hotfix", None, mirror.tip("develop"))
     assert remote.refs() == before
+
+
+def _race(args):
+    remote_path, cache, old, new = args
+    from envflow.errors import BranchMoved  # pylint: disable=import-outside-toplevel
+    from envflow.remote import Mirror  # pylint: disable=import-outside-toplevel
+
+    with Mirror(remote_path, cache) as mirror:
+        try:
+            mirror.update_branch("stage", pygit2.Oid(hex=old), pygit2.Oid(hex=new))
+            return new
+        except BranchMoved:
+            return None
+
+
+def test_concurrent_compare_and_swaps_let_exactly_one_win(remote, mirror, tmp_path):
+    """Several masters move stage from the same value at once: one wins, the others change nothing."""
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+
+    old = remote.tip("stage")
+    candidates = [remote.commit("develop", {"web/init.sls": f"# web v{n}\n"}) for n in range(2, 8)]
+    mirror.fetch()
+    jobs = [(remote.path, str(tmp_path / f"cache{n}"), old, new) for n, new in enumerate(candidates)]
+    for cache in (job[1] for job in jobs):
+        from envflow.remote import Mirror  # pylint: disable=import-outside-toplevel
+
+        with Mirror(remote.path, cache) as other:
+            other.fetch()
+    with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+        winners = [won for won in pool.map(_race, jobs) if won]
+    assert len(winners) == 1
+    assert remote.tip("stage") == winners[0]
