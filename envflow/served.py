@@ -39,9 +39,10 @@ _DRIFT_FLAGS = (
     | DiffOption.RECURSE_IGNORED_DIRS
     | DiffOption.INCLUDE_TYPECHANGE
 )
-# FORCE with REMOVE_*: the standby ends up exactly the commit's tree, whatever
-# was done to it by hand since it was last served.
+# A whole tree into an empty slot.
 _CHECKOUT = CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED | CheckoutStrategy.REMOVE_IGNORED
+# Given paths only, as exact paths (no pattern matching over 20,000 entries).
+_CHECKOUT_PATHS = CheckoutStrategy.FORCE | CheckoutStrategy.DISABLE_PATHSPEC_MATCH
 # Repository settings that would otherwise come from the user's ~/.gitconfig.
 _SLOT_CONFIG = {
     "core.autocrlf": "false",
@@ -55,6 +56,47 @@ _DRIFT_KIND = {
     DeltaStatus.ADDED: "added",
     DeltaStatus.DELETED: "deleted",
 }
+
+
+def _links_after(links, deltas):
+    """The symlink paths of a commit, from those of a base commit and the deltas between them."""
+    for delta in deltas:
+        if delta.old_file.mode == FileMode.LINK:
+            links.discard(delta.old_file.path)
+        if delta.new_file.mode == FileMode.LINK and delta.status != DeltaStatus.DELETED:
+            links.add(delta.new_file.path)
+    return links
+
+
+def _all_links(repo, tree):
+    """The symlink paths of ``tree``, by walking it whole."""
+    links, stack = set(), [("", tree)]
+    while stack:
+        prefix, current = stack.pop()
+        for entry in current:
+            if entry.filemode == FileMode.TREE:
+                stack.append((f"{prefix}{entry.name}/", repo[entry.id]))
+            elif entry.filemode == FileMode.LINK:
+                links.add(f"{prefix}{entry.name}")
+    return links
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _prune_empty_parents(root, path):
+    parent = os.path.dirname(path)
+    while parent:
+        try:
+            os.rmdir(os.path.join(root, parent))
+        except OSError:
+            return
+        parent = os.path.dirname(parent)
 
 
 def drift_message(path, changes, remedy="deploy with force=True"):
@@ -291,13 +333,35 @@ class ServedDir:
         """Bring ``slot`` to exactly ``commit``; return its refused links and the files changed since ``old``."""
         previous = self.record(slot)
         self._drop_record(slot)
+        base = previous["commit"]["id"] if previous else None
         repo = self._open(slot, objects)
         try:
+            if base is None or base not in repo:
+                # No record of what the slot holds (first use, or a run killed mid-way): start empty.
+                repo.free()
+                self._empty(slot)
+                repo = self._open(slot, objects)
             commit = repo[commit.id]  # the same commit, as an object of this repository
-            repo.checkout_tree(commit.tree, strategy=_CHECKOUT)
+            if base is not None and base in repo:
+                deltas = repo.diff(repo[base].peel(pygit2.Tree), commit.tree).deltas
+                self._update(repo, commit, deltas)
+                links = _links_after(set(previous["links"]), deltas)
+            else:
+                repo.checkout_tree(commit.tree, strategy=_CHECKOUT)
+                links = _all_links(repo, commit.tree)
             repo.set_head(commit.id)
-            links = self._links(repo, commit, previous)
             refused = self._refuse_outward_links(repo, links)
+            if base is not None and base in repo:
+                # Links refused before and left alone by this update are still refused (and still absent).
+                seen = {link["path"] for link in refused}
+                refused += [
+                    link
+                    for link in previous["refused_links"]
+                    if link["path"] in links
+                    and link["path"] not in seen
+                    and not os.path.lexists(os.path.join(repo.workdir, link["path"]))
+                ]
+                refused.sort(key=lambda link: link["path"])
             counts = self._count_changes(repo, old, commit)
         finally:
             repo.free()
@@ -305,28 +369,29 @@ class ServedDir:
         self._write_record(slot, record)
         return refused, counts
 
-    @staticmethod
-    def _links(repo, commit, previous):
-        """The paths of the symlinks in ``commit``, found from the slot's previous commit when there is one."""
-        if previous is not None and previous["commit"]["id"] in repo:
-            links = set(previous["links"])
-            base = repo[previous["commit"]["id"]].peel(pygit2.Tree)
-            for delta in repo.diff(base, commit.tree).deltas:
-                if delta.old_file.mode == FileMode.LINK:
-                    links.discard(delta.old_file.path)
-                if delta.new_file.mode == FileMode.LINK and delta.status != DeltaStatus.DELETED:
-                    links.add(delta.new_file.path)
-            return links
-        links = set()
-        stack = [("", commit.tree)]
-        while stack:
-            prefix, tree = stack.pop()
-            for entry in tree:
-                if entry.filemode == FileMode.TREE:
-                    stack.append((f"{prefix}{entry.name}/", repo[entry.id]))
-                elif entry.filemode == FileMode.LINK:
-                    links.add(f"{prefix}{entry.name}")
-        return links
+    def _empty(self, slot):
+        shutil.rmtree(self._tree(slot), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self._gitdir(slot), "index"))
+
+    def _update(self, repo, commit, deltas):
+        """Bring the reused ``repo`` work tree from its commit to ``commit``, writing only what differs.
+
+        Its hand edits are found first with the index diff, which compares
+        ctime too: a checkout alone trusts size and mtime, so an edit that kept
+        them (``cp -p``, ``touch -r``) would stay and be served. Edited and
+        added files are removed, then the changed and edited paths checked out.
+        """
+        edits = self._drift(repo)
+        root = repo.workdir
+        for path in edits["added"] + edits["modified"]:
+            _remove(os.path.join(root, path))
+        for path in edits["added"]:
+            _prune_empty_parents(root, path)
+        paths = {delta.old_file.path for delta in deltas} | {delta.new_file.path for delta in deltas}
+        paths.update(path for listed in edits.values() for path in listed)
+        if paths:
+            repo.checkout_tree(commit.tree, strategy=_CHECKOUT_PATHS, paths=sorted(paths))
 
     def _refuse_outward_links(self, repo, links):
         """Remove the symlinks that lead out of the tree, or into a directory holding them.

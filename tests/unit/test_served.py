@@ -337,3 +337,23 @@ def test_a_directory_that_cannot_be_made_is_one_line_error(mirror, tmp_path):
     assert text.startswith(f"envflow: cannot deploy {mirror.tip('stage')}"[:33])
     assert f"to {served.path}: " in text and "Not a directory" in text
     assert "\n" not in text
+
+
+def test_a_standby_edit_that_kept_size_and_mtime_is_never_served(served, mirror, remote):
+    """The edit of ``cp -p`` or ``touch -r``: only ctime betrays it, and a checkout alone would keep it."""
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    standby = os.path.join(os.path.dirname(served.path), ".stage.envflow", "a", "top.sls")
+    stat = os.stat(standby)
+    with open(standby, "r+", encoding="utf-8") as handle:
+        original = handle.read()
+        handle.seek(0)
+        handle.write(original.upper())
+    os.utime(standby, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(standby).st_size == stat.st_size
+    remote.commit("stage", {"db/init.sls": "# db\n"})
+    deploy(served, mirror, "stage")
+    assert os.path.realpath(served.path) == os.path.realpath(os.path.dirname(standby))
+    assert tree_files(served.path)["top.sls"] == V1["top.sls"]
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
