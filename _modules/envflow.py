@@ -101,7 +101,7 @@ def _target(mirror, env, rev, branch):
     if rev is not None and branch is not None:
         raise CommandExecutionError("envflow: give rev or branch, not both")
     if rev is not None:
-        return mirror.commit(str(rev))
+        return mirror.commit(rev)
     branch = branch or env.branch
     if mirror.tip(branch) is None:
         raise CommandExecutionError(

@@ -281,7 +281,7 @@ def approve(env, rev=None):
                 if tested is None:
                     return _failure(f"envflow: nothing is deployed in {upstream.name}; give rev=<commit> to approve")
                 rev = tested
-            commit = str(mirror.commit(str(rev)).id)
+            commit = str(mirror.commit(rev).id)
             found = records.add(mirror, commit, "approved", env, {"by": _user()})
         people = sorted({entry["by"] for entry in records.entries(found, "approved", env)})
         return {"env": env, "commit": commit, "approvals": people, "needed": environment.gates.approvals}

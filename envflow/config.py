@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pygit2
 
 from envflow.errors import ConfigError, UnknownEnvironment
-from envflow.remote import is_local
+from envflow.remote import is_local, redact
 
 # Saltenv names end up in file names (Salt's caches) and in top files.
 _SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -186,7 +186,7 @@ def parse(raw):
         _fail("envflow:repo", "missing; set it to the path or URL of the automation repository")
     repo = _string(raw["repo"], "envflow:repo", "/srv/git/automation.git")
     if is_local(repo) and not repo.startswith("file://") and not os.path.isabs(repo):
-        _fail("envflow:repo", f"{repo!r} is a relative path; use an absolute path or a URL")
+        _fail("envflow:repo", f"{redact(repo)!r} is a relative path; use an absolute path or a URL")
     if "environments" not in raw or not raw["environments"]:
         _fail("envflow:environments", "missing or empty; list the environments in pipeline order")
     if not isinstance(raw["environments"], list):

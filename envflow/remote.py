@@ -12,7 +12,7 @@ import re
 import urllib.parse
 
 import pygit2
-from pygit2.enums import FetchPrune, SortMode
+from pygit2.enums import FetchPrune, FileMode, SortMode
 
 from envflow.errors import BranchMoved, RemoteError, RevisionError
 from envflow.locking import clear_stale_git_locks, held
@@ -34,20 +34,40 @@ def _moved(refname):
     )
 
 
+_USERINFO = re.compile(r"[^\s/@]*@")
+
+
 def redact(url):
-    """Return ``url`` with any user information (names, passwords, tokens) replaced by ``***``."""
-    if "://" not in url:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+    """Return ``url`` with any user information (names, passwords, tokens) replaced by ``***``.
+
+    Works on malformed URLs too (``https//user:token@host``, ``user:pass@host:repo``):
+    whatever stands before an ``@`` in the first path segment that has one is hidden.
+    """
+    return _USERINFO.sub("***@", url, count=1)
+
+
+def _article(noun):
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
 def is_local(url):
     """Whether ``url`` names a repository on this machine (a path or a ``file://`` URL)."""
     return url.startswith("file://") or ("://" not in url and not _SCP_LIKE.match(url))
+
+
+def _copy_objects(source, target, oid):
+    """Copy the objects reachable from ``oid`` that ``target`` lacks from ``source`` (both local repositories)."""
+    stack = [oid]
+    while stack:
+        current = stack.pop()
+        if current in target:
+            continue
+        obj = source[current]
+        target.odb.write(obj.type, obj.read_raw())
+        if isinstance(obj, pygit2.Commit):
+            stack.extend([obj.tree_id, *obj.parent_ids])
+        elif isinstance(obj, pygit2.Tree):
+            stack.extend(entry.id for entry in obj if entry.filemode != FileMode.COMMIT)
 
 
 class _Callbacks(pygit2.RemoteCallbacks):
@@ -125,12 +145,13 @@ class Mirror:
         return os.path.join(self.path, "objects")
 
     def scrub(self, text):
-        """Return ``text`` with the repository URL's secrets replaced."""
+        """Return ``text`` with the repository URL's secrets replaced (as written and percent-decoded)."""
         text = str(text).replace(self.url, self.shown)
-        if self.url.startswith("file://") or "://" not in self.url:
-            return text
-        userinfo = urllib.parse.urlsplit(self.url).netloc.rpartition("@")[0]
-        return text.replace(userinfo, "***") if userinfo else text
+        found = _USERINFO.search(self.url)
+        userinfo = found.group(0)[:-1] if found else ""
+        for secret in {userinfo, urllib.parse.unquote(userinfo)} - {""}:
+            text = text.replace(secret, "***")
+        return text
 
     def fetch(self):
         """Bring every branch and tag of the remote into the mirror, pruning deleted ones."""
@@ -158,6 +179,12 @@ class Mirror:
         """Resolve ``rev`` (commit id, tag or branch name) to a commit of the mirror."""
         if isinstance(rev, pygit2.Oid):
             rev = str(rev)
+        if not isinstance(rev, str):
+            # Salt's CLI reads rev=1234567 as a number (and rev=0123456 as another one).
+            raise RevisionError(
+                f"envflow: revision {rev!r} reached envflow as {_article(type(rev).__name__)}, not as text; give the "
+                f"full commit id, or quote it for Salt: rev=\"'{rev}'\""
+            )
         try:
             obj = self.repo.revparse_single(rev if self.tip(rev) is None else f"refs/heads/{rev}")
             return obj.peel(pygit2.Commit)
@@ -204,14 +231,14 @@ class Mirror:
         staging = f"refs/envflow/push/{refname[len('refs/'):]}"
         repo = self.repo
         with held(self.path + ".lock", f"the mirror of {self.shown}"):
-            repo.references.create(staging, new, force=True)
-            try:
-                if is_local(self.url):
-                    self._swap_local(staging, refname, old, new)
-                else:
+            if is_local(self.url):
+                self._swap_local(refname, old, new)
+            else:
+                repo.references.create(staging, new, force=True)
+                try:
                     self._push(f"{staging}:{refname}", {refname: old if old is not None else _ZERO})
-            finally:
-                repo.references.delete(staging)
+                finally:
+                    repo.references.delete(staging)
             repo.references.create(refname, new, force=True)
 
     def _push(self, refspec, expected):
@@ -233,36 +260,32 @@ class Mirror:
                 raise _moved(refname)  # receive-pack's own compare-and-swap refused it
             raise RemoteError(f"envflow: {self.shown} refused the update of {_shown_ref(refname)}: {reason}")
 
-    def _swap_local(self, staging, refname, old, new):
+    def _swap_local(self, refname, old, new):
         """Compare-and-swap ``refname`` in a repository on this machine.
 
         libgit2's local transport overwrites the reference after its advertised
         value was checked, with no ``receive-pack`` to compare again; so the
-        objects are pushed to a reference of envflow's own, and the branch is
-        moved in the remote repository itself with a check under its lock.
+        objects are copied over, and the reference is moved in the remote
+        repository itself, checked against ``old`` under libgit2's lock.
         """
-        incoming = f"refs/envflow/incoming/{os.getpid()}/{refname[len('refs/'):]}"
-        self._push(f"+{staging}:{incoming}", {})
         local = self.url[len("file://") :] if self.url.startswith("file://") else self.url
         remote = pygit2.Repository(local)
         try:
+            _copy_objects(self.repo, remote, new)
             current = remote.references.get(refname)
+            if (current.target if current is not None else None) != old:
+                raise _moved(refname)
             try:
-                if old is None:
-                    if current is not None:
-                        raise _moved(refname)
+                if current is None:
                     remote.references.create(refname, new, force=False)
-                elif current is None or current.target != old:
-                    raise _moved(refname)
                 else:
                     current.set_target(new, f"envflow: {_shown_ref(refname)} {str(old)[:10]} -> {str(new)[:10]}")
             except pygit2.AlreadyExistsError:
                 raise _moved(refname) from None
-            except pygit2.GitError as exc:
-                if "does not match" in str(exc):  # the value changed under libgit2's lock
+            except (pygit2.GitError, OSError) as exc:
+                # The value changed under the lock, or another writer holds the lock right now.
+                if "does not match" in str(exc) or "lock" in str(exc):
                     raise _moved(refname) from None
                 raise RemoteError(f"envflow: cannot update {_shown_ref(refname)} in {self.shown}: {exc}") from None
-            finally:
-                remote.references.delete(incoming)
         finally:
             remote.free()

@@ -150,3 +150,11 @@ def test_an_empty_target_is_refused():
 
 def test_the_first_environment_may_spell_out_closed_gates():
     assert not parse(changed(env0_gates={"verified": False, "approvals": 0})).environment("test").gates
+
+
+def test_a_mistyped_url_with_credentials_is_reported_without_them():
+    with pytest.raises(ConfigError) as error:
+        parse(changed(repo="https//alice:T0KEN@git.example.com/ops/automation.git"))
+    assert str(error.value) == (
+        "envflow:repo: 'https//***@git.example.com/ops/automation.git' is a relative path; use an absolute path or a URL"
+    )

@@ -159,3 +159,18 @@ def test_concurrent_compare_and_swaps_let_exactly_one_win(remote, mirror, tmp_pa
         winners = [won for won in pool.map(_race, jobs) if won]
     assert len(winners) == 1
     assert remote.tip("stage") == winners[0]
+
+
+def test_redact_also_hides_credentials_in_malformed_urls():
+    assert redact("https//alice:T0KEN@git.example.com/r.git") == "https//***@git.example.com/r.git"
+    assert redact("alice:T0KEN@git.example.com:ops/r.git") == "***@git.example.com:ops/r.git"
+    assert redact("https://[::1/ops@x") == "https://[::1/***@x"
+
+
+def test_a_revision_that_reached_envflow_as_a_number_is_refused_in_one_line(mirror):
+    with pytest.raises(RevisionError) as error:
+        mirror.commit(1234567)
+    assert str(error.value) == (
+        "envflow: revision 1234567 reached envflow as an int, not as text; give the full commit id, "
+        "or quote it for Salt: rev=\"'1234567'\""
+    )
