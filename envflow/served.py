@@ -81,6 +81,31 @@ def _all_links(repo, tree):
     return links
 
 
+def _walk_cycles(root, into_dirs):
+    """The directory symlinks that a walk following links (as Salt's) would go round and round through.
+
+    ``into_dirs`` maps each link's path to the directory it resolves to.
+    Following link A leads into its directory, where the walk meets every
+    link below it; a link that can lead back to itself makes the walk endless.
+    """
+    below = {
+        path: {other for other in into_dirs if os.path.join(root, other).startswith(target + os.sep)}
+        for path, target in into_dirs.items()
+    }
+    cycling = set()
+    for start in into_dirs:
+        seen, stack = set(), list(below[start])
+        while stack:
+            current = stack.pop()
+            if current == start:
+                cycling.add(start)
+                break
+            if current not in seen:
+                seen.add(current)
+                stack.extend(below[current])
+    return cycling
+
+
 def _remove(path):
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -397,22 +422,26 @@ class ServedDir:
         """Remove the symlinks that lead out of the tree, or into a directory holding them.
 
         Salt follows symlinks: ``leak -> /etc/passwd`` would hand the master's
-        file to every minion, and ``loop -> .`` makes its file walk endless.
+        file to every minion, and ``loop -> .`` (or ``a/l -> ../b`` with
+        ``b/l -> ../a``) makes its file walk endless.
         """
         root = os.path.realpath(repo.workdir)
-        refused = []
+        refused, into_dirs = [], {}
         for path in sorted(links):
             full = os.path.join(root, path)
             if not os.path.islink(full):
                 continue
             target = os.readlink(full)
             resolved = os.path.realpath(full)
-            inside = resolved.startswith(root + os.sep)
-            holds_itself = os.path.isdir(resolved) and (
-                os.path.dirname(full) == resolved or os.path.dirname(full).startswith(resolved + os.sep)
-            )
-            if os.path.isabs(target) or not inside or holds_itself:
+            if os.path.isabs(target) or not resolved.startswith(root + os.sep):
                 refused.append({"path": path, "target": target})
+            elif os.path.isdir(resolved):
+                into_dirs[path] = resolved
+        refused += [
+            {"path": path, "target": os.readlink(os.path.join(root, path))}
+            for path in sorted(_walk_cycles(root, into_dirs))
+        ]
+        refused.sort(key=lambda link: link["path"])
         if refused:
             index = repo.index
             for link in refused:

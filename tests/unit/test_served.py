@@ -243,6 +243,28 @@ def test_symlinks_leading_out_of_the_tree_are_never_served(served, mirror, remot
         assert sorted(link["path"] for link in result["refused_links"]) == ["leak", "loop", "web/abs", "web/parent", "web/up"]
 
 
+def test_symlink_loops_through_several_directories_are_refused(served, mirror, remote):
+    remote.commit(
+        "stage",
+        {
+            "a/x.sls": "# a\n",
+            "b/y.sls": "# b\n",
+            "a/to_b": Symlink("../b"),
+            "b/to_a": Symlink("../a"),
+            "c/to_a": Symlink("../a"),
+            "d/z.sls": "# d\n",
+            "e/to_d": Symlink("../d"),
+        },
+    )
+    result = deploy(served, mirror, "stage")
+    assert [link["path"] for link in result["refused_links"]] == ["a/to_b", "b/to_a"]
+    files = tree_files(served.path)
+    assert files["c/to_a"] == Symlink("../a") and files["e/to_d"] == Symlink("../d")
+    # What Salt's roots backend does: walk following links. It ends, and sees each file a bounded number of times.
+    walked = sum(len(names) for _root, _dirs, names in os.walk(served.path, followlinks=True))
+    assert walked < 20
+
+
 def test_a_symlink_turned_outward_later_is_refused(served, mirror, remote):
     remote.commit("stage", {"link": Symlink("web/init.sls")})
     deploy(served, mirror, "stage")
