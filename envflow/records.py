@@ -24,7 +24,6 @@ import pygit2
 from envflow.errors import BranchMoved, RemoteError
 from envflow.remote import NOTES
 
-KINDS = ("verified", "approved", "forced")
 _ATTEMPTS = 5
 
 
@@ -40,9 +39,21 @@ def read(mirror, commit_id):
     except KeyError:
         return {}
     try:
-        return json.loads(note.message)
+        records = json.loads(note.message)
     except ValueError:
-        return {}  # a note someone wrote by hand; envflow's own entries replace it
+        records = None
+    # Keep only what has envflow's shape: a note written by hand counts as no record, and is replaced.
+    if not isinstance(records, dict):
+        return {}
+    return {
+        kind: {
+            env: [entry for entry in listed if isinstance(entry, dict) and isinstance(entry.get("by"), str)]
+            for env, listed in by_env.items()
+            if isinstance(env, str) and isinstance(listed, list)
+        }
+        for kind, by_env in records.items()
+        if isinstance(by_env, dict)
+    }
 
 
 def entries(records, kind, env):

@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import os
 import re
+import shutil
 import urllib.parse
 
 import pygit2
@@ -132,11 +133,16 @@ class Mirror:
     def repo(self):
         """The mirror as a :class:`pygit2.Repository`, created on first use."""
         if self._repo is None:
-            if not os.path.isdir(self.path):
+            try:
+                self._repo = pygit2.Repository(self.path)
+            except pygit2.GitError:
+                # Missing, or left half made by a killed run: it is only a cache, make it anew.
                 with held(self.path + ".lock", f"the mirror of {self.shown}"):
-                    if not os.path.isdir(self.path):
-                        pygit2.init_repository(self.path, bare=True)
-            self._repo = pygit2.Repository(self.path)
+                    try:
+                        self._repo = pygit2.Repository(self.path)
+                    except pygit2.GitError:
+                        shutil.rmtree(self.path, ignore_errors=True)
+                        self._repo = pygit2.init_repository(self.path, bare=True)
         return self._repo
 
     @property

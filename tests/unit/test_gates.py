@@ -1,5 +1,6 @@
 import datetime
 import os
+import re
 
 import pytest
 
@@ -36,7 +37,7 @@ def test_every_closed_gate_is_named_with_what_opens_it(gated, mirror):
         f"verified: {short} was not verified in stage; run salt-run envflow.verify stage jid=<its highstate job> "
         "once it passed there"
     )
-    assert blocked[1].startswith("soak: stage has served it for 0s of the 1h required; promote again in ")
+    assert re.match(r"^soak: stage has served it for \d+s of the 1h required; promote again in 59m\d+s$", blocked[1])
     assert blocked[2] == "approvals: 0 of 2 for prod (none yet); 2 more people must run salt-run envflow.approve prod"
     with pytest.raises(GateBlocked) as error:
         pipeline.check_gates(promotion, mirror)
@@ -113,3 +114,15 @@ def test_every_forced_promotion_is_kept_for_the_audit_trail(gated, mirror, remot
     records.add(mirror, commit, "forced", "prod", {"by": "alice", "reason": "first"})
     found = records.add(mirror, commit, "forced", "prod", {"by": "alice", "reason": "second"})
     assert [entry["reason"] for entry in records.entries(found, "forced", "prod")] == ["first", "second"]
+
+
+def test_a_note_written_by_hand_counts_as_no_record(gated, mirror, remote):
+    commit = remote.tip("stage")
+    for text in ('{"approved": {"prod": ["alice"]}}', '["not", "a", "mapping"]', '{"approved": {"prod": [{"who": "x"}]}}'):
+        git("notes", "--ref=envflow", "add", "-f", "-m", text, commit, cwd=remote.path)
+        mirror.fetch()
+        assert records.entries(records.read(mirror, commit), "approved", "prod") == []
+        promotion = pipeline.plan(gated, mirror, "prod")
+        assert pipeline.blocking_gates(promotion, mirror)[-1].startswith("approvals: 0 of 2")
+    records.add(mirror, commit, "approved", "prod", {"by": "alice"})
+    assert [entry["by"] for entry in records.entries(records.read(mirror, commit), "approved", "prod")] == ["alice"]

@@ -174,3 +174,11 @@ def test_a_revision_that_reached_envflow_as_a_number_is_refused_in_one_line(mirr
         "envflow: revision 1234567 reached envflow as an int, not as text; give the full commit id, "
         "or quote it for Salt: rev=\"'1234567'\""
     )
+
+
+def test_a_mirror_left_half_made_is_made_anew(remote, tmp_path):
+    with Mirror(remote.path, str(tmp_path / "cache")) as mirror:
+        os.makedirs(os.path.join(mirror.path, "objects"))  # a killed init: no HEAD
+    with Mirror(remote.path, str(tmp_path / "cache")) as mirror:
+        mirror.fetch()
+        assert str(mirror.tip("stage")) == remote.tip("stage")
