@@ -178,9 +178,14 @@ def _serve(config, environment, mirror, commit, force):
     result = {"env": environment.name, **ServedDir(environment.path).deploy(mirror.objects, commit, force=force)}
     result["refreshed"] = []
     if result["changed"]:
-        fileserver_opts = _fileserver_opts(config)
-        if fileserver_opts:
-            result["refreshed"] = saltbus.refresh_fileserver(fileserver_opts, environment.path)
+        try:
+            fileserver_opts = _fileserver_opts(config)
+            if fileserver_opts:
+                result["refreshed"] = saltbus.refresh_fileserver(fileserver_opts, environment.path)
+        except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
+            # The new tree is served already; salt.config exits on a broken master config.
+            result["warning"] = f"envflow: the file server caches for {environment.path} were not cleared: {exc}"
+            log.warning("%s", result["warning"])
         old = result["old"]["id"] if result["old"] else None
         _fire(
             environment.name,

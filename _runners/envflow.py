@@ -7,6 +7,8 @@ dict; on failure it holds ``retcode: 1`` and a one-line ``error``, so
 """
 
 import datetime
+import functools
+import re
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -15,7 +17,7 @@ try:
     from envflow import jobs, pipeline, records
     from envflow.served import ServedDir
     from envflow.errors import EnvflowError
-    from envflow.remote import Mirror
+    from envflow.remote import Mirror, redact
 
     HAS_ENVFLOW = True
 except ImportError:
@@ -34,11 +36,29 @@ def _failure(message):
     return {"retcode": 1, "error": message}
 
 
+def _reported(function):
+    """Turn an unexpected exception into a failure return (retcode 1, one line), credentials hidden.
+
+    Without it Salt prints a traceback and ``salt-run`` exits 0.
+    """
+
+    @functools.wraps(function)
+    def reporting(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:  # pylint: disable=broad-except
+            text = " ".join(str(exc).split())
+            return _failure(f"envflow: {function.__name__} failed: {type(exc).__name__}: {redact(text)}")
+
+    return reporting
+
+
 def _deploy(env, **kwargs):
     """Deploy through the execution module, as the master's own ``salt.cmd`` would."""
     return pipeline.deploy_summary(__salt__["salt.cmd"]("envflow.deploy", env, **kwargs))
 
 
+@_reported
 def promote(env, rev=None, dry_run=False, force=False, reason=None):
     """
     Promote what was tested in the previous environment into ``env``, then deploy ``env``.
@@ -91,6 +111,7 @@ def _user():
     return user
 
 
+@_reported
 def status(env=None):
     """
     Show, for each environment (or ``env``): its branch, the branch tip on the
@@ -113,6 +134,7 @@ def status(env=None):
         return _failure(str(exc))
 
 
+@_reported
 def refresh(env=None, force=False):
     """
     Fetch the remote and deploy the tip of each environment's branch (or only ``env``'s).
@@ -155,6 +177,7 @@ def _target_minions(environment):
     return sorted(found["minions"])
 
 
+@_reported
 def minions(env):
     """
     List the minions an environment serves: those its ``target`` (a compound target) matches.
@@ -195,6 +218,7 @@ def _last_state_job(since, minions):
     return None
 
 
+@_reported
 def verify(env, jid=None):
     """
     Record that the commit ``env`` serves passed there, for the ``verified`` gate of the next environment.
@@ -223,6 +247,8 @@ def verify(env, jid=None):
         if served is None:
             return _failure(f"envflow: nothing is deployed in {env}, so there is nothing to verify")
         entry = {"by": _user()}
+        if jid is not None and not re.fullmatch(r"\d{20}|last", str(jid)):
+            return _failure(f"envflow: jid {jid!r} is not a job id; give one such as 20261127211425123456, or jid=last")
         if jid is not None:
             # Trees deployed by envflow before it recorded deployed_at have no start to compare with.
             since = datetime.datetime.fromisoformat(served["deployed_at"]) if served.get("deployed_at") else None
@@ -251,6 +277,7 @@ def verify(env, jid=None):
         return _failure(str(exc))
 
 
+@_reported
 def approve(env, rev=None):
     """
     Approve a commit for promotion into ``env``, for its ``approvals`` gate.

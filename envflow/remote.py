@@ -39,12 +39,12 @@ _USERINFO = re.compile(r"[^\s/@]*@")
 
 
 def redact(url):
-    """Return ``url`` with any user information (names, passwords, tokens) replaced by ``***``.
+    """Return ``url`` (or any text) with user information (names, passwords, tokens) replaced by ``***``.
 
     Works on malformed URLs too (``https//user:token@host``, ``user:pass@host:repo``):
-    whatever stands before an ``@`` in the first path segment that has one is hidden.
+    whatever stands before an ``@`` within a path segment is hidden.
     """
-    return _USERINFO.sub("***@", url, count=1)
+    return _USERINFO.sub("***@", url)
 
 
 def _article(noun):

@@ -137,3 +137,14 @@ def test_the_promoted_state_reports_closed_gates_in_test_mode_and_fails_on_them(
     assert forced.result is True
     assert forced.changes["bypassed"] == [blocked]
     assert remote.tip("master") == tested
+
+
+def test_verify_refuses_what_is_not_a_job_id(gated_runners, promoted_to_stage, remote):
+    before = remote.refs()
+    for bad in ("yesterday", ["20261127211425123456"], 12):
+        result = gated_runners["envflow.verify"]("stage", jid=bad)
+        assert result == {
+            "retcode": 1,
+            "error": f"envflow: jid {bad!r} is not a job id; give one such as 20261127211425123456, or jid=last",
+        }
+    assert remote.refs() == before
