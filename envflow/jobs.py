@@ -6,7 +6,8 @@ Works on the dict ``salt-run jobs.list_job <jid>`` returns (``Function``,
 
 import datetime
 
-STATE_FUNCTIONS = ("state.highstate", "state.apply", "state.sls", "state.top", "state.sls_id")
+# A verification needs the environment's whole state run: a highstate, or state.apply without mods.
+STATE_FUNCTIONS = ("state.highstate", "state.apply")
 
 
 def jid_time(jid, utc=False):
@@ -30,7 +31,17 @@ def failures(job, expected=()):
     if not job or (not job.get("Function") and not job.get("Result")):
         return ["it is not in the master's job cache"]
     if job.get("Function") not in STATE_FUNCTIONS:
-        return [f"it ran {job.get('Function')}, not a state run ({', '.join(STATE_FUNCTIONS)})"]
+        return [f"it ran {job.get('Function')}, not a highstate ({' or '.join(STATE_FUNCTIONS)} without mods)"]
+    arguments = job.get("Arguments") or []
+    keywords = {}
+    for argument in arguments:
+        if isinstance(argument, dict) and argument.get("__kwarg__"):
+            keywords.update(argument)
+    mods = [argument for argument in arguments if not (isinstance(argument, dict) and argument.get("__kwarg__"))]
+    if mods or keywords.get("mods"):
+        return [f"it applied {', '.join(map(str, mods or [keywords['mods']]))} only, not the highstate"]
+    if str(keywords.get("test")).lower() == "true":
+        return ["it ran in test mode, so no state was applied"]
     results = job.get("Result") or {}
     problems = [f"{minion} did not answer" for minion in sorted(set(job.get("Minions") or []) | set(expected)) if minion not in results]
     for minion in sorted(results):
@@ -39,6 +50,8 @@ def failures(job, expected=()):
         if isinstance(states, dict) and states and all(isinstance(state, dict) and "result" in state for state in states.values()):
             ordered = sorted(states.items(), key=lambda item: item[1].get("__run_num__", 0))
             for key, state in ordered:
+                if state.get("result") is None:
+                    problems.append(f"{minion}: state {_state_id(key)} did not run (result None)")
                 if state.get("result") is False:
                     comment = str(state.get("comment") or "").strip().splitlines()
                     problems.append(f"{minion}: state {_state_id(key)} failed" + (f" ({comment[0]})" if comment else ""))

@@ -51,7 +51,7 @@ def test_the_environments_minions_must_all_have_answered():
 def test_unknown_jobs_and_non_state_jobs():
     assert failures({"jid": "1", "Result": {}}) == ["it is not in the master's job cache"]
     assert failures(job({"web1": {"return": True}}, function="test.ping"))[0].startswith(
-        "it ran test.ping, not a state run"
+        "it ran test.ping, not a highstate"
     )
 
 
@@ -59,3 +59,16 @@ def test_jid_time():
     assert jid_time("20261127211425123456", utc=True) == datetime.datetime(
         2026, 11, 27, 21, 14, 25, 123456, tzinfo=datetime.timezone.utc
     )
+
+
+def test_only_a_real_highstate_verifies():
+    good = {"web1": {"return": {"a_|-b_|-c_|-d": state(True)}, "retcode": 0}}
+    partial = dict(job(good, minions=("web1",)), Arguments=["web"])
+    assert failures(partial) == ["it applied web only, not the highstate"]
+    dry = dict(job({"web1": {"return": {"a_|-b_|-c_|-d": state(None)}}}, minions=("web1",)), Arguments=[{"test": True, "__kwarg__": True}])
+    assert failures(dry) == ["it ran in test mode, so no state was applied"]
+    assert failures(job(good, minions=("web1",), function="state.sls")) == [
+        "it ran state.sls, not a highstate (state.highstate or state.apply without mods)"
+    ]
+    unknown = job({"web1": {"return": {"a_|-b_|-c_|-d": state(None)}}}, minions=("web1",))
+    assert failures(unknown) == ["web1: state b did not run (result None)"]
