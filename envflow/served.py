@@ -58,6 +58,10 @@ _DRIFT_KIND = {
 }
 
 
+def _no_drift():
+    return {"added": [], "modified": [], "deleted": []}
+
+
 def _links_after(links, deltas):
     """The symlink paths of a commit, from those of a base commit and the deltas between them."""
     for delta in deltas:
@@ -236,12 +240,15 @@ class ServedDir:
 
     def drift(self, objects):
         """Return the hand edits of the served tree as ``{"added": [...], "modified": [...], "deleted": [...]}``."""
-        slot = self.served_slot()
-        if slot is None:
-            return {"added": [], "modified": [], "deleted": []}
-        self.deployed()  # a served tree without a record cannot be checked
+        if self.served_slot() is None:
+            return _no_drift()
         try:
+            # Under the lock: a deploy running meanwhile switches slots, and the check must see the one served.
             with held(os.path.join(self.home, "lock"), f"the directory {self.path}"):
+                slot = self.served_slot()
+                if slot is None:
+                    return _no_drift()
+                self.deployed()  # a served tree without a record cannot be checked
                 return self._drift_of(slot, objects)
         except (OSError, pygit2.GitError) as exc:
             raise EnvflowError(f"envflow: cannot check {self.path} for hand edits: {exc}") from None
@@ -255,7 +262,7 @@ class ServedDir:
 
     @staticmethod
     def _drift(repo):
-        changes = {"added": [], "modified": [], "deleted": []}
+        changes = _no_drift()
         for delta in repo.index.diff_to_workdir(flags=_DRIFT_FLAGS).deltas:
             changes[_DRIFT_KIND.get(delta.status, "modified")].append(delta.new_file.path or delta.old_file.path)
         for paths in changes.values():
@@ -333,7 +340,7 @@ class ServedDir:
 
         Returns the hand edits, and what :meth:`_checkout` returns.
         """
-        drift = {"added": [], "modified": [], "deleted": []}
+        drift = _no_drift()
         failure = []
 
         def check_served():
