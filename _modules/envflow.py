@@ -173,9 +173,10 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
         raise _salt_error(exc) from None
 
 
-def _serve(config, environment, mirror, commit, force):
+def _serve(config, environment, mirror, commit, force, **deploy_options):
     """Deploy ``commit`` into ``environment``'s directory; then refresh the file server and fire ``deployed``."""
-    result = {"env": environment.name, **ServedDir(environment.path).deploy(mirror.objects, commit, force=force)}
+    served = ServedDir(environment.path).deploy(mirror.objects, commit, force=force, **deploy_options)
+    result = {"env": environment.name, **served}
     result["refreshed"] = []
     if result["changed"]:
         try:
@@ -258,19 +259,33 @@ def promote(env, rev=None, dry_run=False, force=False, reason=None, by=None):
                     "gates": pipeline.blocking_gates(promotion, mirror),
                     "drift": ServedDir(promotion.env.path).drift(mirror.objects),
                 }
-            if not force:
-                # Refuse before the branch moves, not after: the deploy would refuse anyway.
-                pipeline.check_untouched(promotion.env, mirror)
             bypassed = pipeline.check_gates(promotion, mirror, force=force, reason=reason)
-            if bypassed:
-                # Recorded before the branch moves: a bypass never goes unrecorded.
-                entry = {"by": by or _operator(), "reason": reason, "gates": bypassed, "from": promotion.old}
-                records.add(mirror, promotion.new, "forced", env, entry)
-                report["bypassed"] = bypassed
-            pipeline.promote(mirror, promotion)
+            moved = []
+
+            def move_branch():
+                # Runs once the new tree is ready and no hand edit refused it: the branch moves
+                # only then, and a lost race leaves the directory as it was.
+                if bypassed:
+                    # Recorded before the branch moves: a bypass never goes unrecorded.
+                    entry = {"by": by or _operator(), "reason": reason, "gates": bypassed, "from": promotion.old}
+                    records.add(mirror, promotion.new, "forced", env, entry)
+                    report["bypassed"] = bypassed
+                pipeline.promote(mirror, promotion)
+                moved.append(True)
+
             try:
-                served = _serve(config, promotion.env, mirror, mirror.commit(promotion.new), force)
+                served = _serve(
+                    config,
+                    promotion.env,
+                    mirror,
+                    mirror.commit(promotion.new),
+                    force,
+                    before_switch=move_branch,
+                    remedy="promote with force=True",
+                )
             except EnvflowError as exc:
+                if not moved:
+                    raise
                 raise EnvflowError(
                     f"envflow: {promotion.env.branch} now points at {promotion.new[:10]}, but deploying it to {env} "
                     f"failed: {exc}; fix that, then run envflow.refresh {env}"

@@ -4,8 +4,8 @@ import datetime
 from dataclasses import dataclass
 
 from envflow import records
-from envflow.errors import Diverged, Drift, EnvflowError, GateBlocked, RevisionError
-from envflow.served import ServedDir, drift_message
+from envflow.errors import Diverged, EnvflowError, GateBlocked, RevisionError
+from envflow.served import ServedDir
 
 
 def _short(commit_id):
@@ -181,14 +181,6 @@ def deploy_summary(result):
         "refreshed": result["refreshed"],
         "discarded": result["discarded"],
     }
-
-
-def check_untouched(env, mirror):
-    """Raise :class:`~envflow.errors.Drift` if ``env``'s served tree was edited by hand."""
-    served = ServedDir(env.path)
-    drift = served.drift(mirror.objects)
-    if any(drift.values()):
-        raise Drift(drift_message(env.path, drift, "promote with force=True"), drift)
 
 
 def promote(mirror, promotion):

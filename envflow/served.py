@@ -271,23 +271,28 @@ class ServedDir:
 
     # -- deploying ------------------------------------------------------
 
-    def deploy(self, objects, commit, force=False):
+    def deploy(self, objects, commit, force=False, before_switch=None, remedy="deploy with force=True"):
         """Make ``path`` serve exactly the tree of ``commit`` (a :class:`pygit2.Commit`).
 
         ``objects`` is the object directory of the mirror that holds ``commit``.
         Refuses with :class:`Drift` when the served tree was edited by hand,
-        unless ``force``. Returns a dict: ``old`` and ``new`` commit
-        descriptions, ``changed``, the ``files`` changed, ``moved_aside``,
-        ``refused_links`` and, with ``force``, the ``discarded`` hand edits.
+        unless ``force``. ``before_switch``, if given, is called once the new
+        tree is ready and nothing refused, before ``path`` changes (also when
+        the commit is served already): a promotion moves its branch there, so a
+        refusal or a failed push leaves everything as it was. ``remedy`` ends
+        the hand-edit refusal (what to run to discard the edits). Returns a dict:
+        ``old`` and ``new`` commit descriptions, ``changed``, the ``files``
+        changed, ``moved_aside``, ``refused_links`` and, with ``force``, the
+        ``discarded`` hand edits.
         """
         try:
             os.makedirs(self.home, exist_ok=True)
             with held(os.path.join(self.home, "lock"), f"the directory {self.path}"):
-                return self._deploy(objects, commit, force)
+                return self._deploy(objects, commit, force, before_switch or (lambda: None), remedy)
         except (OSError, pygit2.GitError) as exc:
             raise EnvflowError(f"envflow: cannot deploy {str(commit.id)[:10]} to {self.path}: {exc}") from None
 
-    def _deploy(self, objects, commit, force):
+    def _deploy(self, objects, commit, force, before_switch, remedy):
         new_id = str(commit.id)
         self._tidy()
         served = self.served_slot()
@@ -310,23 +315,25 @@ class ServedDir:
             # Nothing to write unless the served tree drifted from its commit.
             drift = self._drift_of(served, objects)
             if not any(drift.values()):
+                before_switch()
                 result["refused_links"] = served_record["refused_links"]
                 return result
-            self._refuse_hand_edits(drift, force)
+            self._refuse_hand_edits(drift, force, remedy)
             checked_out = self._checkout(standby, objects, commit, old, since=served_record.get("since"))
         else:
             drift, checked_out = self._prepare(served if served_record else None, standby, objects, commit, old)
-            self._refuse_hand_edits(drift, force)
+            self._refuse_hand_edits(drift, force, remedy)
         result["refused_links"], result["files"] = checked_out
         result["discarded"] = drift if any(drift.values()) else None
+        before_switch()
         result["moved_aside"] = self._clear_the_way()
         self._switch(standby)
         result["changed"] = True
         return result
 
-    def _refuse_hand_edits(self, drift, force):
+    def _refuse_hand_edits(self, drift, force, remedy):
         if any(drift.values()) and not force:
-            raise Drift(drift_message(self.path, drift), drift)
+            raise Drift(drift_message(self.path, drift, remedy), drift)
 
     def _tidy(self):
         """Remove what an interrupted run left: a half-made symlink and git lock files."""

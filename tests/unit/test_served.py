@@ -379,3 +379,24 @@ def test_a_standby_edit_that_kept_size_and_mtime_is_never_served(served, mirror,
     assert os.path.realpath(served.path) == os.path.realpath(os.path.dirname(standby))
     assert tree_files(served.path)["top.sls"] == V1["top.sls"]
     assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_a_failing_before_switch_leaves_the_served_tree_as_it_was(served, mirror, remote):
+    """What a promotion relies on: its branch moves in before_switch, and a lost race changes nothing served."""
+    from envflow.errors import BranchMoved  # pylint: disable=import-outside-toplevel
+
+    deploy(served, mirror, "stage")
+    before = tree_files(served.path), os.readlink(served.path), served.deployed()
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    mirror.fetch()
+
+    def lose_the_race():
+        raise BranchMoved("envflow: stage moved on the remote while envflow was working")
+
+    with pytest.raises(BranchMoved):
+        served.deploy(mirror.objects, mirror.commit("stage"), before_switch=lose_the_race)
+    assert (tree_files(served.path), os.readlink(served.path), served.deployed()) == before
+    calls = []
+    result = served.deploy(mirror.objects, mirror.commit("stage"), before_switch=lambda: calls.append(os.readlink(served.path)))
+    assert calls == [before[1]]  # called while the old tree was still served
+    assert result["changed"] is True and tree_files(served.path)["web/init.sls"] == "# web v2\n"
