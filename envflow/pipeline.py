@@ -77,6 +77,14 @@ def plan(config, mirror, name, rev=None):
         )
     old = mirror.tip(env.branch)
     if old is not None and not mirror.contains(target.id, old):
+        if mirror.contains(tested.id, old):
+            # The branch is already past the commit asked for: promoting it would rewind the branch.
+            raise Diverged(
+                f"envflow: {env.branch} already holds {_short(target.id)} and is ahead of it at {_short(old)}; "
+                f"promoting would move it back: promote a commit that contains {_short(old)}, such as "
+                f"{_short(tested.id)} deployed in {upstream.name}",
+                mirror.commits(old, target.id),
+            )
         extra = mirror.commits(old, target.id)
         first = config.environments[0]
         listed = ", ".join(f"{_short(cid)} {summary!r}" for cid, summary in extra[:5])

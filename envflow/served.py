@@ -198,11 +198,16 @@ class ServedDir:
         """Open the slot's repository: its own index and HEAD, the mirror's objects."""
         gitdir, tree = self._gitdir(slot), self._tree(slot)
         if not os.path.isfile(os.path.join(gitdir, "HEAD")):
+            # Made whole beside, then renamed into place: a kill midway never leaves a slot
+            # repository that would take its settings from the user's ~/.gitconfig.
             shutil.rmtree(gitdir, ignore_errors=True)
-            pygit2.init_repository(gitdir, bare=True)
-            config = pygit2.Repository(gitdir).config
+            making = f"{gitdir}.new"
+            shutil.rmtree(making, ignore_errors=True)
+            made = pygit2.init_repository(making, bare=True)
             for key, value in _SLOT_CONFIG.items():
-                config[key] = value
+                made.config[key] = value
+            made.free()
+            os.rename(making, gitdir)
         alternates = os.path.join(gitdir, "objects", "info", "alternates")
         try:
             with open(alternates, encoding="utf-8") as handle:

@@ -160,3 +160,18 @@ def test_status_describes_the_others_when_one_directory_is_unreadable(deployed_p
     assert report["stage"]["deployed"] is None
     assert "problem" not in report["prod"] and report["prod"]["waiting"] is None
     assert report["test"]["in_sync"] is True and "problem" not in report["test"]
+
+
+def test_promoting_an_older_commit_than_the_branch_holds_is_refused_as_a_rewind(deployed_pipeline, mirror, remote):
+    older = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    newer = remote.commit("develop", {"web/init.sls": "# web v3\n"})
+    deploy(mirror, deployed_pipeline.environment("test"))
+    pipeline.promote(mirror, pipeline.plan(deployed_pipeline, mirror, "stage"))
+    before = remote.refs()
+    with pytest.raises(Diverged) as error:
+        pipeline.plan(deployed_pipeline, mirror, "stage", rev=older)
+    assert str(error.value) == (
+        f"envflow: stage already holds {older[:10]} and is ahead of it at {newer[:10]}; promoting would move it "
+        f"back: promote a commit that contains {newer[:10]}, such as {newer[:10]} deployed in test"
+    )
+    assert remote.refs() == before
