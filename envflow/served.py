@@ -17,6 +17,8 @@ serves it, and the master and a minion deploying the same path agree on it.
 """
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -31,6 +33,9 @@ from envflow.records import now_iso
 from envflow.remote import commit_info
 
 SLOTS = ("a", "b")
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 _RECORD = "envflow.json"
 _DRIFT_FLAGS = (
     DiffOption.INCLUDE_UNTRACKED
@@ -56,6 +61,30 @@ _DRIFT_KIND = {
     DeltaStatus.ADDED: "added",
     DeltaStatus.DELETED: "deleted",
 }
+
+
+def _exchange(first, second):
+    """Swap two paths in one ``renameat2(RENAME_EXCHANGE)``; ``False`` where the system cannot."""
+    renameat2 = getattr(_LIBC, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(error, os.strerror(error), second)
+
+
+def _sync_filesystem(path):
+    """Flush the filesystem holding ``path`` (``syncfs``), else everything (``sync``)."""
+    syncfs = getattr(_LIBC, "syncfs", None)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs is None or syncfs(descriptor) != 0:
+            os.sync()
+    finally:
+        os.close(descriptor)
 
 
 def _no_drift():
@@ -331,8 +360,7 @@ class ServedDir:
         result["refused_links"], result["files"] = checked_out
         result["discarded"] = drift if any(drift.values()) else None
         before_switch()
-        result["moved_aside"] = self._clear_the_way()
-        self._switch(standby)
+        result["moved_aside"] = self._switch(standby)
         result["changed"] = True
         return result
 
@@ -341,9 +369,12 @@ class ServedDir:
             raise Drift(drift_message(self.path, drift, remedy), drift)
 
     def _tidy(self):
-        """Remove what an interrupted run left: a half-made symlink and git lock files."""
+        """Clear what an interrupted run left: a half-made symlink (or what an exchange put there), git lock files."""
+        staging = os.path.join(self.home, "link.tmp")
+        if os.path.isdir(staging) and not os.path.islink(staging):
+            self._put_aside(staging)  # killed between the exchange and putting aside: never delete it
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.home, "link.tmp"))
+            os.unlink(staging)
         for slot in SLOTS:
             clear_stale_git_locks(self._gitdir(slot))
 
@@ -478,31 +509,44 @@ class ServedDir:
             counts[{DeltaStatus.ADDED: "added", DeltaStatus.DELETED: "deleted"}.get(delta.status, "modified")] += 1
         return counts
 
-    def _clear_the_way(self):
-        """Make room for the symlink at ``path`` on the first deploy.
+    def _put_aside(self, source):
+        """Move what stood at ``path`` (now at ``source``) out of the way; return where it went.
 
         ``salt-master`` creates each ``file_roots`` directory at start, so an
         empty one is expected and removed. Anything else (a checkout from the
-        manual workflow) is moved aside, never deleted; its new name is returned.
+        manual workflow) is moved aside, never deleted.
         """
-        if self.served_slot() is not None or not os.path.lexists(self.path):
-            return None
-        if os.path.isdir(self.path) and not os.path.islink(self.path) and not os.listdir(self.path):
-            os.rmdir(self.path)
+        if os.path.isdir(source) and not os.path.islink(source) and not os.listdir(source):
+            os.rmdir(source)
             return None
         aside, number = f"{self.path}.pre-envflow", 1
         while os.path.lexists(aside):
             aside, number = f"{self.path}.pre-envflow.{number}", number + 1
-        os.rename(self.path, aside)
+        os.rename(source, aside)
         return aside
 
     def _switch(self, slot):
-        """Point ``path`` at ``slot`` in one rename: readers see the old tree or the new one, whole."""
+        """Point ``path`` at ``slot`` in one rename: readers see the old tree or the new one, whole.
+
+        On the first deploy something usually stands at ``path``; it is
+        exchanged with the symlink in one ``renameat2(RENAME_EXCHANGE)``, so
+        ``path`` is never missing, then put aside. Returns where it went.
+        """
+        _sync_filesystem(self.home)  # the new tree on disk before anything points at it
         staging = os.path.join(self.home, "link.tmp")
         os.symlink(self._link_text(slot), staging)
-        os.rename(staging, self.path)
+        moved = None
+        if self.served_slot() is None and os.path.lexists(self.path):
+            if _exchange(staging, self.path):
+                moved = self._put_aside(staging)
+            else:  # no RENAME_EXCHANGE here: a moment without anything at path
+                moved = self._put_aside(self.path)
+                os.rename(staging, self.path)
+        else:
+            os.rename(staging, self.path)
         parent = os.open(os.path.dirname(self.path), os.O_RDONLY)
         try:
             os.fsync(parent)
         finally:
             os.close(parent)
+        return moved

@@ -400,3 +400,40 @@ def test_a_failing_before_switch_leaves_the_served_tree_as_it_was(served, mirror
     result = served.deploy(mirror.objects, mirror.commit("stage"), before_switch=lambda: calls.append(os.readlink(served.path)))
     assert calls == [before[1]]  # called while the old tree was still served
     assert result["changed"] is True and tree_files(served.path)["web/init.sls"] == "# web v2\n"
+
+
+def test_the_first_deploy_never_leaves_path_missing(served, mirror):
+    import threading  # pylint: disable=import-outside-toplevel
+
+    os.makedirs(os.path.join(served.path, "old"))
+    with open(os.path.join(served.path, "old", "init.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# manual checkout\n")
+    missing, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            if not os.path.lexists(served.path):
+                missing.append(True)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = deploy(served, mirror, "stage")
+    finally:
+        done.set()
+        watcher.join()
+    assert not missing
+    assert result["moved_aside"] == served.path + ".pre-envflow"
+    assert tree_files(served.path + ".pre-envflow") == {"old/init.sls": "# manual checkout\n"}
+
+
+def test_a_directory_left_by_a_killed_exchange_is_put_aside_not_deleted(served, mirror, remote):
+    deploy(served, mirror, "stage")
+    left = os.path.join(os.path.dirname(served.path), ".stage.envflow", "link.tmp")
+    os.makedirs(left)
+    with open(os.path.join(left, "init.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# what stood at the path\n")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    assert tree_files(served.path + ".pre-envflow") == {"init.sls": "# what stood at the path\n"}
+    assert not os.path.lexists(left)
