@@ -135,12 +135,16 @@ def status(env=None):
 
 
 @_reported
-def refresh(env=None, force=False):
+def refresh(env=None, force=False, dry_run=False):
     """
     Fetch the remote and deploy the tip of each environment's branch (or only ``env``'s).
 
     force : False
         Deploy even where a directory was edited by hand, discarding the edits.
+
+    dry_run : False
+        Report, per environment, the commit served, the branch tip a refresh
+        would serve and the hand edits that would block it; change nothing.
 
     CLI Example:
 
@@ -149,6 +153,7 @@ def refresh(env=None, force=False):
         salt-run envflow.refresh
         salt-run envflow.refresh test
         salt-run envflow.refresh prod force=True
+        salt-run envflow.refresh dry_run=True
     """
     try:
         config = envflow_config.parse(__opts__.get("envflow"))
@@ -158,13 +163,21 @@ def refresh(env=None, force=False):
     report, errors = {}, []
     for environment in environments:
         try:
-            report[environment.name] = _deploy(environment.name, force=force)
+            if dry_run:
+                plan = __salt__["salt.cmd"]("envflow.deploy", environment.name, force=force, test=True)
+                report[environment.name] = {
+                    "old": plan["old"]["id"] if plan["old"] else None,
+                    "new": plan["new"]["id"],
+                    "drift": plan["drift"],
+                }
+            else:
+                report[environment.name] = _deploy(environment.name, force=force)
         except (CommandExecutionError, SaltInvocationError) as exc:
             report[environment.name] = {"error": str(exc)}
             errors.append(f"{environment.name}: {exc}")
     if errors:
         return {**_failure("; ".join(errors)), "environments": report}
-    return {"environments": report}
+    return {"dry_run": True, "environments": report} if dry_run else {"environments": report}
 
 
 def _target_minions(environment):
@@ -219,7 +232,7 @@ def _last_state_job(since, minions):
 
 
 @_reported
-def verify(env, jid=None):
+def verify(env, jid=None, dry_run=False):
     """
     Record that the commit ``env`` serves passed there, for the ``verified`` gate of the next environment.
 
@@ -232,12 +245,16 @@ def verify(env, jid=None):
     answered. The record goes to the remote
     repository, as a git note on the commit (``refs/notes/envflow``).
 
+    dry_run : False
+        Run every check and report what would be recorded; record nothing.
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-run envflow.verify stage jid=20261127211425123456
         salt-run envflow.verify stage jid=last
+        salt-run envflow.verify stage jid=last dry_run=True
         salt-run envflow.verify stage
     """
     try:
@@ -269,16 +286,19 @@ def verify(env, jid=None):
                     + "; nothing was recorded"
                 )
             entry["jid"] = jid
+        report = {"env": env, "commit": served["id"], "verified_by": entry["by"], "jid": jid}
+        if dry_run:
+            return {"dry_run": True, **report}
         with Mirror(config.repo, __opts__["cachedir"]) as mirror:
             mirror.fetch()
             records.add(mirror, served["id"], "verified", env, entry)
-        return {"env": env, "commit": served["id"], "verified_by": entry["by"], "jid": jid}
+        return report
     except EnvflowError as exc:
         return _failure(str(exc))
 
 
 @_reported
-def approve(env, rev=None):
+def approve(env, rev=None, dry_run=False):
     """
     Approve a commit for promotion into ``env``, for its ``approvals`` gate.
 
@@ -288,12 +308,16 @@ def approve(env, rev=None):
     else the operating-system user; one approval per person counts. The record
     goes to the remote repository, as a git note on the commit.
 
+    dry_run : False
+        Report the commit, who would approve it and the approvals it has; record nothing.
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-run envflow.approve prod
         salt-run envflow.approve prod rev=3f2c9a1
+        salt-run envflow.approve prod dry_run=True
     """
     try:
         config = envflow_config.parse(__opts__.get("envflow"))
@@ -309,8 +333,12 @@ def approve(env, rev=None):
                     return _failure(f"envflow: nothing is deployed in {upstream.name}; give rev=<commit> to approve")
                 rev = tested
             commit = str(mirror.commit(rev).id)
-            found = records.add(mirror, commit, "approved", env, {"by": _user()})
+            if dry_run:
+                found = records.read(mirror, commit)
+            else:
+                found = records.add(mirror, commit, "approved", env, {"by": _user()})
         people = sorted({entry["by"] for entry in records.entries(found, "approved", env)})
-        return {"env": env, "commit": commit, "approvals": people, "needed": environment.gates.approvals}
+        report = {"env": env, "commit": commit, "approvals": people, "needed": environment.gates.approvals}
+        return {"dry_run": True, "approver": _user(), **report} if dry_run else report
     except EnvflowError as exc:
         return _failure(str(exc))

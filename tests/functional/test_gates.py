@@ -148,3 +148,21 @@ def test_verify_refuses_what_is_not_a_job_id(gated_runners, promoted_to_stage, r
             "error": f"envflow: jid {bad!r} is not a job id; give one such as 20261127211425123456, or jid=last",
         }
     assert remote.refs() == before
+
+
+def test_dry_runs_of_verify_approve_and_refresh_record_and_change_nothing(gated_runners, promoted_to_stage, envflow_block, remote):
+    before = remote.refs(), {env["name"]: tree_files(env["path"]) for env in envflow_block["environments"]}
+    assert gated_runners["envflow.verify"]("stage", dry_run=True) == {
+        "dry_run": True, "env": "stage", "commit": promoted_to_stage, "verified_by": "root", "jid": None,
+    }
+    assert gated_runners["envflow.approve"]("prod", dry_run=True) == {
+        "dry_run": True, "approver": "root", "env": "prod", "commit": promoted_to_stage, "approvals": [], "needed": 2,
+    }
+    newer = remote.commit("develop", {"db/init.sls": "# db\n"})
+    before = remote.refs(), before[1]
+    refreshed = gated_runners["envflow.refresh"](dry_run=True)
+    assert refreshed["dry_run"] is True
+    assert refreshed["environments"]["test"]["new"] == newer
+    assert refreshed["environments"]["test"]["old"] != newer
+    assert refreshed["environments"]["stage"]["drift"] == {"added": [], "modified": [], "deleted": []}
+    assert (remote.refs(), {env["name"]: tree_files(env["path"]) for env in envflow_block["environments"]}) == before
