@@ -98,8 +98,6 @@ def _fire(env, action, data):
 
 
 def _target(mirror, env, rev, branch):
-    if rev is not None and branch is not None:
-        raise CommandExecutionError("envflow: give rev or branch, not both")
     if rev is not None:
         return mirror.commit(rev)
     branch = branch or env.branch
@@ -159,6 +157,8 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
         salt-call envflow.deploy stage rev=3f2c9a1
         salt-call envflow.deploy stage force=True
     """
+    if rev is not None and branch is not None:
+        raise CommandExecutionError("envflow: give rev or branch, not both")
     try:
         config = _config()
         environment = config.environment(env)

@@ -68,13 +68,6 @@ class Config:
         index = self.environments.index(env)
         return self.environments[index - 1] if index else None
 
-    def downstream(self, name):
-        """Return the environment promoted from ``name``, or ``None`` for the last."""
-        env = self.environment(name)
-        index = self.environments.index(env)
-        following = self.environments[index + 1 : index + 2]
-        return following[0] if following else None
-
     def select(self, name=None):
         """Return all environments, or the one called ``name``, as a tuple."""
         return self.environments if name is None else (self.environment(name),)

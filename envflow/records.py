@@ -71,16 +71,19 @@ def add(mirror, commit_id, kind, env, entry):
     entry = {**entry, "at": entry.get("at") or now_iso()}
     for _attempt in range(_ATTEMPTS):
         repo = mirror.repo
-        ref = repo.references.get(NOTES)
-        old = ref.target if ref is not None else None
-        records = read(mirror, commit_id)
-        listed = [item for item in entries(records, kind, env) if kind == "forced" or item.get("by") != entry["by"]]
-        records.setdefault(kind, {})[env] = [*listed, entry]
-        who = pygit2.Signature(str(entry["by"]), "envflow@localhost")
-        text = json.dumps(records, indent=1, sort_keys=True) + "\n"
-        repo.create_note(text, who, who, str(commit_id), NOTES, True)
+        # Under the mirror's lock: a fetch in another process removes lock files it takes for stale.
+        with mirror.locked():
+            ref = repo.references.get(NOTES)
+            old = ref.target if ref is not None else None
+            records = read(mirror, commit_id)
+            listed = [item for item in entries(records, kind, env) if kind == "forced" or item.get("by") != entry["by"]]
+            records.setdefault(kind, {})[env] = [*listed, entry]
+            who = pygit2.Signature(str(entry["by"]), "envflow@localhost")
+            text = json.dumps(records, indent=1, sort_keys=True) + "\n"
+            repo.create_note(text, who, who, str(commit_id), NOTES, True)
+            new = repo.references[NOTES].target
         try:
-            mirror.update_ref(NOTES, old, repo.references[NOTES].target)
+            mirror.update_ref(NOTES, old, new)
             return records
         except BranchMoved:
             mirror.fetch()  # another master recorded meanwhile: merge with its records

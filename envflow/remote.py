@@ -91,12 +91,17 @@ class _Callbacks(pygit2.RemoteCallbacks):
             self.rejected[refname] = message
 
 
+def summary(commit):
+    """The first line of ``commit``'s message."""
+    return commit.message.splitlines()[0] if commit.message else ""
+
+
 def commit_info(commit):
     """Describe ``commit`` for returns and events: id, summary, author and time (UTC, ISO 8601)."""
     when = datetime.datetime.fromtimestamp(commit.commit_time, tz=datetime.timezone.utc)
     return {
         "id": str(commit.id),
-        "summary": commit.message.splitlines()[0] if commit.message else "",
+        "summary": summary(commit),
         "author": f"{commit.author.name} <{commit.author.email}>",
         "time": when.isoformat(),
     }
@@ -150,6 +155,10 @@ class Mirror:
         """The mirror's object directory, which the trees' repositories borrow from."""
         return os.path.join(self.path, "objects")
 
+    def locked(self):
+        """Hold the mirror's lock: no other envflow process fetches or writes references meanwhile."""
+        return held(self.path + ".lock", f"the mirror of {self.shown}")
+
     def scrub(self, text):
         """Return ``text`` with the repository URL's secrets replaced (as written and percent-decoded)."""
         text = str(text).replace(self.url, self.shown)
@@ -166,7 +175,7 @@ class Mirror:
             if not os.path.exists(local):
                 raise RemoteError(f"envflow:repo: {local} does not exist; point envflow:repo at the automation repository")
         repo = self.repo
-        with held(self.path + ".lock", f"the mirror of {self.shown}"):
+        with self.locked():
             clear_stale_git_locks(self.path)
             remote = repo.remotes.create_anonymous(self.url)
             try:
@@ -210,7 +219,7 @@ class Mirror:
             walker.hide(old)
         found = []
         for commit in walker:
-            found.append((str(commit.id), commit.message.splitlines()[0] if commit.message else ""))
+            found.append((str(commit.id), summary(commit)))
             if len(found) >= limit:
                 break
         return found
@@ -236,7 +245,7 @@ class Mirror:
         """
         staging = f"refs/envflow/push/{refname[len('refs/'):]}"
         repo = self.repo
-        with held(self.path + ".lock", f"the mirror of {self.shown}"):
+        with self.locked():
             if is_local(self.url):
                 self._swap_local(refname, old, new)
             else:

@@ -38,8 +38,6 @@ def test_valid_configuration_is_parsed_in_pipeline_order():
     assert config.environment("stage").branch == "stage"
     assert config.upstream("stage").name == "test"
     assert config.upstream("test") is None
-    assert config.downstream("stage").name == "prod"
-    assert config.downstream("prod") is None
     assert [env.name for env in config.select()] == ["test", "stage", "prod"]
     assert [env.name for env in config.select("prod")] == ["prod"]
 
