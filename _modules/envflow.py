@@ -147,7 +147,8 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
     files added, modified and deleted, the directory moved aside on a first
     deploy, the symlinks refused because they lead out of the tree, and the
     saltenvs whose file server caches were refreshed (``refreshed``; empty
-    when no ``file_roots`` on this host lists the environment's path).
+    when no ``file_roots`` on this host lists the environment's path), and a
+    ``warning`` when clearing those caches failed after the switch.
 
     CLI Example:
 

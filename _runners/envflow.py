@@ -75,7 +75,7 @@ def promote(env, rev=None, dry_run=False, force=False, reason=None):
         An older commit to promote, contained in the commit deployed upstream.
 
     dry_run : False
-        Report the commits, files and closed gates the promotion would meet; change nothing.
+        Report the commits, files, closed gates and hand edits the promotion would meet; change nothing.
 
     force : False
         Discard hand edits in ``env``'s directory and, with ``reason``, bypass
@@ -215,7 +215,7 @@ def minions(env):
 
 
 def _last_state_job(since, minions):
-    """The newest finished state run in the job cache started after ``since`` (``None``: any time).
+    """The newest finished highstate in the job cache started after ``since`` (``None``: any time).
 
     Finished: every targeted minion answered, so a run still going is passed
     over rather than judged half done. With ``minions`` (the environment's),
@@ -226,7 +226,7 @@ def _last_state_job(since, minions):
     for jid in sorted((jid for jid in listed if since is None or jobs.jid_time(jid, utc) >= since), reverse=True):
         job = __salt__["jobs.list_job"](jid)
         targeted = set(job.get("Minions") or [])
-        if targeted <= set(job.get("Result") or {}) and set(minions or ()) <= targeted:
+        if jobs.is_highstate(job) and targeted <= set(job.get("Result") or {}) and set(minions or ()) <= targeted:
             return jid
     return None
 
@@ -237,12 +237,13 @@ def verify(env, jid=None, dry_run=False):
     Record that the commit ``env`` serves passed there, for the ``verified`` gate of the next environment.
 
     With ``jid``, first checks that job's returns in the job cache: it must
-    be a state run started after ``env`` began serving the commit, every
+    be a highstate (``state.highstate``, or ``state.apply`` without mods, not
+    in test mode) started after ``env`` began serving the commit, every
     targeted minion (and every minion of ``env``'s ``target``) must have
     answered, and no state may have failed; otherwise nothing is recorded and
     the failed minions and states are named. ``jid=last`` takes the newest
-    state run since the commit was deployed that every targeted minion has
-    answered. The record goes to the remote
+    such highstate since the commit was deployed that every targeted minion
+    has answered. The record goes to the remote
     repository, as a git note on the commit (``refs/notes/envflow``).
 
     dry_run : False

@@ -17,6 +17,24 @@ def jid_time(jid, utc=False):
     return started.astimezone(datetime.timezone.utc)
 
 
+def _arguments(job):
+    """The mods and the keyword arguments a job was called with."""
+    arguments, keywords = job.get("Arguments") or [], {}
+    for argument in arguments:
+        if isinstance(argument, dict) and argument.get("__kwarg__"):
+            keywords.update(argument)
+    mods = [argument for argument in arguments if not (isinstance(argument, dict) and argument.get("__kwarg__"))]
+    if keywords.get("mods"):
+        mods.append(keywords["mods"])
+    return mods, keywords
+
+
+def is_highstate(job):
+    """Whether ``job`` applied whole highstates for real: no mods, not in test mode."""
+    mods, keywords = _arguments(job)
+    return job.get("Function") in STATE_FUNCTIONS and not mods and str(keywords.get("test")).lower() != "true"
+
+
 def _state_id(key):
     parts = key.split("_|-")
     return parts[1] if len(parts) > 1 else key
@@ -32,14 +50,9 @@ def failures(job, expected=()):
         return ["it is not in the master's job cache"]
     if job.get("Function") not in STATE_FUNCTIONS:
         return [f"it ran {job.get('Function')}, not a highstate ({' or '.join(STATE_FUNCTIONS)} without mods)"]
-    arguments = job.get("Arguments") or []
-    keywords = {}
-    for argument in arguments:
-        if isinstance(argument, dict) and argument.get("__kwarg__"):
-            keywords.update(argument)
-    mods = [argument for argument in arguments if not (isinstance(argument, dict) and argument.get("__kwarg__"))]
-    if mods or keywords.get("mods"):
-        return [f"it applied {', '.join(map(str, mods or [keywords['mods']]))} only, not the highstate"]
+    mods, keywords = _arguments(job)
+    if mods:
+        return [f"it applied {', '.join(map(str, mods))} only, not the highstate"]
     if str(keywords.get("test")).lower() == "true":
         return ["it ran in test mode, so no state was applied"]
     results = job.get("Result") or {}

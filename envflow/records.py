@@ -12,8 +12,9 @@ The note maps each kind to environments and their entries::
      "verified": {"stage": [{"by": "root", "at": "...", "jid": "20261127211425123456"}]},
      "forced":   {"prod": [{"by": "bob", "at": "...", "reason": "...", "gates": ["..."]}]}}
 
-Writing is a compare-and-swap push of the notes reference, retried on a race
-after a fresh fetch: records only ever grow, so a retry merges, never overwrites.
+Writing is a compare-and-swap of the notes reference on the remote (see
+:meth:`envflow.remote.Mirror.update_ref`), retried on a race after a fresh
+fetch: records only ever grow, so a retry merges, never overwrites.
 """
 
 import datetime

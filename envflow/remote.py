@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import urllib.parse
 
 import pygit2
@@ -54,6 +55,19 @@ def _article(noun):
 def is_local(url):
     """Whether ``url`` names a repository on this machine (a path or a ``file://`` URL)."""
     return url.startswith("file://") or ("://" not in url and not _SCP_LIKE.match(url))
+
+
+_STALE_LOCK = 60  # seconds; git holds a reference lock for milliseconds
+
+
+def _clear_stale_ref_lock(gitdir, refname):
+    """Remove ``<ref>.lock`` in a local remote when a killed process (envflow's own, say) left it long ago."""
+    lock = os.path.join(gitdir, f"{refname}.lock")
+    try:
+        if time.time() - os.stat(lock).st_mtime > _STALE_LOCK:
+            os.unlink(lock)
+    except FileNotFoundError:
+        pass
 
 
 def _copy_objects(source, target, oid):
@@ -290,6 +304,7 @@ class Mirror:
             current = remote.references.get(refname)
             if (current.target if current is not None else None) != old:
                 raise _moved(refname)
+            _clear_stale_ref_lock(remote.path, refname)
             try:
                 if current is None:
                     remote.references.create(refname, new, force=False)

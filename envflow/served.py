@@ -371,10 +371,10 @@ class ServedDir:
     def _tidy(self):
         """Clear what an interrupted run left: a half-made symlink (or what an exchange put there), git lock files."""
         staging = os.path.join(self.home, "link.tmp")
-        if os.path.isdir(staging) and not os.path.islink(staging):
-            self._put_aside(staging)  # killed between the exchange and putting aside: never delete it
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staging)
+        if os.path.islink(staging) and os.readlink(staging) in {self._link_text(slot) for slot in SLOTS}:
+            os.unlink(staging)  # envflow's own half-made symlink
+        elif os.path.lexists(staging):
+            self._put_aside(staging)  # what stood at path, left by a killed exchange: never delete it
         for slot in SLOTS:
             clear_stale_git_locks(self._gitdir(slot))
 

@@ -72,3 +72,13 @@ def test_only_a_real_highstate_verifies():
     ]
     unknown = job({"web1": {"return": {"a_|-b_|-c_|-d": state(None)}}}, minions=("web1",))
     assert failures(unknown) == ["web1: state b did not run (result None)"]
+
+
+def test_is_highstate():
+    from envflow.jobs import is_highstate  # pylint: disable=import-outside-toplevel
+
+    assert is_highstate({"Function": "state.highstate", "Arguments": []})
+    assert is_highstate({"Function": "state.apply", "Arguments": [{"queue": True, "__kwarg__": True}]})
+    assert not is_highstate({"Function": "state.apply", "Arguments": ["web"]})
+    assert not is_highstate({"Function": "state.apply", "Arguments": [{"test": True, "__kwarg__": True}]})
+    assert not is_highstate({"Function": "state.sls", "Arguments": ["web"]})

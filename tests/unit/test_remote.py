@@ -1,4 +1,5 @@
 import os
+import time
 
 import pygit2
 import pytest
@@ -182,3 +183,17 @@ def test_a_mirror_left_half_made_is_made_anew(remote, tmp_path):
     with Mirror(remote.path, str(tmp_path / "cache")) as mirror:
         mirror.fetch()
         assert str(mirror.tip("stage")) == remote.tip("stage")
+
+
+def test_a_lock_a_killed_process_left_in_a_local_remote_long_ago_is_cleared(remote, mirror):
+    new = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    mirror.fetch()
+    lock = os.path.join(remote.path, "refs", "heads", "stage.lock")
+    with open(lock, "w", encoding="utf-8"):
+        pass
+    with pytest.raises(BranchMoved):  # a fresh lock: someone is writing right now
+        mirror.update_branch("stage", mirror.tip("stage"), pygit2.Oid(hex=new))
+    os.utime(lock, (time.time() - 600, time.time() - 600))
+    mirror.update_branch("stage", mirror.tip("stage"), pygit2.Oid(hex=new))
+    assert remote.tip("stage") == new
+    assert not os.path.exists(lock)

@@ -437,3 +437,14 @@ def test_a_directory_left_by_a_killed_exchange_is_put_aside_not_deleted(served, 
     deploy(served, mirror, "stage")
     assert tree_files(served.path + ".pre-envflow") == {"init.sls": "# what stood at the path\n"}
     assert not os.path.lexists(left)
+
+
+def test_a_file_left_by_a_killed_exchange_is_put_aside_not_deleted(served, mirror, remote):
+    deploy(served, mirror, "stage")
+    left = os.path.join(os.path.dirname(served.path), ".stage.envflow", "link.tmp")
+    with open(left, "w", encoding="utf-8") as handle:
+        handle.write("a file that stood at the path\n")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    with open(served.path + ".pre-envflow", encoding="utf-8") as handle:
+        assert handle.read() == "a file that stood at the path\n"
