@@ -79,6 +79,8 @@ def deployed(name, branch=None, rev=None, force=False):
     if done.get("discarded"):
         changes["discarded"] = done["discarded"]
     comment = f"{name} now serves {_switch(done['old'], done['new'])}"
+    if done.get("warning"):
+        comment += f"; {done['warning']}"
     if done.get("moved_aside"):
         comment += f"; what was in the way was moved to {done['moved_aside']}"
     if done.get("refused_links"):

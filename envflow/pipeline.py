@@ -179,7 +179,7 @@ def check_gates(promotion, mirror, force=False, reason=None):
 
 
 def deploy_summary(result):
-    """The small view of a deploy's result that runners return: commit ids, what happened."""
+    """The small view of a deploy's result that runners return: commit ids, what happened, any warning."""
     return {
         "old": result["old"]["id"] if result["old"] else None,
         "new": result["new"]["id"],
@@ -188,6 +188,7 @@ def deploy_summary(result):
         "refused_links": [f"{link['path']} -> {link['target']}" for link in result["refused_links"]],
         "refreshed": result["refreshed"],
         "discarded": result["discarded"],
+        **({"warning": result["warning"]} if result.get("warning") else {}),
     }
 
 
