@@ -17,6 +17,7 @@ import pathlib
 import shutil
 
 import pytest
+import yaml
 from saltfactories.utils import random_string
 
 from envflow.served import ServedDir
@@ -230,8 +231,15 @@ def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False):
     file_roots = {"base": [str(base)], **{env["name"]: [env["path"]] for env in envflow["environments"]}}
     overrides = {"envflow": envflow, "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME}
     if reactor:
+        # The shipped reactor config, with the reactor SLS where this test copied it.
         shutil.copytree(PIPELINES / "reactor", work / "reactor")
-        overrides["reactor"] = [{"salt/envflow/*/deployed": [str(work / "reactor" / "envflow-deployed.sls")]}]
+        shipped = yaml.safe_load((PIPELINES / "reactor.conf").read_text(encoding="utf-8"))
+        shipped["reactor"] = [
+            {tag: [str(work / "reactor" / os.path.basename(sls)) for sls in files]}
+            for entry in shipped["reactor"]
+            for tag, files in entry.items()
+        ]
+        overrides.update(shipped)
     master = salt_factories.salt_master_daemon(
         master_id, defaults={"root_dir": str(master_root), "file_roots": file_roots}, overrides=overrides
     )
