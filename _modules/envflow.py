@@ -76,7 +76,9 @@ def _fileserver_opts(config):
     """
     if _is_master() or __opts__.get("file_client") == "local":
         return __opts__
-    path = config.master_config or os.path.join(os.path.dirname(__opts__.get("conf_file") or "/etc/salt/minion"), "master")
+    path = config.master_config or os.path.join(
+        os.path.dirname(__opts__.get("conf_file") or "/etc/salt/minion"), "master"
+    )
     if not os.path.isfile(path):
         return None
     import salt.config  # pylint: disable=import-outside-toplevel
@@ -168,7 +170,12 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
             commit = _target(mirror, environment, rev, branch)
             if test:
                 served = ServedDir(environment.path)
-                return {"env": env, "path": environment.path, "new": commit_info(commit), **_preview(served, mirror, force)}
+                return {
+                    "env": env,
+                    "path": environment.path,
+                    "new": commit_info(commit),
+                    **_preview(served, mirror, force),
+                }
             return _serve(config, environment, mirror, commit, force)
     except EnvflowError as exc:
         raise _salt_error(exc) from None

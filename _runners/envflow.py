@@ -15,15 +15,16 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 try:
     from envflow import config as envflow_config
     from envflow import jobs, pipeline, records
-    from envflow.served import ServedDir
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, redact
+    from envflow.served import ServedDir
 
     HAS_ENVFLOW = True
 except ImportError:
     HAS_ENVFLOW = False
 
 __virtualname__ = "envflow"
+
 
 def __virtual__():
     if not HAS_ENVFLOW:

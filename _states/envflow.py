@@ -12,12 +12,13 @@ an orchestrate SLS) and deploys through :py:func:`envflow.deploy
 <salt.modules.envflow.deploy>`.
 """
 
+import contextlib
+
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-try:
+# Without envflow the execution module is missing too, and __virtual__ says so.
+with contextlib.suppress(ImportError):
     from envflow.served import drift_message
-except ImportError:  # the execution module is then missing too, and __virtual__ says so
-    pass
 
 __virtualname__ = "envflow"
 
@@ -145,7 +146,12 @@ def promoted(name, rev=None, force=False, reason=None):
         if any(plan["drift"].values()) and not force:
             ret["comment"] = drift_message(plan["path"], plan["drift"], "promote with force=True")
             return ret
-        if plan["old"] == plan["new"] and serving is not None and serving["id"] == plan["new"] and not any(plan["drift"].values()):
+        if (
+            plan["old"] == plan["new"]
+            and serving is not None
+            and serving["id"] == plan["new"]
+            and not any(plan["drift"].values())
+        ):
             ret.update(result=True, comment=f"{name} already holds and serves {plan['new'][:10]}")
             return ret
         if __opts__["test"]:
@@ -171,6 +177,9 @@ def _preview_promotion(ret, name, plan, force, reason):
     ret.update(
         result=None,
         changes={"revision": {"old": plan["old"], "new": plan["new"]}, "commits": plan["commits"]},
-        comment=f"{name} would be promoted to {plan['new'][:10]} from {plan['from']}, bringing {len(plan['commits'])} commit(s)",
+        comment=(
+            f"{name} would be promoted to {plan['new'][:10]} from {plan['from']}, "
+            f"bringing {len(plan['commits'])} commit(s)"
+        ),
     )
     return ret

@@ -48,7 +48,7 @@ _load_loader_module("_runners", salt.runners)
 
 project = "envflow"
 author = "envflow maintainers"
-copyright = "envflow maintainers"  # noqa: A001 pylint: disable=redefined-builtin
+copyright = "envflow maintainers"
 release = envflow.__version__
 version = release
 

@@ -108,7 +108,9 @@ def _environment(raw, index):
         _fail(key, "must be a mapping with name, branch and path")
     unknown = sorted(set(raw) - _ENV_KEYS - _OPTIONAL_ENV_KEYS, key=str)
     if unknown:
-        _fail(key, f"unknown key {unknown[0]!r}; an environment has name, branch, path, and optionally target and gates")
+        _fail(
+            key, f"unknown key {unknown[0]!r}; an environment has name, branch, path, and optionally target and gates"
+        )
     for field in sorted(_ENV_KEYS):
         if field not in raw:
             _fail(key, f"missing {field!r}; an environment has name, branch and path")

@@ -56,20 +56,32 @@ def failures(job, expected=()):
     if str(keywords.get("test")).lower() == "true":
         return ["it ran in test mode, so no state was applied"]
     results = job.get("Result") or {}
-    problems = [f"{minion} did not answer" for minion in sorted(set(job.get("Minions") or []) | set(expected)) if minion not in results]
+    problems = [
+        f"{minion} did not answer"
+        for minion in sorted(set(job.get("Minions") or []) | set(expected))
+        if minion not in results
+    ]
     for minion in sorted(results):
         answer = results[minion]
         states = answer.get("return")
-        if isinstance(states, dict) and states and all(isinstance(state, dict) and "result" in state for state in states.values()):
+        if (
+            isinstance(states, dict)
+            and states
+            and all(isinstance(state, dict) and "result" in state for state in states.values())
+        ):
             ordered = sorted(states.items(), key=lambda item: item[1].get("__run_num__", 0))
             for key, state in ordered:
                 if state.get("result") is None:
                     problems.append(f"{minion}: state {_state_id(key)} did not run (result None)")
                 if state.get("result") is False:
                     comment = str(state.get("comment") or "").strip().splitlines()
-                    problems.append(f"{minion}: state {_state_id(key)} failed" + (f" ({comment[0]})" if comment else ""))
+                    problems.append(
+                        f"{minion}: state {_state_id(key)} failed" + (f" ({comment[0]})" if comment else "")
+                    )
         elif isinstance(states, list):
-            problems.append(f"{minion}: " + " ".join(str(item).strip().splitlines()[0] for item in states if str(item).strip()))
+            problems.append(
+                f"{minion}: " + " ".join(str(item).strip().splitlines()[0] for item in states if str(item).strip())
+            )
         elif not states:
             problems.append(f"{minion}: ran no state")
         elif answer.get("retcode") not in (None, 0):

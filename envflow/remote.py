@@ -187,7 +187,9 @@ class Mirror:
         if is_local(self.url):
             local = self.url[len("file://") :] if self.url.startswith("file://") else self.url
             if not os.path.exists(local):
-                raise RemoteError(f"envflow:repo: {local} does not exist; point envflow:repo at the automation repository")
+                raise RemoteError(
+                    f"envflow:repo: {local} does not exist; point envflow:repo at the automation repository"
+                )
         repo = self.repo
         with self.locked():
             clear_stale_git_locks(self.path)
@@ -253,11 +255,11 @@ class Mirror:
         self.update_ref(f"refs/heads/{branch}", old, new)
 
     def update_ref(self, refname, old, new):
-        """Move the reference ``refname`` on the remote from ``old`` (``None``: absent) to ``new``, as a compare-and-swap.
+        """Move ``refname`` on the remote from ``old`` (``None``: absent) to ``new``, as a compare-and-swap.
 
         Raises :class:`BranchMoved` if the remote reference is no longer ``old``.
         """
-        staging = f"refs/envflow/push/{refname[len('refs/'):]}"
+        staging = f"refs/envflow/push/{refname[len('refs/') :]}"
         repo = self.repo
         with self.locked():
             if is_local(self.url):
@@ -285,7 +287,9 @@ class Mirror:
             raise RemoteError(f"envflow: cannot push {_shown_ref(refname)} to {self.shown}: {message}") from None
         if callbacks.rejected:
             reason = self.scrub(callbacks.rejected[refname])
-            if any(word in reason for word in ("failed to update ref", "stale info", "fetch first", "non-fast-forward")):
+            if any(
+                word in reason for word in ("failed to update ref", "stale info", "fetch first", "non-fast-forward")
+            ):
                 raise _moved(refname)  # receive-pack's own compare-and-swap refused it
             raise RemoteError(f"envflow: {self.shown} refused the update of {_shown_ref(refname)}: {reason}")
 

@@ -17,7 +17,9 @@ def fire_on_master(opts, tag, data):
 
     An event that cannot be sent must not undo work that is done: failures are logged, not raised.
     """
-    if opts.get("ipc_mode", "ipc") == "ipc" and not os.path.exists(os.path.join(opts["sock_dir"], "master_event_pull.ipc")):
+    if opts.get("ipc_mode", "ipc") == "ipc" and not os.path.exists(
+        os.path.join(opts["sock_dir"], "master_event_pull.ipc")
+    ):
         # No master is listening: firing would only wait for a connect timeout.
         log.debug("envflow: no master event bus under %s; %s not fired", opts["sock_dir"], tag)
         return False

@@ -267,8 +267,7 @@ class ServedDir:
         record = self.record(slot)
         if record is None:
             raise EnvflowError(
-                f"envflow: {self.path} serves a tree envflow has no record of; "
-                "deploy with force=True to replace it"
+                f"envflow: {self.path} serves a tree envflow has no record of; deploy with force=True to replace it"
             )
         return {**record["commit"], "deployed_at": record.get("since")}
 
@@ -440,7 +439,12 @@ class ServedDir:
             counts = self._count_changes(repo, old, commit)
         finally:
             repo.free()
-        record = {"commit": commit_info(commit), "since": since or now_iso(), "links": sorted(links), "refused_links": refused}
+        record = {
+            "commit": commit_info(commit),
+            "since": since or now_iso(),
+            "links": sorted(links),
+            "refused_links": refused,
+        }
         self._write_record(slot, record)
         return refused, counts
 

@@ -142,10 +142,7 @@ class BenchRepo:
             _data(b"initial states"),
         ]
         for number, path in enumerate(self._paths()):
-            if path == "top.sls":
-                content = b"base:\n  '*':\n    - states\n"
-            else:
-                content = self._content(path, number)
+            content = b"base:\n  '*':\n    - states\n" if path == "top.sls" else self._content(path, number)
             self.contents[path] = content
             stream.append(b"M 100644 inline %s\n" % path.encode())
             stream.append(_data(content))
@@ -462,8 +459,9 @@ def report(all_results, args):
         "(the minion's file_roots map a saltenv to the path)."
     )
     out(
-        "load average (1 min) at the start / end: {:.2f} / {:.2f}; other work on the machine shows up as noise, "
-        "ratios within one run are what to compare".format(args.load_start, os.getloadavg()[0])
+        f"load average (1 min) at the start / end: {args.load_start:.2f} / {os.getloadavg()[0]:.2f}; "
+        "other work on the machine shows up as noise, "
+        "ratios within one run are what to compare"
     )
     out("")
     header = (
@@ -524,9 +522,7 @@ def report(all_results, args):
         out("  size ratio: give two sizes with --sizes to compare")
     for size in sizes:
         res = all_results[size]
-        out(
-            f"  ({res['files']} files: repository built in {res['built_s']:.2f} s; {res['salt_calls']} salt-call runs)"
-        )
+        out(f"  ({res['files']} files: repository built in {res['built_s']:.2f} s; {res['salt_calls']} salt-call runs)")
     print("\n".join(lines))
 
 

@@ -56,7 +56,7 @@ class Remote:
                     handle.write(content)
 
     def commit(self, branch, files, message="change"):
-        """Commit ``files`` (path -> content, ``None`` deletes, :class:`Symlink`) on top of ``branch``; return the id."""
+        """Commit ``files`` (path -> content, ``None`` deletes, :class:`Symlink`) on ``branch``; return the id."""
         git("fetch", "-q", "origin", cwd=self.work)
         git("checkout", "-q", "-B", branch, f"origin/{branch}", cwd=self.work)
         self.write(files)
@@ -86,6 +86,9 @@ class Symlink:
 
     def __eq__(self, other):
         return isinstance(other, Symlink) and other.target == self.target
+
+    def __hash__(self):
+        return hash(self.target)
 
     def __repr__(self):
         return f"Symlink({self.target!r})"

@@ -6,8 +6,8 @@
     python3 tests/run.py tests/unit       # paths replace the default ``tests``
 
 It sets up ``.venvs/salt3008`` and ``.venvs/salt3006`` (see ``tests/venvs.py``),
-installs envflow into each from this checkout, and runs pytest in each with
-its own ``TMPDIR``: salt-factories keeps its CLI wrappers in ``$TMPDIR/scripts``
+installs envflow into each from this checkout, checks the code with ruff, and
+runs pytest in each with its own ``TMPDIR``: salt-factories keeps its CLI wrappers in ``$TMPDIR/scripts``
 and would otherwise run the daemons of one line from another line's
 virtualenv. The documentation is built with Sphinx, warnings as errors.
 Exits non-zero if anything failed.
@@ -101,6 +101,18 @@ def build_docs():
     return code == 0, time.monotonic() - started
 
 
+def lint():
+    """Check the code with ruff (its rules and formatting, set in pyproject.toml); return ``(ok, seconds)``."""
+    ruff = os.path.join(venvs.path(venvs.LINES[venvs.LINT_LINE]), "bin", "ruff")
+    started = time.monotonic()
+    ok = True
+    for args in (["check", "."], ["format", "--check", "--diff", "."]):
+        venvs.say(f"\n=== lint: ruff {' '.join(args)}")
+        done = subprocess.run([ruff, *args], cwd=REPO, stdin=subprocess.DEVNULL, check=False)
+        ok = ok and done.returncode == 0
+    return ok, time.monotonic() - started
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Run envflow's tests on each Salt line and build the docs; other arguments go to pytest.",
@@ -114,6 +126,7 @@ def parse_args(argv):
         help=f"run only this Salt line ({', '.join(venvs.LINES)}); may be repeated",
     )
     parser.add_argument("--no-docs", action="store_true", help="skip building the documentation")
+    parser.add_argument("--no-lint", action="store_true", help="skip ruff's lint and format checks")
     options, pytest_args = parser.parse_known_args(argv)
     # Paths given select tests; otherwise the whole suite.
     if not any(
@@ -126,11 +139,15 @@ def parse_args(argv):
 def main(argv):
     options, pytest_args = parse_args(argv)
     names = options.salt or list(venvs.LINES)
-    docs = not options.no_docs
+    docs, linting = not options.no_docs, not options.no_lint
     started = time.monotonic()
-    versions = venvs.prepare(sorted(set(names) | ({venvs.DOCS_LINE} if docs else set())))
+    extra = ({venvs.DOCS_LINE} if docs else set()) | ({venvs.LINT_LINE} if linting else set())
+    versions = venvs.prepare(sorted(set(names) | extra))
 
     results = []
+    if linting:
+        ok, seconds = lint()
+        results.append(("lint, ruff check and ruff format --check", ok, None, seconds))
     for name in names:
         ok, counts, seconds = run_tests(name, pytest_args)
         results.append((f"salt {versions[name]} (.venvs/salt{name})", ok, counts, seconds))

@@ -40,10 +40,12 @@ class Line:
 
 
 LINES = {
-    "3008": Line("3008", "salt>=3008,<3009", ("tests", "docs")),
+    "3008": Line("3008", "salt>=3008,<3009", ("tests", "docs", "lint")),
     "3006": Line("3006", "salt>=3006,<3007", ("tests",)),
 }
 DOCS_LINE = "3008"
+# The line whose virtualenv holds ruff, for the lint step.
+LINT_LINE = "3008"
 
 
 def say(message):

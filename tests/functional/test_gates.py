@@ -36,7 +36,9 @@ def test_closed_gates_block_the_promotion_and_change_nothing(gated_runners, prom
     result = gated_runners["envflow.promote"]("prod")
     assert result["retcode"] == 1
     short = promoted_to_stage[:10]
-    assert result["error"].startswith(f"envflow: promoting {short} into prod is blocked by verified: {short} was not verified in stage")
+    assert result["error"].startswith(
+        f"envflow: promoting {short} into prod is blocked by verified: {short} was not verified in stage"
+    )
     assert "soak: stage has served it for " in result["error"]
     assert "approvals: 0 of 2 for prod (none yet)" in result["error"]
     assert "\n" not in result["error"]
@@ -53,7 +55,12 @@ def test_verify_and_approvals_are_recorded_on_the_remote(gated_runners, promoted
     assert gated_runners["envflow.approve"]("prod")["approvals"] == ["sudo_alice"]  # once per person
     monkeypatch.setenv("SUDO_USER", "bob")
     approved = gated_runners["envflow.approve"]("prod", rev=promoted_to_stage[:8])
-    assert approved == {"env": "prod", "commit": promoted_to_stage, "approvals": ["sudo_alice", "sudo_bob"], "needed": 2}
+    assert approved == {
+        "env": "prod",
+        "commit": promoted_to_stage,
+        "approvals": ["sudo_alice", "sudo_bob"],
+        "needed": 2,
+    }
     note = git("notes", "--ref=envflow", "show", promoted_to_stage, cwd=remote.path)
     assert '"sudo_alice"' in note and '"sudo_bob"' in note and '"verified"' in note
     result = gated_runners["envflow.promote"]("prod")
@@ -62,7 +69,9 @@ def test_verify_and_approvals_are_recorded_on_the_remote(gated_runners, promoted
     assert "verified:" not in result["error"] and "approvals:" not in result["error"]
 
 
-def test_force_bypasses_gates_only_with_a_reason_and_records_it(gated_runners, promoted_to_stage, envflow_block, remote):
+def test_force_bypasses_gates_only_with_a_reason_and_records_it(
+    gated_runners, promoted_to_stage, envflow_block, remote
+):
     before = remote.refs()
     result = gated_runners["envflow.promote"]("prod", force=True)
     assert result == {
@@ -89,7 +98,9 @@ def test_approving_needs_something_to_approve(gated_runners, remote):
         "retcode": 1,
         "error": "envflow: nothing is deployed in test; give rev=<commit> to approve",
     }
-    assert gated_runners["envflow.approve"]("stage", rev="nope")["error"].startswith("envflow: revision 'nope' is not in")
+    assert gated_runners["envflow.approve"]("stage", rev="nope")["error"].startswith(
+        "envflow: revision 'nope' is not in"
+    )
     assert gated_runners["envflow.verify"]("stage") == {
         "retcode": 1,
         "error": "envflow: nothing is deployed in stage, so there is nothing to verify",
@@ -114,7 +125,9 @@ def test_verify_with_a_job_the_cache_does_not_hold_records_nothing(gated_runners
     assert remote.refs() == before
 
 
-def test_the_promoted_state_reports_closed_gates_in_test_mode_and_fails_on_them(minion_base_opts, envflow_block, remote, tmp_path):
+def test_the_promoted_state_reports_closed_gates_in_test_mode_and_fails_on_them(
+    minion_base_opts, envflow_block, remote, tmp_path
+):
     from saltfactories.utils.functional import Loaders  # pylint: disable=import-outside-toplevel
 
     block = copy.deepcopy(envflow_block)
@@ -131,7 +144,10 @@ def test_the_promoted_state_reports_closed_gates_in_test_mode_and_fails_on_them(
     assert preview.comment == f"promoting {tested[:10]} into prod would be blocked by {blocked}"
     real = loaders.states.envflow.promoted(name="prod")
     assert real.result is False
-    assert real.comment == f"envflow: promoting {tested[:10]} into prod is blocked by {blocked}; or bypass the gates with force=True reason='<why>'"
+    assert (
+        real.comment == f"envflow: promoting {tested[:10]} into prod is blocked by {blocked}; "
+        "or bypass the gates with force=True reason='<why>'"
+    )
     assert remote.refs() == before
     forced = loaders.states.envflow.promoted(name="prod", force=True, reason="hotfix window")
     assert forced.result is True
@@ -150,13 +166,24 @@ def test_verify_refuses_what_is_not_a_job_id(gated_runners, promoted_to_stage, r
     assert remote.refs() == before
 
 
-def test_dry_runs_of_verify_approve_and_refresh_record_and_change_nothing(gated_runners, promoted_to_stage, envflow_block, remote):
+def test_dry_runs_of_verify_approve_and_refresh_record_and_change_nothing(
+    gated_runners, promoted_to_stage, envflow_block, remote
+):
     before = remote.refs(), {env["name"]: tree_files(env["path"]) for env in envflow_block["environments"]}
     assert gated_runners["envflow.verify"]("stage", dry_run=True) == {
-        "dry_run": True, "env": "stage", "commit": promoted_to_stage, "verified_by": "root", "jid": None,
+        "dry_run": True,
+        "env": "stage",
+        "commit": promoted_to_stage,
+        "verified_by": "root",
+        "jid": None,
     }
     assert gated_runners["envflow.approve"]("prod", dry_run=True) == {
-        "dry_run": True, "approver": "root", "env": "prod", "commit": promoted_to_stage, "approvals": [], "needed": 2,
+        "dry_run": True,
+        "approver": "root",
+        "env": "prod",
+        "commit": promoted_to_stage,
+        "approvals": [],
+        "needed": 2,
     }
     newer = remote.commit("develop", {"db/init.sls": "# db\n"})
     before = remote.refs(), before[1]

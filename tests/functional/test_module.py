@@ -113,9 +113,8 @@ def test_credentials_in_the_repo_url_never_reach_errors_or_logs(minion_base_opts
 
     block = dict(envflow_block, repo="https://deploy:s3cr3t-t0ken@127.0.0.1:9/ops/automation.git")
     loaders = Loaders(dict(minion_base_opts, envflow=block, cachedir=str(tmp_path / "cache")))
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(CommandExecutionError) as error:
-            loaders.modules.envflow.deploy("stage")
+    with caplog.at_level(logging.DEBUG), pytest.raises(CommandExecutionError) as error:
+        loaders.modules.envflow.deploy("stage")
     assert str(error.value).startswith("envflow: cannot fetch https://***@127.0.0.1:9/ops/automation.git: ")
     assert "s3cr3t" not in str(error.value)
     assert "s3cr3t" not in caplog.text

@@ -90,7 +90,11 @@ def test_promoting_the_first_environment_is_refused(runners, remote):
 
 
 def test_unknown_environment(runners, remote):
-    for call in (lambda: runners["envflow.promote"]("qa"), lambda: runners["envflow.status"]("qa"), lambda: runners["envflow.refresh"]("qa")):
+    for call in (
+        lambda: runners["envflow.promote"]("qa"),
+        lambda: runners["envflow.status"]("qa"),
+        lambda: runners["envflow.refresh"]("qa"),
+    ):
         assert call() == {"retcode": 1, "error": "envflow: no environment named 'qa'; configured: test, stage, prod"}
 
 

@@ -74,15 +74,19 @@ def test_force_repairs_drift_on_the_commit_already_served(loaders, envflow_block
         handle.write("# planted\n")
     refused = loaders.states.envflow.deployed(name="stage")
     assert refused.result is False and refused.changes == {}
-    assert refused.comment.endswith("was edited by hand (added: extra.sls); commit those changes to the repository, "
-                                    "or deploy with force=True to discard them")
+    assert refused.comment.endswith(
+        "was edited by hand (added: extra.sls); commit those changes to the repository, "
+        "or deploy with force=True to discard them"
+    )
     preview = loaders.states.envflow.deployed(name="stage", force=True, test=True)
     assert preview.result is None
     assert preview.changes["discarded"] == {"added": ["extra.sls"], "modified": [], "deleted": []}
     assert os.path.exists(os.path.join(path, "extra.sls"))
     repaired = loaders.states.envflow.deployed(name="stage", force=True)
     assert repaired.result is True
-    assert repaired.comment.startswith("stage now serves ") and repaired.comment.endswith("again, without the hand edits")
+    assert repaired.comment.startswith("stage now serves ") and repaired.comment.endswith(
+        "again, without the hand edits"
+    )
     assert repaired.changes["discarded"] == {"added": ["extra.sls"], "modified": [], "deleted": []}
     assert not os.path.exists(os.path.join(path, "extra.sls"))
     assert loaders.states.envflow.deployed(name="stage", force=True).changes == {}
@@ -101,7 +105,10 @@ def test_force_replaces_a_tree_envflow_has_no_record_of(loaders, envflow_block, 
     os.unlink(os.path.join(home, os.readlink(path).split("/")[-1] + ".git", "envflow.json"))
     refused = loaders.states.envflow.deployed(name="stage")
     assert refused.result is False
-    assert refused.comment == f"envflow: {path} serves a tree envflow has no record of; deploy with force=True to replace it"
+    assert (
+        refused.comment
+        == f"envflow: {path} serves a tree envflow has no record of; deploy with force=True to replace it"
+    )
     forced = loaders.states.envflow.deployed(name="stage", force=True)
     assert forced.result is True
     assert forced.changes == {"revision": {"old": None, "new": remote.tip("stage")}}

@@ -93,17 +93,9 @@ class Site:
 
 
 def _repo_files(target, out):
-    top = (
-        "test:\n  'test-*':\n    - web\n"
-        f"stage:\n  '{target}':\n    - web\n"
-        "prod:\n  'prod-*':\n    - web\n"
-    )
+    top = f"test:\n  'test-*':\n    - web\nstage:\n  '{target}':\n    - web\nprod:\n  'prod-*':\n    - web\n"
     web = (
-        "envflow-motd:\n"
-        "  file.managed:\n"
-        f"    - name: {out}\n"
-        "    - source: salt://web/motd.txt\n"
-        "    - makedirs: True\n"
+        f"envflow-motd:\n  file.managed:\n    - name: {out}\n    - source: salt://web/motd.txt\n    - makedirs: True\n"
     )
     return {"top.sls": top, "web/init.sls": web, MOTD: motd("initial")}
 
@@ -127,7 +119,9 @@ def site(salt_factories, tmp_path_factory, site_options):
     minion_id = random_string("n-", uppercase=False)
     work = tmp_path_factory.mktemp("site")
     out = work / "out" / "motd.txt"
-    remote = gitrepo.Remote(work / "git", files=_repo_files(minion_id if site_options["minion_in_top"] else "nobody", out))
+    remote = gitrepo.Remote(
+        work / "git", files=_repo_files(minion_id if site_options["minion_in_top"] else "nobody", out)
+    )
 
     # The master's root is chosen here so envflow's directories can be the
     # file_roots salt-factories makes anyway (base and prod under state-tree):
@@ -174,9 +168,7 @@ PIPELINES = REPO_ROOT / "docs" / "pipelines"
 
 def _release_files(out_dir):
     """A repository whose top file maps minions to environments by their ``env`` grain."""
-    top = "".join(
-        f"{env}:\n  'G@env:{env}':\n    - match: compound\n    - web\n" for env in ("test", "stage", "prod")
-    )
+    top = "".join(f"{env}:\n  'G@env:{env}':\n    - match: compound\n    - web\n" for env in ("test", "stage", "prod"))
     web = (
         "envflow-motd:\n"
         "  file.managed:\n"

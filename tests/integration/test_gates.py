@@ -50,7 +50,10 @@ def test_each_gate_blocks_prod_until_it_is_met(site):
     assert "verified:" not in error and "approvals:" not in error
     assert f"of the {SOAK}s required" in error
     assert time.monotonic() - promoted_at < SOAK  # soak still closed: this check is meaningful
-    assert (site.remote.refs()["refs/heads/master"], site.deployed("prod")) == (before[0]["refs/heads/master"], before[1])
+    assert (site.remote.refs()["refs/heads/master"], site.deployed("prod")) == (
+        before[0]["refs/heads/master"],
+        before[1],
+    )
 
     time.sleep(max(0, SOAK + 1 - (time.monotonic() - promoted_at)))
     done = ok(site.run("envflow.promote", "prod"))

@@ -135,7 +135,7 @@ def test_promote_prod_refused_while_master_has_a_hotfix(site):
 
 # 5
 def test_deployed_state(site):
-    """``envflow.deployed`` in an SLS: test mode reports, a real run deploys and the minion sees it, a rerun is a no-op."""
+    """``envflow.deployed`` in an SLS: test mode reports, a real run deploys, the minion sees it, a rerun is idle."""
     old = site.deployed("stage")
     old_content = site.minion_reads(MOTD)
     content = fresh_motd("state")
@@ -180,7 +180,9 @@ def test_entry_point_loads_envflow_without_sync(site):
     entry_points = [ep for ep in importlib.metadata.entry_points(group="salt.loader") if ep.value.startswith("envflow")]
     assert entry_points
 
-    assert {"envflow.deploy", "envflow.deployed", "envflow.drift"} <= set(ok(site.call("sys.list_functions", "envflow")))
+    assert {"envflow.deploy", "envflow.deployed", "envflow.drift"} <= set(
+        ok(site.call("sys.list_functions", "envflow"))
+    )
     assert "envflow.deployed" in ok(site.call("sys.list_state_functions", "envflow"))
     assert {"envflow.promote", "envflow.status", "envflow.refresh"} <= set(ok(site.run("doc.runner")))
     status = ok(site.run("envflow.status"))
@@ -258,8 +260,7 @@ def test_orchestrate_promotes_then_applies_the_stage_highstate(site):
         "    - name: envflow.promote\n"
         "    - env: stage\n"
         "    - require:\n"
-        "      - envflow: serve_test\n"
-        + _apply_stage_after_promotion(site),
+        "      - envflow: serve_test\n" + _apply_stage_after_promotion(site),
     )
     assert ret.returncode == 0, ret
     steps = _steps(ret)
@@ -283,8 +284,7 @@ def test_orchestrate_stops_when_a_promotion_is_refused(site):
         "  salt.runner:\n"
         "    - name: envflow.promote\n"
         "    - env: stage\n"
-        f"    - rev: {untested}\n"
-        + _apply_stage_after_promotion(site),
+        f"    - rev: {untested}\n" + _apply_stage_after_promotion(site),
     )
     assert ret.returncode != 0, ret
     steps = _steps(ret)

@@ -35,14 +35,23 @@ def test_the_release_pipeline_brings_the_tested_commit_to_prod(site):
     assert site.deployed("prod") == tested
     assert site.written("stage") == content  # the pipeline's highstate of stage's minions
     prod = site.minions["prod"]
-    assert ok(site.master.salt_cli(timeout=120).run("cp.get_file_str", f"salt://{MOTD}", "saltenv=prod", minion_tgt=prod.id)) == content
+    assert (
+        ok(
+            site.master.salt_cli(timeout=120).run(
+                "cp.get_file_str", f"salt://{MOTD}", "saltenv=prod", minion_tgt=prod.id
+            )
+        )
+        == content
+    )
     note = gitrepo.git("notes", "--ref=envflow", "show", tested, cwd=site.remote.path)
     assert '"verified"' in note and '"stage"' in note
 
 
 def test_a_failing_state_on_stage_stops_the_release(site):
     prod_before = site.remote.tip("master"), site.deployed("prod"), site.served_file("prod", MOTD)
-    broken = {"web/init.sls": "envflow-motd:\n  file.managed:\n    - name: /nonexistent-dir-envflow/x\n    - source: salt://web/missing.txt\n"}
+    broken = {
+        "web/init.sls": "envflow-motd:\n  file.managed:\n    - name: /nonexistent-dir-envflow/x\n    - source: salt://web/missing.txt\n"
+    }
     bad = site.remote.commit("develop", broken, "a state that fails on the minions")
     ok(site.run("envflow.refresh", "test"))
     ret = _release(site)
@@ -57,4 +66,6 @@ def test_a_failing_state_on_stage_stops_the_release(site):
     assert refused.returncode != 0
     assert "state envflow-motd failed" in refused.data["error"], refused.data
     # Repair develop for whatever runs next.
-    site.remote.commit("develop", {"web/init.sls": gitrepo.git("show", f"{prod_before[0]}:web/init.sls", cwd=site.remote.path) + "\n"})
+    site.remote.commit(
+        "develop", {"web/init.sls": gitrepo.git("show", f"{prod_before[0]}:web/init.sls", cwd=site.remote.path) + "\n"}
+    )

@@ -67,16 +67,28 @@ def test_paths_are_normalized():
         (changed(env1_name="stage/1"), "envflow:environments:1:name: 'stage/1' is not a valid saltenv name"),
         (changed(env1_name="__env__"), "envflow:environments:1:name: '__env__' is not a valid saltenv name"),
         (changed(env1_name=""), "envflow:environments:1:name: must be a non-empty string"),
-        (changed(env1_branch="bad..name"), "envflow:environments:1:branch: 'bad..name' is not a branch name git accepts"),
+        (
+            changed(env1_branch="bad..name"),
+            "envflow:environments:1:branch: 'bad..name' is not a branch name git accepts",
+        ),
         (changed(env1_branch="with space"), "envflow:environments:1:branch: 'with space' is not a branch name"),
         (changed(env1_branch="refs/heads/stage"), "envflow:environments:1:branch: 'refs/heads/stage' is a reference"),
         (changed(env1_path="srv/salt/stage"), "envflow:environments:1:path: 'srv/salt/stage' is a relative path"),
-        (changed(env1_path="/"), "envflow:environments:1:path: '/' cannot be used here; use a path such as /srv/salt/stage"),
-        (changed(master_config="/"), "envflow:master_config: '/' cannot be used here; use a path such as /etc/salt/master"),
+        (
+            changed(env1_path="/"),
+            "envflow:environments:1:path: '/' cannot be used here; use a path such as /srv/salt/stage",
+        ),
+        (
+            changed(master_config="/"),
+            "envflow:master_config: '/' cannot be used here; use a path such as /etc/salt/master",
+        ),
         (changed(env1_name="test"), "envflow:environments:1:name: 'test' is already used by environment 0"),
         (changed(env2_branch="develop"), "envflow:environments:2:branch: 'develop' is already used by environment 0"),
         (changed(env2_path="/srv/salt/stage"), "envflow:environments:2:path: '/srv/salt/stage' is already used"),
-        (changed(env2_path="/srv/salt/stage/prod"), "envflow:environments:2:path: /srv/salt/stage/prod is inside /srv/salt/stage"),
+        (
+            changed(env2_path="/srv/salt/stage/prod"),
+            "envflow:environments:2:path: /srv/salt/stage/prod is inside /srv/salt/stage",
+        ),
         (changed(master_config="etc/salt/master"), "envflow:master_config: 'etc/salt/master' is a relative path"),
     ],
 )
@@ -117,10 +129,16 @@ def test_targets_and_gates():
 @pytest.mark.parametrize(
     "gates, message",
     [
-        ({"verify": True}, "envflow:environments:2:gates: unknown gate 'verify'; gates are verified, soak and approvals"),
+        (
+            {"verify": True},
+            "envflow:environments:2:gates: unknown gate 'verify'; gates are verified, soak and approvals",
+        ),
         ("verified", "envflow:environments:2:gates: must be a mapping with verified, soak and/or approvals"),
         ({"verified": "yes"}, "envflow:environments:2:gates:verified: 'yes' is not true or false"),
-        ({"soak": "2 weeks"}, "envflow:environments:2:gates:soak: '2 weeks' is not a duration; give seconds or a number"),
+        (
+            {"soak": "2 weeks"},
+            "envflow:environments:2:gates:soak: '2 weeks' is not a duration; give seconds or a number",
+        ),
         ({"soak": True}, "envflow:environments:2:gates:soak: True is not a duration"),
         ({"approvals": -1}, "envflow:environments:2:gates:approvals: -1 is not a number of people"),
         ({"approvals": "two"}, "envflow:environments:2:gates:approvals: 'two' is not a number of people"),
@@ -143,7 +161,9 @@ def test_the_first_environment_takes_no_gates():
 def test_an_empty_target_is_refused():
     with pytest.raises(ConfigError) as error:
         parse(changed(env1_target=""))
-    assert str(error.value).startswith("envflow:environments:1:target: must be a non-empty string, for example G@env:stage")
+    assert str(error.value).startswith(
+        "envflow:environments:1:target: must be a non-empty string, for example G@env:stage"
+    )
 
 
 def test_the_first_environment_may_spell_out_closed_gates():
@@ -154,5 +174,6 @@ def test_a_mistyped_url_with_credentials_is_reported_without_them():
     with pytest.raises(ConfigError) as error:
         parse(changed(repo="https//alice:T0KEN@git.example.com/ops/automation.git"))
     assert str(error.value) == (
-        "envflow:repo: 'https//***@git.example.com/ops/automation.git' is a relative path; use an absolute path or a URL"
+        "envflow:repo: 'https//***@git.example.com/ops/automation.git' is a relative path; "
+        "use an absolute path or a URL"
     )

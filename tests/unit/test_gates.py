@@ -54,9 +54,7 @@ def test_gates_open_one_by_one(gated, mirror):
     blocked = pipeline.blocking_gates(promotion, mirror, now=later(2))
     assert blocked == ["approvals: 1 of 2 for prod (alice); 1 more person must run salt-run envflow.approve prod"]
     records.add(mirror, promotion.new, "approved", "prod", {"by": "bob"})
-    assert pipeline.blocking_gates(promotion, mirror, now=later(0.5))[0].startswith(
-        "soak: stage has served it for 30m"
-    )
+    assert pipeline.blocking_gates(promotion, mirror, now=later(0.5))[0].startswith("soak: stage has served it for 30m")
     assert pipeline.blocking_gates(promotion, mirror, now=later(1)) == []
 
 
@@ -91,7 +89,10 @@ def test_records_live_on_the_remote_and_read_with_plain_git(gated, mirror, remot
         assert [entry["by"] for entry in records.entries(records.read(other, commit), "approved", "prod")] == ["alice"]
         records.add(other, commit, "approved", "prod", {"by": "bob"})
     mirror.fetch()
-    assert [entry["by"] for entry in records.entries(records.read(mirror, commit), "approved", "prod")] == ["alice", "bob"]
+    assert [entry["by"] for entry in records.entries(records.read(mirror, commit), "approved", "prod")] == [
+        "alice",
+        "bob",
+    ]
 
 
 def test_a_record_written_meanwhile_by_another_master_is_merged_not_lost(gated, mirror, remote, tmp_path):
@@ -118,7 +119,11 @@ def test_every_forced_promotion_is_kept_for_the_audit_trail(gated, mirror, remot
 
 def test_a_note_written_by_hand_counts_as_no_record(gated, mirror, remote):
     commit = remote.tip("stage")
-    for text in ('{"approved": {"prod": ["alice"]}}', '["not", "a", "mapping"]', '{"approved": {"prod": [{"who": "x"}]}}'):
+    for text in (
+        '{"approved": {"prod": ["alice"]}}',
+        '["not", "a", "mapping"]',
+        '{"approved": {"prod": [{"who": "x"}]}}',
+    ):
         git("notes", "--ref=envflow", "add", "-f", "-m", text, commit, cwd=remote.path)
         mirror.fetch()
         assert records.entries(records.read(mirror, commit), "approved", "prod") == []

@@ -21,7 +21,9 @@ def test_failed_states_and_silent_minions_are_named():
         "web1": {
             "return": {
                 "pkg_|-nginx_|-nginx_|-installed": state(True, run=0),
-                "file_|-conf_|-/etc/nginx.conf_|-managed": state(False, "Source file salt://nginx.conf not found\nmore", run=1),
+                "file_|-conf_|-/etc/nginx.conf_|-managed": state(
+                    False, "Source file salt://nginx.conf not found\nmore", run=1
+                ),
             },
             "retcode": 2,
         }
@@ -65,7 +67,10 @@ def test_only_a_real_highstate_verifies():
     good = {"web1": {"return": {"a_|-b_|-c_|-d": state(True)}, "retcode": 0}}
     partial = dict(job(good, minions=("web1",)), Arguments=["web"])
     assert failures(partial) == ["it applied web only, not the highstate"]
-    dry = dict(job({"web1": {"return": {"a_|-b_|-c_|-d": state(None)}}}, minions=("web1",)), Arguments=[{"test": True, "__kwarg__": True}])
+    dry = dict(
+        job({"web1": {"return": {"a_|-b_|-c_|-d": state(None)}}}, minions=("web1",)),
+        Arguments=[{"test": True, "__kwarg__": True}],
+    )
     assert failures(dry) == ["it ran in test mode, so no state was applied"]
     assert failures(job(good, minions=("web1",), function="state.sls")) == [
         "it ran state.sls, not a highstate (state.highstate or state.apply without mods)"

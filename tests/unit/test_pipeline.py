@@ -141,10 +141,20 @@ def test_status_reports_each_environment(deployed_pipeline, mirror, remote):
     }
     assert report["test"]["deployed"] not in (tip, first)
     assert report["stage"] == {
-        "branch": "stage", "remote": first, "deployed": first, "in_sync": True, "waiting": 1, "drift": 0,
+        "branch": "stage",
+        "remote": first,
+        "deployed": first,
+        "in_sync": True,
+        "waiting": 1,
+        "drift": 0,
     }
     assert report["prod"] == {
-        "branch": "master", "remote": first, "deployed": first, "in_sync": True, "waiting": 0, "drift": 1,
+        "branch": "master",
+        "remote": first,
+        "deployed": first,
+        "in_sync": True,
+        "waiting": 0,
+        "drift": 1,
     }
     assert list(pipeline.status(config, mirror, "stage")) == ["stage"]
 

@@ -39,10 +39,12 @@ def test_fetch_follows_new_commits_and_deleted_branches(remote, mirror):
 
 
 def test_fetch_of_a_missing_repository_says_what_to_fix(tmp_path):
-    with Mirror(str(tmp_path / "nowhere.git"), str(tmp_path / "cache")) as mirror:
-        with pytest.raises(RemoteError) as error:
-            mirror.fetch()
-    assert str(error.value) == f"envflow:repo: {tmp_path / 'nowhere.git'} does not exist; point envflow:repo at the automation repository"
+    with Mirror(str(tmp_path / "nowhere.git"), str(tmp_path / "cache")) as mirror, pytest.raises(RemoteError) as error:
+        mirror.fetch()
+    assert (
+        str(error.value)
+        == f"envflow:repo: {tmp_path / 'nowhere.git'} does not exist; point envflow:repo at the automation repository"
+    )
 
 
 def test_credentials_never_reach_an_error_or_the_cache_path(tmp_path):

@@ -47,7 +47,12 @@ def test_first_deploy_makes_path_a_symlink_to_the_commit_tree(served, mirror, re
     assert result["files"] == {"added": 2, "modified": 0, "deleted": 0}
     deployed = served.deployed()
     assert {key: deployed[key] for key in result["new"]} == result["new"]
-    assert abs(datetime.datetime.fromisoformat(deployed["deployed_at"]) - datetime.datetime.now(datetime.timezone.utc)).total_seconds() < 60
+    assert (
+        abs(
+            datetime.datetime.fromisoformat(deployed["deployed_at"]) - datetime.datetime.now(datetime.timezone.utc)
+        ).total_seconds()
+        < 60
+    )
 
 
 def test_nothing_deployed_reads_as_none(served):
@@ -226,7 +231,13 @@ def test_symlinks_leading_out_of_the_tree_are_never_served(served, mirror, remot
         },
     )
     result = deploy(served, mirror, "stage")
-    assert sorted(link["path"] for link in result["refused_links"]) == ["leak", "loop", "web/abs", "web/parent", "web/up"]
+    assert sorted(link["path"] for link in result["refused_links"]) == [
+        "leak",
+        "loop",
+        "web/abs",
+        "web/parent",
+        "web/up",
+    ]
     assert {"path": "leak", "target": "/etc/passwd"} in result["refused_links"]
     files = tree_files(served.path)
     for refused in ("leak", "web/up", "loop", "web/parent", "web/abs"):
@@ -240,7 +251,13 @@ def test_symlinks_leading_out_of_the_tree_are_never_served(served, mirror, remot
         result = deploy(served, mirror, "stage")
         remote.commit("stage", {"web/init.sls": f"# web {time.time()}\n"})
         assert not os.path.lexists(os.path.join(served.path, "leak"))
-        assert sorted(link["path"] for link in result["refused_links"]) == ["leak", "loop", "web/abs", "web/parent", "web/up"]
+        assert sorted(link["path"] for link in result["refused_links"]) == [
+            "leak",
+            "loop",
+            "web/abs",
+            "web/parent",
+            "web/up",
+        ]
 
 
 def test_symlink_loops_through_several_directories_are_refused(served, mirror, remote):
@@ -397,7 +414,9 @@ def test_a_failing_before_switch_leaves_the_served_tree_as_it_was(served, mirror
         served.deploy(mirror.objects, mirror.commit("stage"), before_switch=lose_the_race)
     assert (tree_files(served.path), os.readlink(served.path), served.deployed()) == before
     calls = []
-    result = served.deploy(mirror.objects, mirror.commit("stage"), before_switch=lambda: calls.append(os.readlink(served.path)))
+    result = served.deploy(
+        mirror.objects, mirror.commit("stage"), before_switch=lambda: calls.append(os.readlink(served.path))
+    )
     assert calls == [before[1]]  # called while the old tree was still served
     assert result["changed"] is True and tree_files(served.path)["web/init.sls"] == "# web v2\n"
 
