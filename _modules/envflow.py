@@ -24,6 +24,7 @@ the master, through ``salt-run salt.cmd`` or the runner, the master config):
           gates: {verified: true, soak: 2h, approvals: 2}
 """
 
+import contextlib
 import logging
 import os
 
@@ -33,9 +34,9 @@ try:
     import pygit2  # noqa: F401 pylint: disable=unused-import
 
     from envflow import config as envflow_config
-    from envflow import pipeline, records, saltbus
+    from envflow import pipeline, saltbus
     from envflow.errors import EnvflowError
-    from envflow.remote import Mirror, commit_info
+    from envflow.remote import Mirror
     from envflow.served import ServedDir
 
     HAS_PYGIT2 = True
@@ -56,6 +57,15 @@ def __virtual__():
 def _config():
     raw = __opts__.get("envflow") or __pillar__.get("envflow")  # pylint: disable=undefined-variable
     return envflow_config.parse(raw)
+
+
+@contextlib.contextmanager
+def _mirror(config, fetch=True):
+    """envflow's mirror of the configured repository, fetched first unless ``fetch`` is false."""
+    with Mirror(config.repo, __opts__["cachedir"]) as mirror:
+        if fetch:
+            mirror.fetch()
+        yield mirror
 
 
 def _salt_error(exc):
@@ -99,25 +109,22 @@ def _fire(env, action, data):
             log.warning("envflow: could not fire %s: %s", tag, exc)
 
 
-def _target(mirror, env, rev, branch):
-    if rev is not None:
-        return mirror.commit(rev)
-    branch = branch or env.branch
-    if mirror.tip(branch) is None:
-        raise CommandExecutionError(
-            f"envflow: branch {branch!r} does not exist in {mirror.shown}; push it, or fix the branch of {env.name}"
-        )
-    return mirror.commit(branch)
-
-
-def _preview(served, mirror, force):
-    """What is served now and its hand edits; with ``force``, a tree without a record reads as nothing served."""
+def _after_deploy(config, env, served):
+    """Once the new tree is served: refresh the file server's caches, fire ``deployed``; return the result."""
+    result = {"env": env, **served, "refreshed": []}
+    if not result["changed"]:
+        return result
     try:
-        return {"old": served.deployed(), "drift": served.drift(mirror.objects), "test": True}
-    except EnvflowError:
-        if not force:
-            raise
-        return {"old": None, "drift": {"added": [], "modified": [], "deleted": []}, "test": True}
+        fileserver_opts = _fileserver_opts(config)
+        if fileserver_opts:
+            result["refreshed"] = saltbus.refresh_fileserver(fileserver_opts, result["path"])
+    except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
+        # The new tree is served already; salt.config exits on a broken master config.
+        result["warning"] = f"envflow: the file server caches for {result['path']} were not cleared: {exc}"
+        log.warning("%s", result["warning"])
+    old = result["old"]["id"] if result["old"] else None
+    _fire(env, "deployed", {"env": env, "path": result["path"], "old": old, "new": result["new"]["id"]})
+    return result
 
 
 def deploy(env, rev=None, force=False, branch=None, test=False):
@@ -164,44 +171,13 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
         raise CommandExecutionError("envflow: give rev or branch, not both")
     try:
         config = _config()
-        environment = config.environment(env)
-        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
-            mirror.fetch()
-            commit = _target(mirror, environment, rev, branch)
+        with _mirror(config) as mirror:
             if test:
-                served = ServedDir(environment.path)
-                return {
-                    "env": env,
-                    "path": environment.path,
-                    "new": commit_info(commit),
-                    **_preview(served, mirror, force),
-                }
-            return _serve(config, environment, mirror, commit, force)
+                return pipeline.deploy_preview(config, mirror, env, rev=rev, branch=branch, force=force)
+            served = pipeline.deploy(config, mirror, env, rev=rev, branch=branch, force=force)
     except EnvflowError as exc:
         raise _salt_error(exc) from None
-
-
-def _serve(config, environment, mirror, commit, force, **deploy_options):
-    """Deploy ``commit`` into ``environment``'s directory; then refresh the file server and fire ``deployed``."""
-    served = ServedDir(environment.path).deploy(mirror.objects, commit, force=force, **deploy_options)
-    result = {"env": environment.name, **served}
-    result["refreshed"] = []
-    if result["changed"]:
-        try:
-            fileserver_opts = _fileserver_opts(config)
-            if fileserver_opts:
-                result["refreshed"] = saltbus.refresh_fileserver(fileserver_opts, environment.path)
-        except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
-            # The new tree is served already; salt.config exits on a broken master config.
-            result["warning"] = f"envflow: the file server caches for {environment.path} were not cleared: {exc}"
-            log.warning("%s", result["warning"])
-        old = result["old"]["id"] if result["old"] else None
-        _fire(
-            environment.name,
-            "deployed",
-            {"env": environment.name, "path": environment.path, "old": old, "new": result["new"]["id"]},
-        )
-    return result
+    return _after_deploy(config, env, served)
 
 
 def _operator():
@@ -233,7 +209,8 @@ def promote(env, rev=None, dry_run=False, force=False, reason=None, by=None):
 
     dry_run : False
         Report the commits, files, closed gates and hand edits in ``env``'s
-        directory that the promotion would meet; change nothing.
+        directory that the promotion would meet, and the commit it serves
+        (``served``); change nothing.
 
     force : False
         Discard hand edits in ``env``'s directory and, with ``reason``, bypass
@@ -255,54 +232,17 @@ def promote(env, rev=None, dry_run=False, force=False, reason=None, by=None):
     """
     try:
         config = _config()
-        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
-            mirror.fetch()
-            promotion = pipeline.plan(config, mirror, env, rev=rev)
-            report = promotion.as_dict()
-            if dry_run:
-                return {
-                    "dry_run": True,
-                    **report,
-                    "path": promotion.env.path,
-                    "gates": pipeline.blocking_gates(promotion, mirror),
-                    "drift": ServedDir(promotion.env.path).drift(mirror.objects),
-                }
-            bypassed = pipeline.check_gates(promotion, mirror, force=force, reason=reason)
-            moved = []
-
-            def move_branch():
-                # Runs once the new tree is ready and no hand edit refused it: the branch moves
-                # only then, and a lost race leaves the directory as it was.
-                if bypassed:
-                    # Recorded before the branch moves: a bypass never goes unrecorded.
-                    entry = {"by": by or _operator(), "reason": reason, "gates": bypassed, "from": promotion.old}
-                    records.add(mirror, promotion.new, "forced", env, entry)
-                    report["bypassed"] = bypassed
-                pipeline.promote(mirror, promotion)
-                moved.append(True)
-
-            try:
-                served = _serve(
-                    config,
-                    promotion.env,
-                    mirror,
-                    mirror.commit(promotion.new),
-                    force,
-                    before_switch=move_branch,
-                    remedy="promote with force=True",
-                )
-            except EnvflowError as exc:
-                if not moved:
-                    raise
-                raise EnvflowError(
-                    f"envflow: {promotion.env.branch} now points at {promotion.new[:10]}, but deploying it to {env} "
-                    f"failed: {exc}; fix that, then run envflow.refresh {env}"
-                ) from None
-            report["deployed"] = pipeline.deploy_summary(served)
+        with _mirror(config) as mirror:
+            done = pipeline.promote(
+                config, mirror, env, rev=rev, force=force, reason=reason, by=by or _operator(), dry_run=dry_run
+            )
     except EnvflowError as exc:
         raise _salt_error(exc) from None
-    if promotion.old != promotion.new:
-        _fire(env, "promoted", {"env": env, "branch": promotion.env.branch, "old": promotion.old, "new": promotion.new})
+    report = done.report
+    if done.deployed is not None:
+        report["deployed"] = pipeline.deploy_summary(_after_deploy(config, env, done.deployed))
+    if done.moved:
+        _fire(env, "promoted", {"env": env, "branch": report["branch"], "old": report["old"], "new": report["new"]})
     return report
 
 
@@ -342,7 +282,7 @@ def drift(env):
     try:
         config = _config()
         environment = config.environment(env)
-        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
+        with _mirror(config, fetch=False) as mirror:
             return ServedDir(environment.path).drift(mirror.objects)
     except EnvflowError as exc:
         raise _salt_error(exc) from None

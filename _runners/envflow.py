@@ -6,6 +6,7 @@ dict; on failure it holds ``retcode: 1`` and a one-line ``error``, so
 ``salt-run`` exits non-zero and orchestrate marks the step failed.
 """
 
+import contextlib
 import datetime
 import functools
 import re
@@ -18,6 +19,7 @@ try:
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, redact
     from envflow.served import ServedDir
+    from envflow.text import echo, short
 
     HAS_ENVFLOW = True
 except ImportError:
@@ -30,6 +32,18 @@ def __virtual__():
     if not HAS_ENVFLOW:
         return False, "envflow: the envflow package or pygit2 (>= 1.14) is not installed"
     return __virtualname__
+
+
+def _config():
+    return envflow_config.parse(__opts__.get("envflow"))
+
+
+@contextlib.contextmanager
+def _mirror(config):
+    """envflow's mirror of the configured repository, fetched."""
+    with Mirror(config.repo, __opts__["cachedir"]) as mirror:
+        mirror.fetch()
+        yield mirror
 
 
 def _failure(message):
@@ -127,9 +141,8 @@ def status(env=None):
         salt-run envflow.status prod
     """
     try:
-        config = envflow_config.parse(__opts__.get("envflow"))
-        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
-            mirror.fetch()
+        config = _config()
+        with _mirror(config) as mirror:
             return {"environments": pipeline.status(config, mirror, env)}
     except EnvflowError as exc:
         return _failure(str(exc))
@@ -157,7 +170,7 @@ def refresh(env=None, force=False, dry_run=False):
         salt-run envflow.refresh dry_run=True
     """
     try:
-        config = envflow_config.parse(__opts__.get("envflow"))
+        config = _config()
         environments = config.select(env)
     except EnvflowError as exc:
         return _failure(str(exc))
@@ -203,7 +216,7 @@ def minions(env):
         salt-run envflow.minions stage
     """
     try:
-        config = envflow_config.parse(__opts__.get("envflow"))
+        config = _config()
         environment = config.environment(env)
     except EnvflowError as exc:
         return _failure(str(exc))
@@ -260,14 +273,16 @@ def verify(env, jid=None, dry_run=False):
         salt-run envflow.verify stage
     """
     try:
-        config = envflow_config.parse(__opts__.get("envflow"))
+        config = _config()
         environment = config.environment(env)
         served = ServedDir(environment.path).deployed()
         if served is None:
             return _failure(f"envflow: nothing is deployed in {env}, so there is nothing to verify")
         entry = {"by": _user()}
         if jid is not None and not re.fullmatch(r"\d{20}|last", str(jid)):
-            return _failure(f"envflow: jid {jid!r} is not a job id; give one such as 20261127211425123456, or jid=last")
+            return _failure(
+                f"envflow: jid {echo(jid)} is not a job id; give one such as 20261127211425123456, or jid=last"
+            )
         if jid is not None:
             # Trees deployed by envflow before it recorded deployed_at have no start to compare with.
             since = datetime.datetime.fromisoformat(served["deployed_at"]) if served.get("deployed_at") else None
@@ -276,14 +291,14 @@ def verify(env, jid=None, dry_run=False):
             if jid is None:
                 return _failure(
                     f"envflow: no finished state run of {env}'s minions in the job cache since {env} began "
-                    f"serving {served['id'][:10]}; apply their states first"
+                    f"serving {short(served['id'])}; apply their states first"
                 )
             problems = jobs.failures(__salt__["jobs.list_job"](jid), minions)
             if not problems and since and jobs.jid_time(jid, __opts__.get("utc_jid", False)) < since:
-                problems = [f"it started before {env} began serving {served['id'][:10]}"]
+                problems = [f"it started before {env} began serving {short(served['id'])}"]
             if problems:
                 return _failure(
-                    f"envflow: job {jid} does not verify {served['id'][:10]} in {env}: "
+                    f"envflow: job {jid} does not verify {short(served['id'])} in {env}: "
                     + "; ".join(problems)
                     + "; nothing was recorded"
                 )
@@ -291,8 +306,7 @@ def verify(env, jid=None, dry_run=False):
         report = {"env": env, "commit": served["id"], "verified_by": entry["by"], "jid": jid}
         if dry_run:
             return {"dry_run": True, **report}
-        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
-            mirror.fetch()
+        with _mirror(config) as mirror:
             records.add(mirror, served["id"], "verified", env, entry)
         return report
     except EnvflowError as exc:
@@ -322,13 +336,12 @@ def approve(env, rev=None, dry_run=False):
         salt-run envflow.approve prod dry_run=True
     """
     try:
-        config = envflow_config.parse(__opts__.get("envflow"))
+        config = _config()
         environment = config.environment(env)
         upstream = config.upstream(env)
         if upstream is None:
             return _failure(f"envflow: {env} is the first environment of the pipeline; nothing is promoted into it")
-        with Mirror(config.repo, __opts__["cachedir"]) as mirror:
-            mirror.fetch()
+        with _mirror(config) as mirror:
             if rev is None:
                 tested = pipeline.deployed_id(upstream)
                 if tested is None:

@@ -19,6 +19,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 # Without envflow the execution module is missing too, and __virtual__ says so.
 with contextlib.suppress(ImportError):
     from envflow.served import drift_message
+    from envflow.text import short
 
 __virtualname__ = "envflow"
 
@@ -31,12 +32,12 @@ def __virtual__():
 
 def _switch(old, new):
     if old is not None and old["id"] == new["id"]:
-        return f"{_short(new)} again, without the hand edits"
-    return f"{_short(new)} instead of {_short(old)}"
+        return f"{_described(new)} again, without the hand edits"
+    return f"{_described(new)} instead of {_described(old)}"
 
 
-def _short(commit):
-    return f"{commit['id'][:10]} ({commit['summary']})" if commit else "nothing"
+def _described(commit):
+    return f"{short(commit['id'])} ({commit['summary']})" if commit else "nothing"
 
 
 def deployed(name, branch=None, rev=None, force=False):
@@ -74,7 +75,7 @@ def deployed(name, branch=None, rev=None, force=False):
         ret["comment"] = str(exc)
         return ret
     if not done["changed"]:
-        ret.update(result=True, comment=f"{name} already serves {_short(done['new'])}")
+        ret.update(result=True, comment=f"{name} already serves {_described(done['new'])}")
         return ret
     changes = {"revision": {"old": done["old"]["id"] if done["old"] else None, "new": done["new"]["id"]}}
     if done.get("discarded"):
@@ -101,7 +102,7 @@ def _preview(ret, name, rev, branch, force):
         ret["comment"] = drift_message(plan["path"], drift)
         return ret
     if old is not None and old["id"] == new["id"] and not edited:
-        ret.update(result=True, comment=f"{name} already serves {_short(new)}")
+        ret.update(result=True, comment=f"{name} already serves {_described(new)}")
         return ret
     changes = {"revision": {"old": old["id"] if old else None, "new": new["id"]}}
     if edited:
@@ -141,27 +142,25 @@ def promoted(name, rev=None, force=False, reason=None):
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
-        plan = __salt__["envflow.promote"](name, rev=rev, dry_run=True)
-        serving = __salt__["envflow.deployed"](name)
-        if any(plan["drift"].values()) and not force:
-            ret["comment"] = drift_message(plan["path"], plan["drift"], "promote with force=True")
-            return ret
-        if (
-            plan["old"] == plan["new"]
-            and serving is not None
-            and serving["id"] == plan["new"]
-            and not any(plan["drift"].values())
-        ):
-            ret.update(result=True, comment=f"{name} already holds and serves {plan['new'][:10]}")
-            return ret
         if __opts__["test"]:
+            plan = __salt__["envflow.promote"](name, rev=rev, dry_run=True)
             return _preview_promotion(ret, name, plan, force, reason)
+        # One call: the promotion refuses hand edits and closed gates, and does nothing when all is in place.
         done = __salt__["envflow.promote"](name, rev=rev, force=force, reason=reason)
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["comment"] = str(exc)
         return ret
+    deployed = done.get("deployed") or {}
+    if done["old"] == done["new"] and not deployed.get("changed"):
+        ret.update(result=True, comment=f"{name} already holds and serves {short(done['new'])}")
+        return ret
     ret["changes"] = {"revision": {"old": done["old"], "new": done["new"]}, "commits": done["commits"]}
-    ret["comment"] = f"{name} promoted to {done['new'][:10]} from {done['from']}"
+    if done["old"] == done["new"]:
+        ret["comment"] = f"{name} already held {short(done['new'])}, and now serves it"
+    else:
+        ret["comment"] = f"{name} promoted to {short(done['new'])} from {done['from']}"
+    if deployed.get("discarded"):
+        ret["changes"]["discarded"] = deployed["discarded"]
     if done.get("bypassed"):
         ret["changes"]["bypassed"] = done["bypassed"]
         ret["comment"] += f", bypassing: {'; '.join(done['bypassed'])}"
@@ -171,14 +170,21 @@ def promoted(name, rev=None, force=False, reason=None):
 
 def _preview_promotion(ret, name, plan, force, reason):
     """Test mode for :py:func:`promoted`: the commits a promotion would bring, or why it would be refused."""
+    edited = any(plan["drift"].values())
+    if edited and not force:
+        ret["comment"] = drift_message(plan["path"], plan["drift"], "promote with force=True")
+        return ret
+    if plan["old"] == plan["new"] and plan["served"] == plan["new"] and not edited:
+        ret.update(result=True, comment=f"{name} already holds and serves {short(plan['new'])}")
+        return ret
     if plan["gates"] and not (force and reason):
-        ret["comment"] = f"promoting {plan['new'][:10]} into {name} would be blocked by " + "; ".join(plan["gates"])
+        ret["comment"] = f"promoting {short(plan['new'])} into {name} would be blocked by " + "; ".join(plan["gates"])
         return ret
     ret.update(
         result=None,
         changes={"revision": {"old": plan["old"], "new": plan["new"]}, "commits": plan["commits"]},
         comment=(
-            f"{name} would be promoted to {plan['new'][:10]} from {plan['from']}, "
+            f"{name} would be promoted to {short(plan['new'])} from {plan['from']}, "
             f"bringing {len(plan['commits'])} commit(s)"
         ),
     )

@@ -12,6 +12,7 @@ import pygit2
 
 from envflow.errors import ConfigError, UnknownEnvironment
 from envflow.remote import is_local, redact
+from envflow.text import echo
 
 # Saltenv names end up in file names (Salt's caches) and in top files.
 _SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -60,7 +61,7 @@ class Config:
             if env.name == name:
                 return env
         known = ", ".join(env.name for env in self.environments)
-        raise UnknownEnvironment(f"envflow: no environment named {name!r}; configured: {known}")
+        raise UnknownEnvironment(f"envflow: no environment named {echo(name)}; configured: {known}")
 
     def upstream(self, name):
         """Return the environment that ``name`` is promoted from, or ``None`` for the first."""
@@ -86,7 +87,7 @@ def _string(value, key, example):
 def _path(value, key, example="/srv/salt/stage"):
     path = _string(value, key, example)
     if not os.path.isabs(path):
-        _fail(key, f"{path!r} is a relative path; use an absolute path such as {example}")
+        _fail(key, f"{echo(path)} is a relative path; use an absolute path such as {example}")
     path = os.path.normpath(path)
     if path == os.sep:
         _fail(key, f"'/' cannot be used here; use a path such as {example}")
@@ -96,9 +97,9 @@ def _path(value, key, example="/srv/salt/stage"):
 def _branch(value, key):
     branch = _string(value, key, "develop")
     if branch.startswith("refs/"):
-        _fail(key, f"{branch!r} is a reference; give the branch name alone, such as {branch.split('/')[-1]!r}")
+        _fail(key, f"{echo(branch)} is a reference; give the branch name alone, such as {echo(branch.split('/')[-1])}")
     if not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
-        _fail(key, f"{branch!r} is not a branch name git accepts (see git check-ref-format)")
+        _fail(key, f"{echo(branch)} is not a branch name git accepts (see git check-ref-format)")
     return branch
 
 
@@ -109,14 +110,15 @@ def _environment(raw, index):
     unknown = sorted(set(raw) - _ENV_KEYS - _OPTIONAL_ENV_KEYS, key=str)
     if unknown:
         _fail(
-            key, f"unknown key {unknown[0]!r}; an environment has name, branch, path, and optionally target and gates"
+            key,
+            f"unknown key {echo(unknown[0])}; an environment has name, branch, path, and optionally target and gates",
         )
     for field in sorted(_ENV_KEYS):
         if field not in raw:
             _fail(key, f"missing {field!r}; an environment has name, branch and path")
     name = _string(raw["name"], f"{key}:name", "stage")
     if not _SALTENV.match(name) or name == "__env__":
-        _fail(f"{key}:name", f"{name!r} is not a valid saltenv name; use letters, digits, '_', '-' and '.'")
+        _fail(f"{key}:name", f"{echo(name)} is not a valid saltenv name; use letters, digits, '_', '-' and '.'")
     target = raw.get("target")
     if target is not None:
         target = _string(target, f"{key}:target", "G@env:stage")
@@ -133,7 +135,7 @@ def _duration(value, key):
     """Seconds from ``3600``, ``"90s"``, ``"30m"``, ``"2h"`` or ``"1d"``."""
     match = _DURATION.match(str(value).strip()) if not isinstance(value, bool) else None
     if not match:
-        _fail(key, f"{value!r} is not a duration; give seconds or a number with s, m, h or d, such as 2h")
+        _fail(key, f"{echo(value)} is not a duration; give seconds or a number with s, m, h or d, such as 2h")
     return int(match.group(1)) * _SECONDS[match.group(2)]
 
 
@@ -144,13 +146,13 @@ def _gates(raw, key, first, name):
         _fail(key, "must be a mapping with verified, soak and/or approvals")
     unknown = sorted(set(raw) - _GATE_KEYS, key=str)
     if unknown:
-        _fail(key, f"unknown gate {unknown[0]!r}; gates are verified, soak and approvals")
+        _fail(key, f"unknown gate {echo(unknown[0])}; gates are verified, soak and approvals")
     verified = raw.get("verified", False)
     if not isinstance(verified, bool):
-        _fail(f"{key}:verified", f"{verified!r} is not true or false")
+        _fail(f"{key}:verified", f"{echo(verified)} is not true or false")
     approvals = raw.get("approvals", 0)
     if isinstance(approvals, bool) or not isinstance(approvals, int) or approvals < 0:
-        _fail(f"{key}:approvals", f"{approvals!r} is not a number of people; give 0 or more, such as 2")
+        _fail(f"{key}:approvals", f"{echo(approvals)} is not a number of people; give 0 or more, such as 2")
     soak = _duration(raw["soak"], f"{key}:soak") if "soak" in raw else 0
     gates = Gates(verified=verified, soak=soak, approvals=approvals)
     if first and gates:
@@ -176,12 +178,12 @@ def parse(raw):
         _fail("envflow", "must be a mapping with 'repo' and 'environments'")
     unknown = sorted(set(raw) - _TOP_KEYS, key=str)
     if unknown:
-        _fail("envflow", f"unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TOP_KEYS))}")
+        _fail("envflow", f"unknown key {echo(unknown[0])}; known keys: {', '.join(sorted(_TOP_KEYS))}")
     if "repo" not in raw or raw["repo"] in (None, ""):
         _fail("envflow:repo", "missing; set it to the path or URL of the automation repository")
     repo = _string(raw["repo"], "envflow:repo", "/srv/git/automation.git")
     if is_local(repo) and not repo.startswith("file://") and not os.path.isabs(repo):
-        _fail("envflow:repo", f"{redact(repo)!r} is a relative path; use an absolute path or a URL")
+        _fail("envflow:repo", f"{echo(redact(repo))} is a relative path; use an absolute path or a URL")
     if "environments" not in raw or not raw["environments"]:
         _fail("envflow:environments", "missing or empty; list the environments in pipeline order")
     if not isinstance(raw["environments"], list):
@@ -194,7 +196,8 @@ def parse(raw):
             if value in seen:
                 _fail(
                     f"envflow:environments:{index}:{field}",
-                    f"{value!r} is already used by environment {seen[value]}; each environment needs its own {field}",
+                    f"{echo(value)} is already used by environment {seen[value]}; "
+                    f"each environment needs its own {field}",
                 )
             seen[value] = index
     for index, env in enumerate(environments):

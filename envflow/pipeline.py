@@ -1,15 +1,19 @@
-"""Pipeline-level operations: what a promotion would do, doing it, and the status of every environment."""
+"""Pipeline-level operations: deploys, what a promotion would do, doing it, and every environment's status.
+
+Each operation that changes something is one transaction here: the loader
+modules read the configuration, call these functions, turn their errors into
+Salt's, fire events and shape the returns.
+"""
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from envflow import records
 from envflow.errors import Diverged, EnvflowError, GateBlocked, RevisionError
+from envflow.remote import commit_info
 from envflow.served import ServedDir
-
-
-def _short(commit_id):
-    return str(commit_id)[:10]
+from envflow.text import echo
+from envflow.text import short as _short
 
 
 def _capped(items, limit=50):
@@ -72,7 +76,8 @@ def plan(config, mirror, name, rev=None):
     target = mirror.commit(rev) if rev is not None else tested
     if not mirror.contains(tested.id, target.id):
         raise RevisionError(
-            f"envflow: {rev} is not part of {_short(tested.id)}, the commit deployed in {upstream.name}; "
+            f"envflow: {echo(rev, quoted=False)} is not part of {_short(tested.id)}, "
+            f"the commit deployed in {upstream.name}; "
             "only a commit that was tested there can be promoted"
         )
     old = mirror.tip(env.branch)
@@ -87,7 +92,7 @@ def plan(config, mirror, name, rev=None):
             )
         extra = mirror.commits(old, target.id)
         first = config.environments[0]
-        listed = ", ".join(f"{_short(cid)} {summary!r}" for cid, summary in extra[:5])
+        listed = ", ".join(f"{_short(cid)} {echo(summary)}" for cid, summary in extra[:5])
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
         raise Diverged(
             f"envflow: {env.branch} has {len(extra)} commit(s) that {_short(target.id)} from {upstream.name} "
@@ -192,10 +197,101 @@ def deploy_summary(result):
     }
 
 
-def promote(mirror, promotion):
-    """Move the branch on the remote as ``promotion`` says (a compare-and-swap); no-op if already there."""
-    if promotion.old != promotion.new:
-        mirror.update_branch(promotion.env.branch, promotion.old, promotion.new)
+def target(mirror, env, rev=None, branch=None):
+    """The commit a deploy of ``env`` serves: ``rev``, else the tip of ``branch`` or of ``env``'s own branch."""
+    if rev is not None and branch is not None:
+        raise RevisionError("envflow: give rev or branch, not both")
+    if rev is not None:
+        return mirror.commit(rev)
+    branch = branch or env.branch
+    if mirror.tip(branch) is None:
+        raise RevisionError(
+            f"envflow: branch {echo(branch)} does not exist in {mirror.shown}; push it, or fix the branch of {env.name}"
+        )
+    return mirror.commit(branch)
+
+
+def deploy(config, mirror, name, rev=None, branch=None, force=False):
+    """Deploy into environment ``name`` (see :func:`target`); the result of :meth:`ServedDir.deploy`."""
+    env = config.environment(name)
+    return ServedDir(env.path).deploy(mirror.objects, target(mirror, env, rev, branch), force=force)
+
+
+def deploy_preview(config, mirror, name, rev=None, branch=None, force=False):
+    """What a deploy into ``name`` would do, changing nothing: the commit served, the one to serve, the hand edits.
+
+    With ``force``, a tree without a record reads as nothing served.
+    """
+    env = config.environment(name)
+    commit = target(mirror, env, rev, branch)
+    served = ServedDir(env.path)
+    try:
+        old, drift = served.deployed(), served.drift(mirror.objects)
+    except EnvflowError:
+        if not force:
+            raise
+        old, drift = None, {"added": [], "modified": [], "deleted": []}
+    return {"env": name, "path": env.path, "new": commit_info(commit), "old": old, "drift": drift, "test": True}
+
+
+@dataclass
+class Promoted:
+    """What :func:`promote` did: the ``report`` to return, the ``deployed`` result, whether the branch ``moved``."""
+
+    report: dict
+    deployed: dict = None
+    moved: bool = False
+    bypassed: list = field(default_factory=list)
+
+
+def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, dry_run=False):
+    """Promote into ``name`` what the environment before it serves (or ``rev``), as one transaction.
+
+    In order: the plan (fast-forward only), the gates (unless the branch
+    already holds the commit), the standby tree prepared (refused on hand
+    edits unless ``force``), a bypass of closed gates recorded on the remote
+    (``force`` with ``reason``, by ``by``), the branch moved as a
+    compare-and-swap, then the switch. Anything refused before the branch
+    moves leaves the branch and the directory as they were. The mirror must
+    be freshly fetched. With ``dry_run`` nothing changes and the report also
+    holds the directory's ``path``, what it ``served``, its closed ``gates``
+    and its hand edits (``drift``).
+    """
+    promotion = plan(config, mirror, name, rev=rev)
+    env = promotion.env
+    served = ServedDir(env.path)
+    report = promotion.as_dict()
+    if dry_run:
+        deployed = served.deployed()
+        report.update(
+            dry_run=True,
+            path=env.path,
+            served=deployed["id"] if deployed else None,
+            gates=blocking_gates(promotion, mirror) if promotion.old != promotion.new else [],
+            drift=served.drift(mirror.objects),
+        )
+        return Promoted(report)
+    # A branch that holds the commit already needs no gate: only its directory may lag behind.
+    bypassed = check_gates(promotion, mirror, force=force, reason=reason) if promotion.old != promotion.new else []
+    with served.deploying(mirror.objects, mirror.commit(promotion.new)) as deployment:
+        prepared = deployment.prepare(force=force, remedy="promote with force=True")
+        if bypassed:
+            # Recorded before the branch moves: a bypass never goes unrecorded.
+            entry = {"by": by, "reason": reason, "gates": bypassed, "from": promotion.old}
+            records.add(mirror, promotion.new, "forced", env.name, entry)
+            report["bypassed"] = bypassed
+        if promotion.old != promotion.new:
+            mirror.update_branch(env.branch, promotion.old, promotion.new)
+        try:
+            result = deployment.switch(prepared)
+        except (EnvflowError, OSError) as exc:
+            if promotion.old == promotion.new:
+                raise
+            raise EnvflowError(
+                f"envflow: {env.branch} now points at {_short(promotion.new)}, but deploying it to {env.name} "
+                f"failed: {exc}; fix that, then run envflow.refresh {env.name}"
+            ) from None
+    return Promoted(report, deployed=result, moved=promotion.old != promotion.new, bypassed=bypassed)
 
 
 def status(config, mirror, name=None):

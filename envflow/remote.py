@@ -18,6 +18,7 @@ from pygit2.enums import FetchPrune, FileMode, SortMode
 
 from envflow.errors import BranchMoved, RemoteError, RevisionError
 from envflow.locking import clear_stale_git_locks, held
+from envflow.text import echo, short
 
 NOTES = "refs/notes/envflow"
 _FETCH_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", f"+{NOTES}:{NOTES}"]
@@ -213,15 +214,16 @@ class Mirror:
         if not isinstance(rev, str):
             # Salt's CLI reads rev=1234567 as a number (and rev=0123456 as another one).
             raise RevisionError(
-                f"envflow: revision {rev!r} reached envflow as {_article(type(rev).__name__)}, not as text; give the "
-                f"full commit id, or quote it for Salt: rev=\"'{rev}'\""
+                f"envflow: revision {echo(rev)} reached envflow as {_article(type(rev).__name__)}, not as text; give "
+                f"the full commit id, or quote it for Salt: rev=\"'{str(rev)[:40]}'\""
             )
         try:
             obj = self.repo.revparse_single(rev if self.tip(rev) is None else f"refs/heads/{rev}")
             return obj.peel(pygit2.Commit)
         except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
             raise RevisionError(
-                f"envflow: revision {rev!r} is not in {self.shown}; give a commit id, tag or branch of that repository"
+                f"envflow: revision {echo(rev)} is not in {self.shown}; "
+                "give a commit id, tag or branch of that repository"
             ) from None
 
     def contains(self, descendant, ancestor):
@@ -313,7 +315,7 @@ class Mirror:
                 if current is None:
                     remote.references.create(refname, new, force=False)
                 else:
-                    current.set_target(new, f"envflow: {_shown_ref(refname)} {str(old)[:10]} -> {str(new)[:10]}")
+                    current.set_target(new, f"envflow: {_shown_ref(refname)} {short(old)} -> {short(new)}")
             except pygit2.AlreadyExistsError:
                 raise _moved(refname) from None
             except (pygit2.GitError, OSError) as exc:

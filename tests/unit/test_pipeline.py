@@ -33,8 +33,11 @@ def test_promotion_takes_the_commit_deployed_upstream_not_the_branch_tip(deploye
     assert report["commits"] == [f"{tested[:10]} web v2"]
     assert report["files"] == ["M web/init.sls"]
     assert (report["env"], report["branch"], report["from"]) == ("stage", "stage", "test")
-    pipeline.promote(mirror, promotion)
+    done = pipeline.promote(config, mirror, "stage")
     assert remote.tip("stage") == tested
+    assert done.moved is True and done.report["new"] == tested
+    assert done.deployed["changed"] is True and done.deployed["new"]["id"] == tested
+    assert ServedDir(config.environment("stage").path).deployed()["id"] == tested
 
 
 def test_planning_changes_nothing(deployed_pipeline, mirror, remote):
@@ -85,9 +88,7 @@ def test_nothing_deployed_upstream_is_an_error(pipeline_config, mirror):
 def test_a_hotfix_on_the_branch_blocks_promotion_and_is_listed(deployed_pipeline, mirror, remote):
     remote.commit("develop", {"web/init.sls": "# web v2\n"})
     deploy(mirror, deployed_pipeline.environment("test"))
-    promotion = pipeline.plan(deployed_pipeline, mirror, "stage")
-    pipeline.promote(mirror, promotion)
-    deploy(mirror, deployed_pipeline.environment("stage"))
+    promotion = pipeline.promote(deployed_pipeline, mirror, "stage").report
     hotfix = remote.commit("master", {"hotfix.sls": "# urgent\n"}, message="urgent hotfix")
     mirror.fetch()
     before = remote.refs()
@@ -95,7 +96,8 @@ def test_a_hotfix_on_the_branch_blocks_promotion_and_is_listed(deployed_pipeline
         pipeline.plan(deployed_pipeline, mirror, "prod")
     assert error.value.commits == [(hotfix, "urgent hotfix")]
     assert str(error.value) == (
-        f"envflow: master has 1 commit(s) that {promotion.new[:10]} from stage lacks: {hotfix[:10]} 'urgent hotfix'; "
+        f"envflow: master has 1 commit(s) that {promotion['new'][:10]} from stage lacks: "
+        f"{hotfix[:10]} 'urgent hotfix'; "
         "bring them into develop and promote them through the pipeline from test, or remove them from master"
     )
     assert remote.refs() == before
@@ -104,21 +106,24 @@ def test_a_hotfix_on_the_branch_blocks_promotion_and_is_listed(deployed_pipeline
 def test_a_promotion_losing_the_race_changes_nothing(deployed_pipeline, mirror, remote):
     remote.commit("develop", {"web/init.sls": "# web v2\n"})
     deploy(mirror, deployed_pipeline.environment("test"))
-    promotion = pipeline.plan(deployed_pipeline, mirror, "stage")
-    moved = remote.commit("stage", {"other.sls": "# another operator\n"})
+    stage = ServedDir(deployed_pipeline.environment("stage").path)
+    served_before = stage.deployed()
+    moved = remote.commit("stage", {"other.sls": "# another operator\n"})  # the mirror has not seen it
     before = remote.refs()
     with pytest.raises(BranchMoved):
-        pipeline.promote(mirror, promotion)
+        pipeline.promote(deployed_pipeline, mirror, "stage")
     assert remote.refs() == before
     assert remote.tip("stage") == moved
+    assert stage.deployed() == served_before
 
 
 def test_promoting_what_the_branch_already_holds_pushes_nothing(deployed_pipeline, mirror, remote):
     before = remote.refs()
     promotion = pipeline.plan(deployed_pipeline, mirror, "stage")
     assert promotion.old == promotion.new and promotion.commits == []
-    pipeline.promote(mirror, promotion)
+    done = pipeline.promote(deployed_pipeline, mirror, "stage")
     assert remote.refs() == before
+    assert done.moved is False and done.deployed["changed"] is False
 
 
 def test_status_reports_each_environment(deployed_pipeline, mirror, remote):
@@ -176,7 +181,7 @@ def test_promoting_an_older_commit_than_the_branch_holds_is_refused_as_a_rewind(
     older = remote.commit("develop", {"web/init.sls": "# web v2\n"})
     newer = remote.commit("develop", {"web/init.sls": "# web v3\n"})
     deploy(mirror, deployed_pipeline.environment("test"))
-    pipeline.promote(mirror, pipeline.plan(deployed_pipeline, mirror, "stage"))
+    pipeline.promote(deployed_pipeline, mirror, "stage")
     before = remote.refs()
     with pytest.raises(Diverged) as error:
         pipeline.plan(deployed_pipeline, mirror, "stage", rev=older)
@@ -185,3 +190,35 @@ def test_promoting_an_older_commit_than_the_branch_holds_is_refused_as_a_rewind(
         f"back: promote a commit that contains {newer[:10]}, such as {newer[:10]} deployed in test"
     )
     assert remote.refs() == before
+
+
+def test_a_promotion_refused_for_hand_edits_moves_no_branch(deployed_pipeline, mirror, remote):
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    deploy(mirror, deployed_pipeline.environment("test"))
+    stage = ServedDir(deployed_pipeline.environment("stage").path)
+    with open(os.path.join(stage.path, "web", "init.sls"), "a", encoding="utf-8") as handle:
+        handle.write("# quick fix\n")
+    before = remote.refs(), stage.deployed()
+    with pytest.raises(EnvflowError) as error:
+        pipeline.promote(deployed_pipeline, mirror, "stage")
+    assert str(error.value) == (
+        f"envflow: {stage.path} was edited by hand (modified: web/init.sls); commit those changes to the "
+        "repository, or promote with force=True to discard them"
+    )
+    assert (remote.refs(), stage.deployed()) == before
+    done = pipeline.promote(deployed_pipeline, mirror, "stage", force=True)
+    assert done.deployed["discarded"] == {"added": [], "modified": ["web/init.sls"], "deleted": []}
+    assert remote.tip("stage") == done.report["new"] == stage.deployed()["id"]
+
+
+def test_a_branch_that_holds_the_commit_gets_its_directory_deployed(deployed_pipeline, mirror, remote):
+    """A promotion whose deploy failed after the branch moved: promoting again deploys, and moves nothing."""
+    tested = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    deploy(mirror, deployed_pipeline.environment("test"))
+    remote.set_branch("stage", tested)
+    mirror.fetch()
+    before = remote.refs()
+    done = pipeline.promote(deployed_pipeline, mirror, "stage")
+    assert done.moved is False and done.deployed["changed"] is True
+    assert remote.refs() == before
+    assert ServedDir(deployed_pipeline.environment("stage").path).deployed()["id"] == tested

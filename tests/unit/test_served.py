@@ -201,20 +201,58 @@ def test_force_repairs_drift_on_the_served_commit(served, mirror):
     assert served.deployed()["deployed_at"] == since  # the same commit, served all along
 
 
+def _standby(served):
+    """The tree of the slot ``served`` does not serve."""
+    home = os.path.join(os.path.dirname(served.path), ".stage.envflow")
+    return os.path.join(home, "a" if os.readlink(served.path).endswith("/b") else "b")
+
+
 def test_hand_edits_in_the_standby_tree_are_never_served(served, mirror, remote):
     deploy(served, mirror, "stage")
     remote.commit("stage", {"web/init.sls": "# web v2\n"})
     deploy(served, mirror, "stage")
-    standby = os.path.join(os.path.dirname(served.path), ".stage.envflow", "a")
-    with open(os.path.join(standby, "top.sls"), "w", encoding="utf-8") as handle:
+    standby = _standby(served)
+    # web/init.sls differs between the slots: the standby's own copy, replaced by an editor's rename.
+    with open(os.path.join(standby, "web", "init.sls.tmp"), "w", encoding="utf-8") as handle:
         handle.write("# stale edit in the standby tree\n")
+    os.rename(os.path.join(standby, "web", "init.sls.tmp"), os.path.join(standby, "web", "init.sls"))
     with open(os.path.join(standby, "planted.sls"), "w", encoding="utf-8") as handle:
         handle.write("# planted\n")
-    os.unlink(os.path.join(standby, "web", "init.sls"))
+    os.makedirs(os.path.join(standby, "deep", "new"))
+    with open(os.path.join(standby, "deep", "new", "x.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# planted deeper\n")
+    os.unlink(os.path.join(standby, "top.sls"))
     remote.commit("stage", {"db/init.sls": "# db\n"})
     deploy(served, mirror, "stage")
     assert os.path.realpath(served.path) == os.path.realpath(standby)
     assert tree_files(served.path) == {"top.sls": V1["top.sls"], "web/init.sls": "# web v2\n", "db/init.sls": "# db\n"}
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_an_edit_in_place_of_a_file_both_slots_share_is_an_edit_of_the_served_tree(served, mirror, remote):
+    """Unchanged files are hard links shared by both slots: writing into one writes into the served tree."""
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    shared = os.path.join(_standby(served), "top.sls")
+    assert os.stat(shared).st_ino == os.stat(os.path.join(served.path, "top.sls")).st_ino
+    with open(shared, "a", encoding="utf-8") as handle:
+        handle.write("# edited through the standby\n")
+    assert served.drift(mirror.objects) == {"added": [], "modified": ["top.sls"], "deleted": []}
+    remote.commit("stage", {"db/init.sls": "# db\n"})
+    before = tree_files(served.path), os.readlink(served.path), served.deployed()
+    with pytest.raises(Drift):
+        deploy(served, mirror, "stage")
+    assert (tree_files(served.path), os.readlink(served.path), served.deployed()) == before
+    result = deploy(served, mirror, "stage", force=True)
+    assert result["discarded"] == {"added": [], "modified": ["top.sls"], "deleted": []}
+    assert tree_files(served.path) == {"top.sls": V1["top.sls"], "web/init.sls": "# web v2\n", "db/init.sls": "# db\n"}
+    # The standby (the tree served before) still holds the edit: the next deploy into it rewrites it.
+    remote.commit("stage", {"db/init.sls": "# db v2\n"})
+    deploy(served, mirror, "stage")
+    expected = {"top.sls": V1["top.sls"], "web/init.sls": "# web v2\n", "db/init.sls": "# db v2\n"}
+    assert tree_files(served.path) == expected
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
 
 
 def test_symlinks_leading_out_of_the_tree_are_never_served(served, mirror, remote):
@@ -383,7 +421,7 @@ def test_a_standby_edit_that_kept_size_and_mtime_is_never_served(served, mirror,
     deploy(served, mirror, "stage")
     remote.commit("stage", {"web/init.sls": "# web v2\n"})
     deploy(served, mirror, "stage")
-    standby = os.path.join(os.path.dirname(served.path), ".stage.envflow", "a", "top.sls")
+    standby = os.path.join(_standby(served), "web", "init.sls")  # the standby's own copy (v1)
     stat = os.stat(standby)
     with open(standby, "r+", encoding="utf-8") as handle:
         original = handle.read()
@@ -393,32 +431,40 @@ def test_a_standby_edit_that_kept_size_and_mtime_is_never_served(served, mirror,
     assert os.stat(standby).st_size == stat.st_size
     remote.commit("stage", {"db/init.sls": "# db\n"})
     deploy(served, mirror, "stage")
-    assert os.path.realpath(served.path) == os.path.realpath(os.path.dirname(standby))
-    assert tree_files(served.path)["top.sls"] == V1["top.sls"]
+    assert os.path.realpath(served.path) == os.path.realpath(os.path.dirname(os.path.dirname(standby)))
+    assert tree_files(served.path)["web/init.sls"] == "# web v2\n"
     assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
 
 
-def test_a_failing_before_switch_leaves_the_served_tree_as_it_was(served, mirror, remote):
-    """What a promotion relies on: its branch moves in before_switch, and a lost race changes nothing served."""
-    from envflow.errors import BranchMoved  # pylint: disable=import-outside-toplevel
+def test_a_served_edit_that_kept_size_and_mtime_is_refused(served, mirror, remote):
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    path = os.path.join(served.path, "top.sls")
+    stat = os.stat(path)
+    with open(path, "r+", encoding="utf-8") as handle:
+        original = handle.read()
+        handle.seek(0)
+        handle.write(original.upper())
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert served.drift(mirror.objects)["modified"] == ["top.sls"]
 
+
+def test_a_deploy_stopped_between_prepare_and_switch_leaves_the_served_tree_as_it_was(served, mirror, remote):
+    """What a promotion relies on: its branch moves between the phases, and a lost race changes nothing served."""
     deploy(served, mirror, "stage")
     before = tree_files(served.path), os.readlink(served.path), served.deployed()
     remote.commit("stage", {"web/init.sls": "# web v2\n"})
     mirror.fetch()
-
-    def lose_the_race():
-        raise BranchMoved("envflow: stage moved on the remote while envflow was working")
-
-    with pytest.raises(BranchMoved):
-        served.deploy(mirror.objects, mirror.commit("stage"), before_switch=lose_the_race)
+    commit = mirror.commit("stage")
+    with served.deploying(mirror.objects, commit) as deployment:
+        deployment.prepare()
+        assert (tree_files(served.path), os.readlink(served.path), served.deployed()) == before
     assert (tree_files(served.path), os.readlink(served.path), served.deployed()) == before
-    calls = []
-    result = served.deploy(
-        mirror.objects, mirror.commit("stage"), before_switch=lambda: calls.append(os.readlink(served.path))
-    )
-    assert calls == [before[1]]  # called while the old tree was still served
+    with served.deploying(mirror.objects, commit) as deployment:
+        result = deployment.switch(deployment.prepare())
     assert result["changed"] is True and tree_files(served.path)["web/init.sls"] == "# web v2\n"
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
 
 
 def test_the_first_deploy_never_leaves_path_missing(served, mirror):

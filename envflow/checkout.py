@@ -1,0 +1,314 @@
+"""Bringing a slot's tree to exactly one commit, writing only what differs.
+
+The two slots of an environment share the inodes of the files their commits
+have in common (hard links): a file is never written in place, only replaced
+by a new one, so sharing is safe, and the scan of the served tree for hand
+edits vouches for every shared file of the standby too. What the standby
+holds on its own (the files where its commit and the served one differ) is
+rewritten whenever the standby is reused, and its directories are sealed (inode,
+mtime and ctime as envflow left them), so a file added, removed or replaced
+in the standby by hand shows as a changed directory and is repaired. Nothing
+is ever written through a symlink.
+"""
+
+import os
+import shutil
+import stat
+
+import pygit2
+from pygit2.enums import FileMode
+
+from envflow import links as link_policy
+from envflow import slots
+
+_WRITTEN = (FileMode.BLOB, FileMode.BLOB_EXECUTABLE, FileMode.LINK)
+_PERMISSIONS = {FileMode.BLOB: 0o644, FileMode.BLOB_EXECUTABLE: 0o755}
+
+
+def _parent(path):
+    return path.rpartition("/")[0]
+
+
+def entry(tree, path):
+    """The ``(id, filemode)`` that ``tree`` holds at ``path`` as a file or symlink, else ``None``."""
+    try:
+        found = tree[path]
+    except KeyError:
+        return None
+    return (found.id, found.filemode) if found.filemode in _WRITTEN else None
+
+
+def walk(tree, prefix=""):
+    """Every file and symlink of ``tree``: ``(path, id, filemode)``, directories before what they hold."""
+    stack = [(prefix, tree)]
+    while stack:
+        base, current = stack.pop()
+        for item in current:
+            if item.filemode == FileMode.TREE:
+                stack.append((f"{base}{item.name}/", item))
+            elif item.filemode in _WRITTEN:
+                yield f"{base}{item.name}", item.id, item.filemode
+
+
+def delta_paths(repo, old_tree, new_tree):
+    """The paths that differ between two trees (either may be ``None``, the empty tree)."""
+    if old_tree is None and new_tree is None:
+        return set()
+    if old_tree is None:
+        diff = new_tree.diff_to_tree(swap=True)
+    elif new_tree is None:
+        diff = old_tree.diff_to_tree()
+    else:
+        diff = repo.diff(old_tree, new_tree)
+    found = set()
+    for delta in diff.deltas:
+        found.add(delta.old_file.path)
+        found.add(delta.new_file.path)
+    return found
+
+
+def links_after(links, repo, old_tree, new_tree):
+    """The symlink paths of ``new_tree``, from those of ``old_tree`` and what changed between them."""
+    links = set(links)
+    for path in delta_paths(repo, old_tree, new_tree):
+        links.discard(path)
+        held = entry(new_tree, path)
+        if held is not None and held[1] == FileMode.LINK:
+            links.add(path)
+    return links
+
+
+def seal(root, dirs):
+    """``{dir: [inode, mtime_ns, ctime_ns]}`` for each of ``dirs`` present under ``root``."""
+    sealed = {}
+    for path in dirs:
+        try:
+            found = os.lstat(os.path.join(root, path))
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(found.st_mode):
+            sealed[path] = [found.st_ino, found.st_mtime_ns, found.st_ctime_ns]
+    return sealed
+
+
+def broken_seals(root, sealed):
+    """The sealed directories that changed since (an entry added, removed or replaced there), or are gone."""
+    return {path for path, stamp in sealed.items() if seal(root, [path]).get(path) != stamp}
+
+
+class TreeWriter:
+    """Writes one commit's files into one slot's tree; never through a symlink, never into a file in place.
+
+    ``repo`` reads the objects. Files whose content the served tree holds
+    unedited (``share(path, id, mode)`` is true) are hard-linked from
+    ``share_root`` instead of written.
+    """
+
+    def __init__(self, repo, root, share_root=None, share=None):
+        self.repo = repo
+        self.root = root
+        self.share_root = share_root
+        self.share = share or (lambda path, oid, mode: False)
+        self.touched = set()  # directories whose entries changed
+        self.removed_dirs = set()  # directories removed with what they held
+        self._real = {""}
+
+    def _full(self, path):
+        return os.path.join(self.root, path) if path else self.root
+
+    def _lstat(self, path):
+        try:
+            return os.lstat(self._full(path))
+        except FileNotFoundError:
+            return None
+
+    def _parents_real(self, directory):
+        """Whether ``directory`` and all above it are real directories (not symlinks) in the tree."""
+        if directory in self._real:
+            return True
+        if not self._parents_real(_parent(directory)):
+            return False
+        found = self._lstat(directory)
+        if found is None or not stat.S_ISDIR(found.st_mode):
+            return False
+        self._real.add(directory)
+        return True
+
+    def _forget(self, path):
+        self._real = {known for known in self._real if known != path and not known.startswith(path + "/")}
+        self.removed_dirs.add(path)
+
+    def _clear(self, path):
+        """Remove whatever stands at ``path`` (its parents are real directories)."""
+        found = self._lstat(path)
+        if found is None:
+            return
+        if stat.S_ISDIR(found.st_mode):
+            shutil.rmtree(self._full(path))
+            self._forget(path)
+        else:
+            os.unlink(self._full(path))
+        self.touched.add(_parent(path))
+
+    def make_dir(self, directory):
+        """Make ``directory`` a real directory, replacing a file or symlink that stands in its way."""
+        if directory in self._real:
+            return
+        self.make_dir(_parent(directory))
+        found = self._lstat(directory)
+        if found is not None and not stat.S_ISDIR(found.st_mode):
+            os.unlink(self._full(directory))
+            found = None
+        if found is None:
+            os.mkdir(self._full(directory))
+            self.touched.update((directory, _parent(directory)))
+        self._real.add(directory)
+
+    def remove(self, path):
+        """Remove what stands at ``path``, unless a parent is not a real directory (then nothing of ours is there)."""
+        if self._parents_real(_parent(path)):
+            self._clear(path)
+
+    def write(self, path, oid, mode):
+        """Make ``path`` a new file (or symlink) holding blob ``oid`` with ``mode``."""
+        self.make_dir(_parent(path))
+        self._clear(path)
+        full = self._full(path)
+        self.touched.add(_parent(path))
+        if mode == FileMode.LINK:
+            os.symlink(self.repo.odb.read(oid)[1], os.fsencode(full))
+            return
+        if self.share_root is not None and self.share(path, oid, mode):
+            try:
+                os.link(os.path.join(self.share_root, path), full)
+                return
+            except OSError:
+                pass  # another filesystem, or too many links: write it
+        data = self.repo.odb.read(oid)[1]
+        descriptor = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _PERMISSIONS[mode])
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+        finally:
+            os.close(descriptor)
+
+    def prune(self, directories):
+        """Remove each of ``directories`` that is empty, and then its parents while they are empty."""
+        for start in sorted(directories, key=len, reverse=True):
+            directory = start
+            while directory:
+                try:
+                    os.rmdir(self._full(directory))
+                except OSError:
+                    break
+                self._forget(directory)
+                self.touched.add(_parent(directory))
+                directory = _parent(directory)
+
+    def make_paths_match(self, tree, paths):
+        """Make each of ``paths`` hold what ``tree`` has there: a file, a symlink, or nothing.
+
+        A path ``tree`` holds as a directory is left alone: the files under it
+        that need writing are among ``paths``. Returns the paths of ``tree``'s
+        files and symlinks written.
+        """
+        writes, removals = {}, []
+        for path in paths:
+            held = entry(tree, path)
+            if held is None:
+                if not isinstance(_find(tree, path), pygit2.Tree):
+                    removals.append(path)
+            else:
+                writes[path] = held
+        for path in sorted(removals, reverse=True):
+            self.remove(path)
+        self.prune({_parent(path) for path in removals})
+        for path in sorted(writes):
+            self.write(path, *writes[path])
+        return writes
+
+    def fill(self, tree):
+        """Write all of ``tree`` into the (empty) slot; return ``{path: (id, mode)}`` of what it holds."""
+        written = {}
+        for path, oid, mode in walk(tree):
+            self.write(path, oid, mode)
+            written[path] = (oid, mode)
+        return written
+
+    def reconcile(self, tree, directory):
+        """Make ``directory`` hold only what ``tree`` has there; return the paths that must be written again.
+
+        For a directory whose seal broke: entries ``tree`` lacks are removed,
+        and everything it has there is written again (a whole subdirectory
+        when it was replaced or is missing).
+        """
+        found = _find(tree, directory) if directory else tree
+        if not isinstance(found, pygit2.Tree):
+            self.remove(directory)
+            return set()
+        if not self._parents_real(directory):
+            self.make_dir(directory)
+        expected = {item.name: item for item in found}
+        rewrite = set()
+        prefix = f"{directory}/" if directory else ""
+        for name in os.listdir(self._full(directory)):
+            item = expected.get(name)
+            path = prefix + name
+            if item is None or item.filemode not in (*_WRITTEN, FileMode.TREE):
+                self._clear(path)
+            elif item.filemode == FileMode.TREE:
+                # A directory seal of its own vouches for it, unless it was replaced by something else.
+                found_here = self._lstat(path)
+                if found_here is None or not stat.S_ISDIR(found_here.st_mode):
+                    self._clear(path)
+        for name, item in expected.items():
+            path = prefix + name
+            if item.filemode == FileMode.TREE:
+                if not self._parents_real(path):
+                    rewrite.update(child for child, _oid, _mode in walk(item, f"{path}/"))
+            elif item.filemode in _WRITTEN:
+                rewrite.add(path)
+        return rewrite
+
+    def restore_links(self, tree, link_paths):
+        """Make each of the commit's symlinks stand in the tree as the commit has it (refused ones come back)."""
+        for path in link_paths:
+            oid, _mode = entry(tree, path)
+            target = self.repo.odb.read(oid)[1]
+            full = self._full(path)
+            if self._parents_real(_parent(path)) and os.path.islink(full) and os.readlink(os.fsencode(full)) == target:
+                continue
+            self.write(path, oid, FileMode.LINK)
+
+    def refuse_unsafe_links(self, link_paths):
+        """Remove the symlinks that lead out of the tree or into endless walks; return them."""
+        refused = link_policy.unsafe_links(self.root, link_paths)
+        for link in refused:
+            os.unlink(self._full(link["path"]))
+            self.touched.add(_parent(link["path"]))
+        self.prune({_parent(link["path"]) for link in refused})
+        return refused
+
+
+def _find(tree, path):
+    try:
+        return tree[path]
+    except KeyError:
+        return None
+
+
+def index_entries(index, root, tree, paths):
+    """Make ``index`` describe ``paths`` as they now stand under ``root`` (``tree``'s files and symlinks)."""
+    for path in sorted(paths):
+        held = entry(tree, path)
+        found = None
+        if held is not None:
+            try:
+                found = os.lstat(os.path.join(root, path))
+            except FileNotFoundError:
+                found = None
+        if found is None or stat.S_ISDIR(found.st_mode):
+            slots.remove_entry(index, path)
+        else:
+            slots.set_entry(index, path, held[0], held[1], found)

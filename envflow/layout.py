@@ -1,0 +1,112 @@
+"""Where an environment's trees and envflow's bookkeeping live, and what each slot holds.
+
+For an environment whose ``path`` is ``/srv/salt/stage``::
+
+    /srv/salt/stage -> .stage.envflow/a      the served tree (a relative symlink)
+    /srv/salt/.stage.envflow/a/               tree in slot a
+    /srv/salt/.stage.envflow/b/               tree in slot b, the standby
+    /srv/salt/.stage.envflow/a.git/           slot a's repository: index, HEAD, record
+    /srv/salt/.stage.envflow/lock             held while deploying
+
+Every piece of bookkeeping lives beside the served tree, never inside it, so
+Salt never serves it, and the master and a minion deploying the same path
+agree on it.
+"""
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+SLOTS = ("a", "b")
+_RECORD = "envflow.json"
+
+
+@dataclass
+class Record:
+    """What one slot's tree holds, written by envflow after it made the tree.
+
+    ``commit`` describes the commit (``id``, ``summary``, ``author``,
+    ``time``); ``since`` is when the environment began serving it; ``links``
+    are the commit's symlink paths and ``refused_links`` those left out of
+    the tree (``{"path", "target"}``). ``dirs`` seals the tree's directories:
+    each one's ``[inode, mtime_ns, ctime_ns]`` when envflow last wrote it, so
+    an entry added, removed or replaced there since shows. ``dirty`` lists
+    paths that may not hold the commit's content (hand edits discarded while
+    the tree was served, or a run killed while writing them).
+    """
+
+    commit: dict
+    since: str = None
+    links: list = field(default_factory=list)
+    refused_links: list = field(default_factory=list)
+    dirs: dict = None
+    dirty: list = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data):
+        """A record from its JSON form, or ``None`` when ``data`` is not one."""
+        if not isinstance(data, dict) or not isinstance(data.get("commit"), dict) or "id" not in data["commit"]:
+            return None
+        known = {key: data[key] for key in ("since", "links", "refused_links", "dirs", "dirty") if key in data}
+        return cls(commit=data["commit"], **known)
+
+    @property
+    def commit_id(self):
+        return self.commit["id"]
+
+
+class Layout:
+    """The paths of one environment's directory, its two slots and envflow's bookkeeping."""
+
+    def __init__(self, path):
+        self.path = path
+        parent, base = os.path.split(path)
+        self.home = os.path.join(parent, f".{base}.envflow")
+        self.lock = os.path.join(self.home, "lock")
+        # Where the new symlink is made before it is renamed over ``path``.
+        self.staging = os.path.join(self.home, "link.tmp")
+
+    def tree(self, slot):
+        return os.path.join(self.home, slot)
+
+    def gitdir(self, slot):
+        return os.path.join(self.home, f"{slot}.git")
+
+    def link_text(self, slot):
+        """What the symlink at ``path`` holds when it serves ``slot`` (relative, so the tree can move)."""
+        return os.path.join(os.path.basename(self.home), slot)
+
+    @staticmethod
+    def other(slot):
+        """The slot that is not ``slot`` (``a`` when ``slot`` is ``None``)."""
+        return "b" if slot == "a" else "a"
+
+    def served_slot(self):
+        """The slot the symlink at ``path`` points to, or ``None`` if envflow serves nothing there."""
+        try:
+            text = os.readlink(self.path)
+        except OSError:
+            return None
+        return next((slot for slot in SLOTS if text == self.link_text(slot)), None)
+
+    def record(self, slot):
+        """The :class:`Record` of ``slot``, or ``None`` when it has none (or one of the wrong shape)."""
+        try:
+            with open(os.path.join(self.gitdir(slot), _RECORD), encoding="utf-8") as handle:
+                return Record.from_json(json.load(handle))
+        except (OSError, ValueError):
+            return None
+
+    def write_record(self, slot, record):
+        """Replace ``slot``'s record in one rename, flushed first: a kill leaves the old one or the new."""
+        path = os.path.join(self.gitdir(slot), _RECORD)
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(asdict(record), handle, separators=(",", ":"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(path + ".tmp", path)
+
+    def drop_record(self, slot):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.gitdir(slot), _RECORD))

@@ -1,0 +1,187 @@
+"""A slot's repository: its settings, its index (with each file's stat data) and the hand-edit scan.
+
+Each slot has a bare repository beside its tree (``a.git`` for tree ``a``)
+that borrows the mirror's objects. Its index lists what envflow wrote into
+the tree, with the inode, size, mtime and ctime of each file, so a scan of
+the tree for hand edits costs a ``stat`` per file and reads only what
+changed. envflow writes the index entries itself, from the stat of the files
+it wrote: no file is read back to hash it.
+"""
+
+import os
+import shutil
+import threading
+
+import pygit2
+from pygit2 import C, ffi
+from pygit2.enums import DeltaStatus, DiffOption
+from pygit2.errors import check_error
+from pygit2.utils import StrArray
+
+# Repository settings that would otherwise come from the user's ~/.gitconfig.
+_SLOT_CONFIG = {
+    "core.autocrlf": "false",
+    "core.filemode": "true",
+    "core.symlinks": "true",
+    "core.ignorecase": "false",
+    # ctime betrays an edit that kept size and mtime (``cp -p``, ``touch -r``).
+    "core.trustctime": "true",
+    "core.checkstat": "default",
+}
+# Files are served as the repository holds them: no end-of-line, ident or filter conversion,
+# whatever .gitattributes in the tree says (info/attributes takes precedence over it).
+_ATTRIBUTES = "* -text -crlf -eol -ident -filter -working-tree-encoding\n"
+_VERSION = "2"
+_SCAN_FLAGS = (
+    DiffOption.INCLUDE_UNTRACKED
+    | DiffOption.RECURSE_UNTRACKED_DIRS
+    | DiffOption.INCLUDE_IGNORED
+    | DiffOption.RECURSE_IGNORED_DIRS
+    | DiffOption.INCLUDE_TYPECHANGE
+    | DiffOption.IGNORE_SUBMODULES
+)
+_EDIT_KIND = {
+    DeltaStatus.UNTRACKED: "added",
+    DeltaStatus.IGNORED: "added",
+    DeltaStatus.ADDED: "added",
+    DeltaStatus.DELETED: "deleted",
+}
+_MASK32 = 0xFFFFFFFF
+
+
+def no_edits():
+    return {"added": [], "modified": [], "deleted": []}
+
+
+def prepare_gitdir(gitdir, objects):
+    """Make ``gitdir`` a slot repository borrowing ``objects``, made whole beside and renamed into place."""
+    if not os.path.isfile(os.path.join(gitdir, "HEAD")):
+        # A kill midway never leaves a slot repository that takes its settings from ~/.gitconfig.
+        shutil.rmtree(gitdir, ignore_errors=True)
+        making = f"{gitdir}.new"
+        shutil.rmtree(making, ignore_errors=True)
+        pygit2.init_repository(making, bare=True).free()
+        os.rename(making, gitdir)
+    repo = pygit2.Repository(gitdir)
+    try:
+        if repo.config["envflow.layout"] != _VERSION:
+            raise KeyError
+    except KeyError:
+        for key, value in _SLOT_CONFIG.items():
+            repo.config[key] = value
+        os.makedirs(os.path.join(gitdir, "info"), exist_ok=True)
+        with open(os.path.join(gitdir, "info", "attributes"), "w", encoding="utf-8") as handle:
+            handle.write(_ATTRIBUTES)
+        repo.config["envflow.layout"] = _VERSION
+    finally:
+        repo.free()
+    alternates = os.path.join(gitdir, "objects", "info", "alternates")
+    try:
+        with open(alternates, encoding="utf-8") as handle:
+            current = handle.read().strip()
+    except OSError:
+        current = None
+    if current != objects:
+        with open(alternates, "w", encoding="utf-8") as handle:
+            handle.write(objects + "\n")
+
+
+def open_repo(gitdir, tree, objects):
+    """Open a slot's repository with ``tree`` as its work tree, creating what is missing."""
+    prepare_gitdir(gitdir, objects)
+    os.makedirs(tree, exist_ok=True)
+    repo = pygit2.Repository(gitdir)
+    repo.workdir = tree
+    return repo
+
+
+def open_index(path):
+    """The index file at ``path`` (empty when there is none), as a :class:`pygit2.Index`."""
+    return pygit2.Index(path)
+
+
+def set_entry(index, path, oid, mode, stat):
+    """Put ``path`` in ``index`` as blob ``oid`` with ``mode``, stamped with ``stat`` (the file as written).
+
+    pygit2's own ``Index.add`` either hashes the file again or leaves the
+    stat data empty, which would make every scan read the file.
+    """
+    entry = ffi.new("git_index_entry *")
+    entry.ctime.seconds = stat.st_ctime_ns // 1_000_000_000
+    entry.ctime.nanoseconds = stat.st_ctime_ns % 1_000_000_000
+    entry.mtime.seconds = stat.st_mtime_ns // 1_000_000_000
+    entry.mtime.nanoseconds = stat.st_mtime_ns % 1_000_000_000
+    entry.dev = stat.st_dev & _MASK32
+    entry.ino = stat.st_ino & _MASK32
+    entry.mode = mode
+    entry.uid = stat.st_uid & _MASK32
+    entry.gid = stat.st_gid & _MASK32
+    entry.file_size = stat.st_size & _MASK32
+    ffi.buffer(ffi.addressof(entry, "id"))[:] = oid.raw
+    encoded = ffi.new("char[]", os.fsencode(path))
+    entry.path = encoded
+    check_error(C.git_index_add(index._index, entry))  # pylint: disable=protected-access
+
+
+def remove_entry(index, path):
+    """Drop ``path`` from ``index`` if it is there."""
+    C.git_index_remove(index._index, os.fsencode(path), 0)  # pylint: disable=protected-access
+
+
+def _diff_to_workdir(repo, index, paths):
+    """The deltas between ``index`` and ``repo``'s work tree, limited to ``paths`` (exact paths or directories)."""
+    options = ffi.new("git_diff_options *")
+    check_error(C.git_diff_options_init(options, 1))
+    flags = _SCAN_FLAGS | (DiffOption.DISABLE_PATHSPEC_MATCH if paths else 0)
+    options.flags = int(flags)
+    listed = StrArray(list(paths) if paths else None)
+    if paths:
+        listed.assign_to(options.pathspec)
+    out = ffi.new("git_diff **")
+    # pygit2 calls libgit2 through cffi, which lets go of the GIL: two scans run on two cores.
+    check_error(C.git_diff_index_to_workdir(out, repo._repo, index._index, options))  # pylint: disable=protected-access
+    diff = pygit2.Diff.from_c(bytes(ffi.buffer(out)[:]), repo)
+    return list(diff.deltas)
+
+
+def _edits_of(deltas):
+    edits = no_edits()
+    for delta in deltas:
+        edits[_EDIT_KIND.get(delta.status, "modified")].append(delta.new_file.path or delta.old_file.path)
+    return edits
+
+
+def hand_edits(repo, index, halves=None):
+    """The files of ``repo``'s work tree that differ from ``index``: ``{"added", "modified", "deleted"}``.
+
+    Added covers untracked and ignored files (Salt serves those too).
+    ``halves``, two lists of paths covering the whole tree between them, splits
+    the scan over two threads, each with its own copy of ``index`` read from
+    disk, so it runs on two cores.
+    """
+    if not halves:
+        deltas = _diff_to_workdir(repo, index, None)
+    else:
+        found, failures = {}, []
+
+        def scan(number, paths, own_index):
+            try:
+                found[number] = _diff_to_workdir(repo_for[number], own_index, paths)
+            except Exception as exc:  # pylint: disable=broad-except
+                failures.append(exc)
+
+        second_repo = pygit2.Repository(repo.path)
+        second_repo.workdir = repo.workdir
+        repo_for = {0: repo, 1: second_repo}
+        helper = threading.Thread(target=scan, args=(1, halves[1], open_index(index.path)))
+        helper.start()
+        scan(0, halves[0], index)
+        helper.join()
+        second_repo.free()
+        if failures:
+            raise failures[0]
+        deltas = found[0] + found[1]
+    edits = _edits_of(deltas)
+    for paths in edits.values():
+        paths.sort()
+    return edits
