@@ -14,15 +14,17 @@ is ever written through a symlink.
 import os
 import shutil
 import stat
+import time
 
 import pygit2
-from pygit2.enums import FileMode
+from pygit2.enums import DeltaStatus, FileMode
 
 from envflow import links as link_policy
 from envflow import slots
 
 _WRITTEN = (FileMode.BLOB, FileMode.BLOB_EXECUTABLE, FileMode.LINK)
 _PERMISSIONS = {FileMode.BLOB: 0o644, FileMode.BLOB_EXECUTABLE: 0o755}
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 
 def _parent(path):
@@ -44,38 +46,27 @@ def walk(tree, prefix=""):
     while stack:
         base, current = stack.pop()
         for item in current:
-            if item.filemode == FileMode.TREE:
+            mode = item.filemode
+            if mode == FileMode.TREE:
                 stack.append((f"{base}{item.name}/", item))
-            elif item.filemode in _WRITTEN:
-                yield f"{base}{item.name}", item.id, item.filemode
+            elif mode in _WRITTEN:
+                yield base + item.name, item.id, mode
 
 
-def delta_paths(repo, old_tree, new_tree):
-    """The paths that differ between two trees (either may be ``None``, the empty tree)."""
-    if old_tree is None and new_tree is None:
-        return set()
-    if old_tree is None:
-        diff = new_tree.diff_to_tree(swap=True)
-    elif new_tree is None:
-        diff = old_tree.diff_to_tree()
-    else:
-        diff = repo.diff(old_tree, new_tree)
-    found = set()
-    for delta in diff.deltas:
-        found.add(delta.old_file.path)
-        found.add(delta.new_file.path)
-    return found
-
-
-def links_after(links, repo, old_tree, new_tree):
-    """The symlink paths of ``new_tree``, from those of ``old_tree`` and what changed between them."""
+def links_after(links, deltas):
+    """The symlink paths of a commit, from those of another and the ``deltas`` (a list) between them."""
     links = set(links)
-    for path in delta_paths(repo, old_tree, new_tree):
-        links.discard(path)
-        held = entry(new_tree, path)
-        if held is not None and held[1] == FileMode.LINK:
-            links.add(path)
+    for delta in deltas:
+        if delta.old_file.mode == FileMode.LINK:
+            links.discard(delta.old_file.path)
+        if delta.new_file.mode == FileMode.LINK and delta.status != DeltaStatus.DELETED:
+            links.add(delta.new_file.path)
     return links
+
+
+# File times move by clock ticks (at most 10 ms on Linux): a directory stamp this close to the seal
+# may hide a change made within the same tick.
+_TICK_NS = 20_000_000
 
 
 def seal(root, dirs):
@@ -91,9 +82,37 @@ def seal(root, dirs):
     return sealed
 
 
-def broken_seals(root, sealed):
-    """The sealed directories that changed since (an entry added, removed or replaced there), or are gone."""
-    return {path for path, stamp in sealed.items() if seal(root, [path]).get(path) != stamp}
+def racy_seals(record):
+    """The directories of ``record`` stamped within a clock tick of its seal: their stamps prove nothing."""
+    limit = (record.sealed_at or 0) - _TICK_NS
+    return {path for path, (_ino, mtime, ctime) in (record.dirs or {}).items() if max(mtime, ctime) >= limit}
+
+
+def settled(stamps, taken):
+    """The ``stamps`` (from :func:`seal`, at time ``taken``) old enough to be trusted as seals."""
+    return {path: stamp for path, stamp in stamps.items() if max(stamp[1], stamp[2]) < taken - _TICK_NS}
+
+
+def seal_after_tick(root, dirs, changed_at):
+    """Seal ``dirs`` once a clock tick has passed since ``changed_at`` (their last change); return the seal and when.
+
+    Stamps taken within the tick of a change would not show a second change in that tick.
+    """
+    wait = changed_at + _TICK_NS - time.time_ns()
+    if wait > 0:
+        time.sleep(wait / 1e9)
+    taken = time.time_ns()
+    return seal(root, dirs), taken
+
+
+def broken_seals(root, record):
+    """The sealed directories of ``record`` that changed since (an entry added, removed or replaced), or are gone.
+
+    A directory stamped within a clock tick of the seal counts as changed.
+    """
+    sealed = record.dirs or {}
+    now = seal(root, sealed)
+    return {path for path, stamp in sealed.items() if now.get(path) != stamp} | racy_seals(record)
 
 
 class TreeWriter:
@@ -111,6 +130,7 @@ class TreeWriter:
         self.share = share or (lambda path, oid, mode: False)
         self.touched = set()  # directories whose entries changed
         self.removed_dirs = set()  # directories removed with what they held
+        self.written = []  # files written with new content, for the caller to flush
         self._real = {""}
 
     def _full(self, path):
@@ -184,14 +204,18 @@ class TreeWriter:
                 return
             except OSError:
                 pass  # another filesystem, or too many links: write it
+        self._new_file(full, oid, mode)
+
+    def _new_file(self, full, oid, mode):
         data = self.repo.odb.read(oid)[1]
-        descriptor = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _PERMISSIONS[mode])
+        descriptor = os.open(full, _NEW_FILE, _PERMISSIONS[mode])
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(descriptor, view) :]
         finally:
             os.close(descriptor)
+        self.written.append(full)
 
     def prune(self, directories):
         """Remove each of ``directories`` that is empty, and then its parents while they are empty."""
@@ -232,16 +256,36 @@ class TreeWriter:
         """Write all of ``tree`` into the (empty) slot; return ``{path: (id, mode)}`` of what it holds."""
         written = {}
         for path, oid, mode in walk(tree):
-            self.write(path, oid, mode)
+            self.make_dir(_parent(path))
+            full = f"{self.root}/{path}"
+            if mode == FileMode.LINK:
+                os.symlink(self.repo.odb.read(oid)[1], os.fsencode(full))
+            else:
+                self._new_file(full, oid, mode)
             written[path] = (oid, mode)
         return written
 
-    def reconcile(self, tree, directory):
+    def link_all(self, entries, rewrite=()):
+        """Fill the (empty) slot with ``entries`` (``{path: (id, mode)}``): files hard-linked from ``share_root``.
+
+        Paths in ``rewrite`` are written from the repository instead.
+        """
+        for path, (oid, mode) in entries.items():
+            self.make_dir(_parent(path))
+            full = f"{self.root}/{path}"
+            if mode == FileMode.LINK:
+                os.symlink(self.repo.odb.read(oid)[1], os.fsencode(full))
+            elif path in rewrite:
+                self._new_file(full, oid, mode)
+            else:
+                os.link(f"{self.share_root}/{path}", full)
+
+    def reconcile(self, tree, directory, sealed):
         """Make ``directory`` hold only what ``tree`` has there; return the paths that must be written again.
 
         For a directory whose seal broke: entries ``tree`` lacks are removed,
         and everything it has there is written again (a whole subdirectory
-        when it was replaced or is missing).
+        when it was replaced, is missing, or was never ``sealed``).
         """
         found = _find(tree, directory) if directory else tree
         if not isinstance(found, pygit2.Tree):
@@ -258,9 +302,9 @@ class TreeWriter:
             if item is None or item.filemode not in (*_WRITTEN, FileMode.TREE):
                 self._clear(path)
             elif item.filemode == FileMode.TREE:
-                # A directory seal of its own vouches for it, unless it was replaced by something else.
+                # Its own seal vouches for a subdirectory, unless it was replaced or never sealed.
                 found_here = self._lstat(path)
-                if found_here is None or not stat.S_ISDIR(found_here.st_mode):
+                if found_here is None or not stat.S_ISDIR(found_here.st_mode) or path not in sealed:
                     self._clear(path)
         for name, item in expected.items():
             path = prefix + name
@@ -298,10 +342,14 @@ def _find(tree, path):
         return None
 
 
-def index_entries(index, root, tree, paths):
-    """Make ``index`` describe ``paths`` as they now stand under ``root`` (``tree``'s files and symlinks)."""
-    for path in sorted(paths):
-        held = entry(tree, path)
+def index_entries(index, root, entries):
+    """Make ``index`` describe each path of ``entries`` as it stands under ``root``.
+
+    ``entries`` maps each path to the ``(id, mode)`` the commit has there, or
+    ``None``; a path the commit lacks, or not on disk (a refused symlink), leaves the index.
+    """
+    for path in sorted(entries):
+        held = entries[path]
         found = None
         if held is not None:
             try:

@@ -16,7 +16,7 @@ agree on it.
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 SLOTS = ("a", "b")
 _RECORD = "envflow.json"
@@ -31,9 +31,10 @@ class Record:
     are the commit's symlink paths and ``refused_links`` those left out of
     the tree (``{"path", "target"}``). ``dirs`` seals the tree's directories:
     each one's ``[inode, mtime_ns, ctime_ns]`` when envflow last wrote it, so
-    an entry added, removed or replaced there since shows. ``dirty`` lists
-    paths that may not hold the commit's content (hand edits discarded while
-    the tree was served, or a run killed while writing them).
+    an entry added, removed or replaced there since shows; ``sealed_at`` is
+    when (``time.time_ns()``): a directory changed within a clock tick of it
+    may have changed again unseen. ``dirty`` lists paths that may not hold
+    the commit's content (hand edits discarded while the tree was served).
     """
 
     commit: dict
@@ -42,18 +43,22 @@ class Record:
     refused_links: list = field(default_factory=list)
     dirs: dict = None
     dirty: list = field(default_factory=list)
+    sealed_at: int = 0
 
     @classmethod
     def from_json(cls, data):
         """A record from its JSON form, or ``None`` when ``data`` is not one."""
         if not isinstance(data, dict) or not isinstance(data.get("commit"), dict) or "id" not in data["commit"]:
             return None
-        known = {key: data[key] for key in ("since", "links", "refused_links", "dirs", "dirty") if key in data}
+        known = {key: data[key] for key in _FIELDS[1:] if key in data}
         return cls(commit=data["commit"], **known)
 
     @property
     def commit_id(self):
         return self.commit["id"]
+
+
+_FIELDS = tuple(item.name for item in fields(Record))
 
 
 class Layout:
@@ -98,13 +103,17 @@ class Layout:
         except (OSError, ValueError):
             return None
 
-    def write_record(self, slot, record):
-        """Replace ``slot``'s record in one rename, flushed first: a kill leaves the old one or the new."""
+    def write_record(self, slot, record, flush=True):
+        """Replace ``slot``'s record in one rename: a kill leaves the old one or the new.
+
+        ``flush``: make it durable first (else the caller flushes before relying on it).
+        """
         path = os.path.join(self.gitdir(slot), _RECORD)
         with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(asdict(record), handle, separators=(",", ":"))
-            handle.flush()
-            os.fsync(handle.fileno())
+            handle.write(json.dumps({key: getattr(record, key) for key in _FIELDS}, separators=(",", ":")))
+            if flush:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(path + ".tmp", path)
 
     def drop_record(self, slot):

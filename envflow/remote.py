@@ -183,6 +183,35 @@ class Mirror:
             text = text.replace(secret, "***")
         return text
 
+    def _borrow_objects(self, local):
+        """Read a repository on this machine's objects in place (git's alternates), rather than copying them.
+
+        A fetch then only copies references: libgit2's local transport would
+        otherwise pack every object again, which takes seconds for a large
+        repository. As with ``git clone --shared``, objects the remote prunes
+        (unreachable after a force-push and a ``git gc``) are gone here too;
+        envflow then rebuilds a tree that needed them from the commit it deploys.
+        Returns whether the alternates changed (the mirror must then be opened again).
+        """
+        try:
+            remote = pygit2.Repository(local)
+        except pygit2.GitError:
+            return False  # the fetch says what is wrong with it
+        objects = os.path.join(remote.path, "objects")
+        remote.free()
+        alternates = os.path.join(self.path, "objects", "info", "alternates")
+        try:
+            with open(alternates, encoding="utf-8") as handle:
+                if handle.read().strip() == objects:
+                    return False
+        except OSError:
+            pass
+        os.makedirs(os.path.dirname(alternates), exist_ok=True)
+        with open(alternates + ".tmp", "w", encoding="utf-8") as handle:
+            handle.write(objects + "\n")
+        os.replace(alternates + ".tmp", alternates)
+        return True
+
     def fetch(self):
         """Bring every branch and tag of the remote into the mirror, pruning deleted ones."""
         if is_local(self.url):
@@ -193,6 +222,9 @@ class Mirror:
                 )
         repo = self.repo
         with self.locked():
+            if is_local(self.url) and self._borrow_objects(local):
+                self.close()  # libgit2 reads alternates when it opens a repository
+                repo = self.repo
             clear_stale_git_locks(self.path)
             remote = repo.remotes.create_anonymous(self.url)
             try:

@@ -14,9 +14,10 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 
 import pygit2
-from pygit2.enums import DeltaStatus
+from pygit2.enums import DeltaStatus, FileMode
 
 from envflow import checkout, slots, switch
 from envflow.errors import Drift, EnvflowError
@@ -46,21 +47,20 @@ def summarize(changes, limit=5):
     return "; ".join(parts)
 
 
-def _counts(repo, old_tree, new_tree):
-    counts = {"added": 0, "modified": 0, "deleted": 0}
-    diff = repo.diff(old_tree, new_tree) if old_tree is not None else new_tree.diff_to_tree(swap=True)
-    for delta in diff.deltas:
-        counts[{DeltaStatus.ADDED: "added", DeltaStatus.DELETED: "deleted"}.get(delta.status, "modified")] += 1
-    return counts
-
-
 class Prepared:
-    """A deploy ready to switch: ``result`` to return, and the slot to serve (``None``: nothing to switch)."""
+    """A deploy ready to switch: ``result`` to return, the ``slot`` to serve (``None``: nothing to switch).
 
-    def __init__(self, result, slot=None, record=None):
+    ``record`` is the slot's record to write, ``served_record`` the served
+    slot's (when it changed), ``flush`` what to flush before the switch
+    (``None``: the whole file system).
+    """
+
+    def __init__(self, result, slot=None, record=None, flush=None):
         self.result = result
         self.slot = slot
         self.record = record
+        self.flush = flush
+        self.served_record = None
 
 
 class ServedDir:
@@ -106,9 +106,13 @@ class ServedDir:
                 if slot is None:
                     return slots.no_edits()
                 self.deployed()  # a served tree without a record cannot be checked
-                repo = slots.open_repo(self.layout.gitdir(slot), self.layout.tree(slot), objects)
+                root = self.layout.tree(slot)
+                repo = slots.open_repo(self.layout.gitdir(slot), root, objects)
                 try:
-                    return slots.hand_edits(repo, slots.open_index(os.path.join(repo.path, "index")))
+                    index = slots.open_index(os.path.join(repo.path, "index"))
+                    commit_id = self.layout.record(slot).commit_id
+                    tree = repo[commit_id].peel(pygit2.Tree) if commit_id in repo else None
+                    return slots.hand_edits(repo, index, slots.scan_halves(index, tree, root) if tree else None)
                 finally:
                     repo.free()
         except (OSError, pygit2.GitError) as exc:
@@ -177,62 +181,85 @@ class Deployment:
         repo = slots.open_repo(layout.gitdir(standby), layout.tree(standby), self.objects)
         try:
             if served_record is None:
-                record = self._build_whole(repo, standby, first=served is None)
-                result["files"] = _counts(repo, None, repo[self.commit.id].peel(pygit2.Tree))
+                prepared = self._build_whole(repo, standby, first=served is None)
+                result["files"] = _counts(_deltas(repo, None, repo[self.commit.id].peel(pygit2.Tree)))
             else:
-                record = self._update(repo, served, served_record, standby, force, remedy, result)
-                if record is None:
+                prepared = self._update(repo, served, served_record, standby, force, remedy, result)
+                if prepared is None:
                     result["refused_links"] = served_record.refused_links
                     return Prepared(result)
         finally:
             repo.free()
-        result["refused_links"] = record.refused_links
-        return Prepared(result, slot=standby, record=record)
+        prepared.result = result
+        result["refused_links"] = prepared.record.refused_links
+        return prepared
 
     def switch(self, prepared):
         """Serve what :meth:`prepare` made ready, in one rename; return the deploy's result."""
         result = prepared.result
         if prepared.slot is None:
             return result
-        record = prepared.record
-        record.since = record.since or now_iso()
-        self.layout.write_record(prepared.slot, record)
-        result["moved_aside"] = switch.switch(self.layout, prepared.slot)
+        layout = self.layout
+        prepared.record.since = prepared.record.since or now_iso()
+        layout.write_record(prepared.slot, prepared.record, flush=False)
+        if prepared.served_record is not None:
+            layout.write_record(layout.served_slot(), prepared.served_record, flush=False)
+        # The new tree on disk before anything points at it.
+        if prepared.flush is None:
+            switch.sync_filesystem(layout.home)  # a whole tree was written: flush everything at once
+        else:
+            # Only what this deploy changed: the files it wrote, the directories it changed, the bookkeeping.
+            gitdirs = [layout.gitdir(prepared.slot)]
+            if prepared.served_record is not None:
+                gitdirs.append(layout.gitdir(layout.served_slot()))
+            for path in [*prepared.flush, *(os.path.join(gitdir, "envflow.json") for gitdir in gitdirs), *gitdirs]:
+                _fsync(path)
+        result["moved_aside"] = switch.switch(layout, prepared.slot)
         result["changed"] = True
         return result
 
     # -- the standby slot ------------------------------------------------------------
 
     def _update(self, repo, served, served_record, standby, force, remedy, result):
-        """Bring ``standby`` from what it holds to the commit, after checking the served tree.
-
-        Returns the standby's new record, or ``None`` when the commit is served already, unedited.
-        """
+        """Check the served tree, then bring ``standby`` to the commit; ``None`` when it is served already, unedited."""
         layout = self.layout
-        served_repo = slots.open_repo(layout.gitdir(served), layout.tree(served), self.objects)
-        try:
-            served_index = slots.open_index(os.path.join(served_repo.path, "index"))
-            edits = slots.hand_edits(served_repo, served_index)
-        finally:
-            served_repo.free()
-        edited = {path for paths in edits.values() for path in paths}
-        if edited and not force:
-            raise Drift(drift_message(self.served.path, edits, remedy), edits)
-        new_id = str(self.commit.id)
-        if served_record.commit_id == new_id and not edited:
-            return None
-        result["discarded"] = edits if edited else None
+        # The served index, read once: the scan uses it, and it becomes the standby's with what differs
+        # (the files both trees share have the same stat data).
+        index = self._index_from(served, standby)
         new_tree = repo[self.commit.id].peel(pygit2.Tree)
         served_tree = repo[served_record.commit_id].peel(pygit2.Tree) if served_record.commit_id in repo else None
-        result["files"] = _counts(repo, served_tree, new_tree)
+        unsealed = checkout.racy_seals(served_record)
+        restamped_at = time.time_ns()
+        restamped = checkout.seal(layout.tree(served), unsealed)
+        try:
+            edits = self._scan(served, index, served_tree)
+        except BaseException:
+            _drop(index.path)
+            raise
+        edited = {path for paths in edits.values() for path in paths}
+        new_id = str(self.commit.id)
+        if (edited and not force) or (served_record.commit_id == new_id and not edited):
+            _drop(index.path)  # a refusal, or nothing to do, leaves nothing behind
+            if edited:
+                raise Drift(drift_message(self.served.path, edits, remedy), edits)
+            return None
+        result["discarded"] = edits if edited else None
+        served_to_new = _deltas(repo, served_tree, new_tree)
+        result["files"] = _counts(served_to_new)
         if edited:
             # They stay in that tree, which becomes the standby: rewrite them when it is reused.
             served_record.dirty = sorted(set(served_record.dirty) | edited)
-            layout.write_record(served, served_record)
+        else:
+            # Its scan just found the tree as the index says: the directories stamped too close to their
+            # last change to be trusted get the stamps they had before the scan, if those are old enough.
+            settled = checkout.settled(restamped, restamped_at)
+            if settled == restamped:
+                served_record.dirs.update(settled)
+                served_record.sealed_at = restamped_at
         standby_record = layout.record(standby)
         if served_tree is None:
             # The served commit is no longer in the repository: nothing can be shared with it.
-            record = self._build_whole(repo, standby, first=False)
+            prepared = self._build_whole(repo, standby, first=False)
         else:
             writer = checkout.TreeWriter(
                 repo,
@@ -240,74 +267,100 @@ class Deployment:
                 share_root=layout.tree(served),
                 share=lambda path, oid, mode: path not in edited and checkout.entry(served_tree, path) == (oid, mode),
             )
-            if _reusable(repo, standby_record):
-                record = self._bring_up_to_date(repo, writer, standby, standby_record, served_tree, edited, new_tree)
-            else:
-                record = self._link_copy(repo, writer, served, served_record, served_tree, edited, new_tree, standby)
-        repo.set_head(self.commit.id)  # for people reading the slot with git
+            new_links = checkout.links_after(served_record.links, served_to_new)
+            if not _reusable(repo, standby_record):
+                standby_record = self._link_copy(writer, served, served_record, served_tree, edited, standby)
+                index = self._index_from(served, standby)
+            prepared = self._bring_up_to_date(
+                repo, writer, index, standby, standby_record, served_tree, edited, new_tree, new_links
+            )
+        prepared.served_record = served_record
         if served_record.commit_id == new_id:
-            record.since = served_record.since  # the same commit, served all along
-        return record
+            prepared.record.since = served_record.since  # the same commit, served all along
+        return prepared
 
-    def _bring_up_to_date(self, repo, writer, standby, standby_record, served_tree, edited, new_tree):
+    def _scan(self, served, index, served_tree):
+        """The hand edits of the served tree, the scan split over two cores for a large tree."""
+        root = self.layout.tree(served)
+        served_repo = slots.open_repo(self.layout.gitdir(served), root, self.objects)
+        try:
+            halves = slots.scan_halves(index, served_tree, root) if served_tree is not None else None
+            return slots.hand_edits(served_repo, index, halves)
+        finally:
+            served_repo.free()
+
+    def _bring_up_to_date(self, repo, writer, index, standby, standby_record, served_tree, edited, new_tree, new_links):
         """The standby holds another commit: rewrite only the paths where it differs, or may differ."""
-        layout = self.layout
-        root = layout.tree(standby)
+        root = self.layout.tree(standby)
         held_tree = repo[standby_record.commit_id].peel(pygit2.Tree)
         paths = (
-            checkout.delta_paths(repo, held_tree, new_tree)
-            | checkout.delta_paths(repo, held_tree, served_tree)  # what it does not share with the served tree
+            _paths(_deltas(repo, held_tree, new_tree))
+            | _paths(_deltas(repo, held_tree, served_tree))  # what it does not share with the served tree
             | set(standby_record.dirty)
             | edited
         )
-        broken = checkout.broken_seals(root, standby_record.dirs)
-        # Marked first: a run killed while writing leaves a record that says what to redo.
-        standby_record.dirty = sorted(paths | set(standby_record.dirty))
-        layout.write_record(standby, standby_record)
-        for directory in sorted(broken):
-            paths |= writer.reconcile(new_tree, directory)
+        # A killed run, or a hand edit, shows in the directories it changed: make those hold the commit.
+        broken = checkout.broken_seals(root, standby_record)
+        for directory in sorted(broken, key=len):
+            paths |= writer.reconcile(new_tree, directory, standby_record.dirs)
         writer.make_paths_match(new_tree, paths)
-        new_links = checkout.links_after(standby_record.links, repo, held_tree, new_tree)
         refused = self._links(writer, new_tree, new_links)
-        # The served index, with what differs: the files both trees share have the same stat data.
-        index = self._index_from(self.layout.served_slot(), standby)
-        checkout.index_entries(index, root, new_tree, paths | new_links)
+        checkout.index_entries(index, root, {path: checkout.entry(new_tree, path) for path in paths | new_links})
         self._write_index(index, standby)
         dirs = {
             path: stamp
             for path, stamp in standby_record.dirs.items()
             if not any(path == gone or path.startswith(gone + "/") for gone in writer.removed_dirs)
         }
-        for path in writer.touched:
+        changed = writer.touched | broken
+        for path in changed:
             dirs.pop(path, None)
-        dirs.update(checkout.seal(root, writer.touched))
-        dirs.update(checkout.seal(root, broken))
-        return Record(commit=commit_info(self.commit), links=sorted(new_links), refused_links=refused, dirs=dirs)
+        sealed_at = time.time_ns()
+        dirs.update(checkout.seal(root, changed))
+        record = Record(
+            commit=commit_info(self.commit),
+            links=sorted(new_links),
+            refused_links=refused,
+            dirs=dirs,
+            sealed_at=sealed_at,
+        )
+        gitdir = self.layout.gitdir(standby)
+        flush = [
+            *writer.written,
+            *(f"{root}/{path}" if path else root for path in changed if path in dirs),
+            os.path.join(gitdir, "index"),
+        ]
+        return Prepared(None, slot=standby, record=record, flush=flush)
 
-    def _link_copy(self, repo, writer, served, served_record, served_tree, edited, new_tree, standby):
-        """The standby cannot be reused: make it the served tree (hard links), then bring it up to date."""
+    def _link_copy(self, writer, served, served_record, served_tree, edited, standby):
+        """The standby cannot be reused: make it the served tree (hard links); return its record.
+
+        Rare (a standby lost, or made by an older envflow); it costs a link per file.
+        """
         layout = self.layout
         root = layout.tree(standby)
         layout.drop_record(standby)
         _empty(root)
         refused = {link["path"] for link in served_record.refused_links}
-        for path, oid, mode in checkout.walk(served_tree):
-            if path not in refused:
-                writer.write(path, oid, mode)
+        entries = {path: (oid, mode) for path, oid, mode in checkout.walk(served_tree) if path not in refused}
+        writer.link_all(entries, rewrite=edited)
+        dirs, sealed_at = checkout.seal_after_tick(root, writer.touched, time.time_ns())
         copied = Record(
             commit=served_record.commit,
             links=served_record.links,
             refused_links=served_record.refused_links,
-            dirs=checkout.seal(root, writer.touched),
+            dirs=dirs,
             dirty=sorted(edited),
+            sealed_at=sealed_at,
         )
-        layout.write_record(standby, copied)
-        # The links changed the ctime of every file they share: refresh both indexes, or each scan reads them all.
-        self._refresh_index(served, served, served_tree, exclude=edited)
+        # The links changed the ctime of every file they share: stamp the served index again,
+        # or each scan reads every file.
+        index = self._index_from(served, served)
+        checkout.index_entries(index, layout.tree(served), {p: e for p, e in entries.items() if p not in edited})
+        self._write_index(index, served)
         writer.touched.clear()
-        record = self._bring_up_to_date(repo, writer, standby, copied, served_tree, edited, new_tree)
-        self._refresh_index(standby, standby, new_tree)
-        return record
+        writer.written.clear()
+        return copied
 
     def _build_whole(self, repo, slot, first):
         """Write the whole commit into ``slot``; on a first deploy make the other slot too (hard links).
@@ -322,62 +375,96 @@ class Deployment:
         tree = repo[self.commit.id].peel(pygit2.Tree)
         writer = checkout.TreeWriter(repo, root)
         written = writer.fill(tree)
-        link_paths = {path for path, (_oid, mode) in written.items() if mode == pygit2.enums.FileMode.LINK}
+        link_paths = {path for path, (_oid, mode) in written.items() if mode == FileMode.LINK}
         refused = writer.refuse_unsafe_links(link_paths)
+        sealed_at = time.time_ns()
         sealed = checkout.seal(root, writer.touched)
         if first:
             other = layout.other(slot)
             slots.prepare_gitdir(layout.gitdir(other), self.objects)
             layout.drop_record(other)
             _empty(layout.tree(other))
-            copier = checkout.TreeWriter(repo, layout.tree(other), share_root=root, share=lambda *_: True)
+            copier = checkout.TreeWriter(repo, layout.tree(other), share_root=root)
             refused_paths = {link["path"] for link in refused}
-            for path, (oid, mode) in written.items():
-                if path not in refused_paths:
-                    copier.write(path, oid, mode)
+            copier.link_all({path: held for path, held in written.items() if path not in refused_paths})
+            # Sealed a tick later, so that the next deploy can trust every stamp (that slot is not served first).
+            dirs, sealed_at = checkout.seal_after_tick(layout.tree(other), copier.touched, time.time_ns())
             layout.write_record(
                 other,
                 Record(
                     commit=commit_info(self.commit),
                     links=sorted(link_paths),
                     refused_links=refused,
-                    dirs=checkout.seal(layout.tree(other), copier.touched),
+                    dirs=dirs,
+                    sealed_at=sealed_at,
                 ),
             )
         # After the links: they changed every file's ctime.
         index = self._index_from(None, slot)
-        checkout.index_entries(index, root, tree, written)
+        checkout.index_entries(index, root, written)
         self._write_index(index, slot)
-        return Record(commit=commit_info(self.commit), links=sorted(link_paths), refused_links=refused, dirs=sealed)
+        record = Record(
+            commit=commit_info(self.commit),
+            links=sorted(link_paths),
+            refused_links=refused,
+            dirs=sealed,
+            sealed_at=sealed_at,
+        )
+        return Prepared(None, slot=slot, record=record, flush=None)
 
     def _links(self, writer, tree, link_paths):
         writer.restore_links(tree, link_paths)
         return writer.refuse_unsafe_links(link_paths)
 
     def _index_from(self, source, slot):
-        """A new index for ``slot``: a copy of ``source``'s index, or empty when ``source`` is ``None``.
+        """A new index for ``slot``, from ``source``'s index (hard-linked, read once), or empty.
 
-        Write it with :meth:`_write_index`; until then the slot's index is untouched.
+        Write it with :meth:`_write_index`: libgit2 writes a new file and
+        renames it into place, so ``source``'s index is never changed.
         """
         target = os.path.join(self.layout.gitdir(slot), "index.next")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(target)
+        _drop(target)
         if source is not None:
-            shutil.copyfile(os.path.join(self.layout.gitdir(source), "index"), target)
+            os.link(os.path.join(self.layout.gitdir(source), "index"), target)
         return slots.open_index(target)
-
-    def _refresh_index(self, source, slot, tree, exclude=()):
-        """Stamp every entry of ``slot``'s index (but ``exclude``) with its file's stat data now."""
-        index = self._index_from(source, slot)
-        paths = [path for path, _oid, _mode in checkout.walk(tree) if path not in exclude]
-        checkout.index_entries(index, self.layout.tree(slot), tree, paths)
-        self._write_index(index, slot)
 
     def _write_index(self, index, slot):
         """Make ``index`` (from :meth:`_index_from`) the slot's index, in one rename."""
         index.write()
         gitdir = self.layout.gitdir(slot)
         os.replace(os.path.join(gitdir, "index.next"), os.path.join(gitdir, "index"))
+
+
+def _deltas(repo, old_tree, new_tree):
+    """The deltas between two trees (``old_tree`` ``None``: everything added), as a list."""
+    if old_tree is None:
+        return list(new_tree.diff_to_tree(swap=True).deltas)
+    return list(repo.diff(old_tree, new_tree).deltas)
+
+
+def _paths(deltas):
+    return {delta.old_file.path for delta in deltas} | {delta.new_file.path for delta in deltas}
+
+
+def _counts(deltas):
+    counts = {"added": 0, "modified": 0, "deleted": 0}
+    for delta in deltas:
+        counts[{DeltaStatus.ADDED: "added", DeltaStatus.DELETED: "deleted"}.get(delta.status, "modified")] += 1
+    return counts
+
+
+def _drop(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _fsync(path):
+    with contextlib.suppress(FileNotFoundError):
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def _reusable(repo, record):

@@ -14,7 +14,7 @@ import threading
 
 import pygit2
 from pygit2 import C, ffi
-from pygit2.enums import DeltaStatus, DiffOption
+from pygit2.enums import DeltaStatus, DiffOption, FileMode
 from pygit2.errors import check_error
 from pygit2.utils import StrArray
 
@@ -96,8 +96,10 @@ def open_repo(gitdir, tree, objects):
 
 
 def open_index(path):
-    """The index file at ``path`` (empty when there is none), as a :class:`pygit2.Index`."""
-    return pygit2.Index(path)
+    """The index file at ``path`` (empty when there is none), as a :class:`pygit2.Index` knowing its ``path``."""
+    index = pygit2.Index(path)
+    index.path = path
+    return index
 
 
 def set_entry(index, path, oid, mode, stat):
@@ -151,33 +153,76 @@ def _edits_of(deltas):
     return edits
 
 
+def scan_halves(index, tree, root, minimum=4000):
+    """Split a scan of ``root`` (holding ``tree``, listed by ``index``) into two halves of similar size.
+
+    Returns two lists of paths (directories and files) that cover the tree
+    between them, or ``None`` for a small tree (a thread costs more than it
+    saves). Directories too big for one half are split by their entries; their
+    own listing is checked here, and any name the tree does not have there
+    (added by hand) goes to the first half, which reports it.
+    """
+    total = len(index)
+    if total < minimum:
+        return None
+    paths = [entry.path for entry in (index[position] for position in range(0, total, max(1, total // 512)))]
+
+    def size(path):
+        # Index entries are sorted by path: those under ``path/`` sit between ``path/`` and ``path0``.
+        return max(1, sum(1 for sample in paths if sample.startswith(path + "/")) * max(1, total // 512))
+
+    frontier = {item.name: (item, size(item.name) if item.filemode == FileMode.TREE else 1) for item in tree}
+    opened = [("", tree)]
+    while frontier:
+        name, (item, count) = max(frontier.items(), key=lambda pair: pair[1][1])
+        if count * 2 <= total or item.filemode != FileMode.TREE:
+            break
+        del frontier[name]
+        opened.append((name, item))
+        for child in item:
+            path = f"{name}/{child.name}"
+            frontier[path] = (child, size(path) if child.filemode == FileMode.TREE else 1)
+    halves, weights = ([], []), [0, 0]
+    for name, (_item, count) in sorted(frontier.items(), key=lambda pair: -pair[1][1]):
+        lighter = 0 if weights[0] <= weights[1] else 1
+        halves[lighter].append(name)
+        weights[lighter] += count
+    for directory, item in opened:
+        expected = {child.name for child in item}
+        try:
+            found = os.listdir(os.path.join(root, directory)) if directory else os.listdir(root)
+        except OSError:
+            continue  # gone: the half holding its entries reports them deleted
+        halves[0].extend(f"{directory}/{name}" if directory else name for name in found if name not in expected)
+    return halves if all(halves) else None
+
+
 def hand_edits(repo, index, halves=None):
     """The files of ``repo``'s work tree that differ from ``index``: ``{"added", "modified", "deleted"}``.
 
     Added covers untracked and ignored files (Salt serves those too).
-    ``halves``, two lists of paths covering the whole tree between them, splits
-    the scan over two threads, each with its own copy of ``index`` read from
-    disk, so it runs on two cores.
+    ``halves`` (from :func:`scan_halves`) splits the scan over two threads,
+    the second with its own copy of the index read from ``index``'s file, so
+    it runs on two cores.
     """
     if not halves:
         deltas = _diff_to_workdir(repo, index, None)
     else:
         found, failures = {}, []
 
-        def scan(number, paths, own_index):
+        def scan(number, scan_repo, scan_index):
             try:
-                found[number] = _diff_to_workdir(repo_for[number], own_index, paths)
+                found[number] = _diff_to_workdir(scan_repo, scan_index, halves[number])
             except Exception as exc:  # pylint: disable=broad-except
                 failures.append(exc)
 
-        second_repo = pygit2.Repository(repo.path)
-        second_repo.workdir = repo.workdir
-        repo_for = {0: repo, 1: second_repo}
-        helper = threading.Thread(target=scan, args=(1, halves[1], open_index(index.path)))
+        second = pygit2.Repository(repo.path)
+        second.workdir = repo.workdir
+        helper = threading.Thread(target=scan, args=(1, second, open_index(index.path)))
         helper.start()
-        scan(0, halves[0], index)
+        scan(0, repo, index)
         helper.join()
-        second_repo.free()
+        second.free()
         if failures:
             raise failures[0]
         deltas = found[0] + found[1]

@@ -67,11 +67,10 @@ def tidy(layout):
 def switch(layout, slot):
     """Point ``path`` at ``slot`` in one rename: readers see the old tree or the new one, whole.
 
-    On the first deploy something usually stands at ``path``; it is
+    The caller has flushed the new tree to disk. On the first deploy something usually stands at ``path``; it is
     exchanged with the symlink in one ``renameat2(RENAME_EXCHANGE)``, so
     ``path`` is never missing, then put aside. Returns where it went.
     """
-    sync_filesystem(layout.home)  # the new tree on disk before anything points at it
     os.symlink(layout.link_text(slot), layout.staging)
     moved = None
     if layout.served_slot() is None and os.path.lexists(layout.path):

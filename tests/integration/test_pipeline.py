@@ -108,6 +108,23 @@ def test_back_to_back_deploys_serve_the_second(site, route):
     assert site.minion_reads(MOTD) == second_content
 
 
+# Issue 6, defect 1: only the first two deploys of an environment used to refuse an outward symlink.
+@pytest.mark.parametrize("force", [False, True])
+def test_an_outward_symlink_is_never_served_by_a_reused_standby(site, force):
+    """Three deploys reuse both slots; then a commit adds ``leak -> /etc/passwd``: no minion reads the master's file."""
+    for label in ("one", "two", "three"):
+        site.remote.commit("develop", {MOTD: fresh_motd(label)}, f"deploy {label}")
+        assert ok(site.call("envflow.deploy", "test"))["changed"] is True
+    site.remote.commit("develop", {"leak": gitrepo.Symlink("/etc/passwd")}, "a symlink out of the tree")
+    done = ok(site.call("envflow.deploy", "test", *(["force=True"] if force else [])))
+    assert done["refused_links"] == [{"path": "leak", "target": "/etc/passwd"}]
+    assert not os.path.lexists(os.path.join(site.paths["test"], "leak"))
+    assert site.minion_reads("leak", saltenv="test") is False
+    assert "leak" not in ok(site.call("cp.list_master", "saltenv=test"))
+    site.remote.commit("develop", {"leak": None}, "no more link")
+    ok(site.call("envflow.deploy", "test"))
+
+
 # 4
 def test_promote_prod_refused_while_master_has_a_hotfix(site):
     """A commit on master that stage lacks blocks ``promote prod``, listed in a one-line message; nothing changes."""
