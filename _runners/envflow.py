@@ -7,9 +7,7 @@ dict; on failure it holds ``retcode: 1`` and a one-line ``error``, so
 """
 
 import contextlib
-import datetime
 import functools
-import re
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -19,7 +17,6 @@ try:
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, redact
     from envflow.served import ServedDir
-    from envflow.text import echo, short
 
     HAS_ENVFLOW = True
 except ImportError:
@@ -228,23 +225,6 @@ def minions(env):
     return {"env": env, "target": environment.target, "minions": _target_minions(environment)}
 
 
-def _last_state_job(since, minions):
-    """The newest finished highstate in the job cache started after ``since`` (``None``: any time).
-
-    Finished: every targeted minion answered, so a run still going is passed
-    over rather than judged half done. With ``minions`` (the environment's),
-    only runs that targeted all of them count.
-    """
-    listed = __salt__["jobs.list_jobs"](search_function=list(jobs.STATE_FUNCTIONS))
-    utc = __opts__.get("utc_jid", False)
-    for jid in sorted((jid for jid in listed if since is None or jobs.jid_time(jid, utc) >= since), reverse=True):
-        job = __salt__["jobs.list_job"](jid)
-        targeted = set(job.get("Minions") or [])
-        if jobs.is_highstate(job) and targeted <= set(job.get("Result") or {}) and set(minions or ()) <= targeted:
-            return jid
-    return None
-
-
 @_reported
 def verify(env, jid=None, dry_run=False):
     """
@@ -279,30 +259,16 @@ def verify(env, jid=None, dry_run=False):
         if served is None:
             return _failure(f"envflow: nothing is deployed in {env}, so there is nothing to verify")
         entry = {"by": _user()}
-        if jid is not None and not re.fullmatch(r"\d{20}|last", str(jid)):
-            return _failure(
-                f"envflow: jid {echo(jid)} is not a job id; give one such as 20261127211425123456, or jid=last"
-            )
         if jid is not None:
-            # Trees deployed by envflow before it recorded deployed_at have no start to compare with.
-            since = datetime.datetime.fromisoformat(served["deployed_at"]) if served.get("deployed_at") else None
-            minions = _target_minions(environment) or ()
-            jid = _last_state_job(since, minions) if str(jid) == "last" else str(jid)
-            if jid is None:
-                return _failure(
-                    f"envflow: no finished state run of {env}'s minions in the job cache since {env} began "
-                    f"serving {short(served['id'])}; apply their states first"
-                )
-            problems = jobs.failures(__salt__["jobs.list_job"](jid), minions)
-            if not problems and since and jobs.jid_time(jid, __opts__.get("utc_jid", False)) < since:
-                problems = [f"it started before {env} began serving {short(served['id'])}"]
-            if problems:
-                return _failure(
-                    f"envflow: job {jid} does not verify {short(served['id'])} in {env}: "
-                    + "; ".join(problems)
-                    + "; nothing was recorded"
-                )
-            entry["jid"] = jid
+            jid = entry["jid"] = jobs.verified_job(
+                env,
+                served,
+                jid,
+                jids=lambda: __salt__["jobs.list_jobs"](search_function=list(jobs.STATE_FUNCTIONS)),
+                job_of=__salt__["jobs.list_job"],
+                minions=_target_minions(environment) or (),
+                utc=__opts__.get("utc_jid", False),
+            )
         report = {"env": env, "commit": served["id"], "verified_by": entry["by"], "jid": jid}
         if dry_run:
             return {"dry_run": True, **report}

@@ -5,6 +5,10 @@ Works on the dict ``salt-run jobs.list_job <jid>`` returns (``Function``,
 """
 
 import datetime
+import re
+
+from envflow.errors import EnvflowError
+from envflow.text import echo, short
 
 # A verification needs the environment's whole state run: a highstate, or state.apply without mods.
 STATE_FUNCTIONS = ("state.highstate", "state.apply")
@@ -87,3 +91,53 @@ def failures(job, expected=()):
         elif answer.get("retcode") not in (None, 0):
             problems.append(f"{minion}: returned retcode {answer.get('retcode')}")
     return problems
+
+
+def newest_highstate(jids, job_of, since, minions, utc=False):
+    """The newest finished highstate among ``jids`` started after ``since`` (``None``: any time), or ``None``.
+
+    Finished: every targeted minion answered, so a run still going is passed
+    over rather than judged half done. With ``minions`` (the environment's),
+    only runs that targeted all of them count. ``job_of(jid)`` reads a job
+    from the job cache.
+    """
+    for jid in sorted((jid for jid in jids if since is None or jid_time(jid, utc) >= since), reverse=True):
+        job = job_of(jid)
+        targeted = set(job.get("Minions") or [])
+        if is_highstate(job) and targeted <= set(job.get("Result") or {}) and set(minions or ()) <= targeted:
+            return jid
+    return None
+
+
+def verified_job(env, served, jid, jids, job_of, minions=(), utc=False):
+    """The job that verifies ``served`` (the commit ``env`` serves, with ``deployed_at``) in ``env``.
+
+    ``jid`` is a job id or ``last`` (the newest finished highstate of
+    ``env``'s ``minions`` since ``env`` began serving the commit, among
+    ``jids()``). Raises :class:`EnvflowError` saying why the job does not
+    verify it; nothing is recorded then.
+    """
+    if not re.fullmatch(r"\d{20}|last", str(jid)):
+        raise EnvflowError(
+            f"envflow: jid {echo(jid)} is not a job id; give one such as 20261127211425123456, or jid=last"
+        )
+    # Trees deployed by envflow before it recorded deployed_at have no start to compare with.
+    since = datetime.datetime.fromisoformat(served["deployed_at"]) if served.get("deployed_at") else None
+    if str(jid) == "last":
+        jid = newest_highstate(jids(), job_of, since, minions, utc)
+        if jid is None:
+            raise EnvflowError(
+                f"envflow: no finished state run of {env}'s minions in the job cache since {env} began "
+                f"serving {short(served['id'])}; apply their states first"
+            )
+    jid = str(jid)
+    problems = failures(job_of(jid), minions)
+    if not problems and since and jid_time(jid, utc) < since:
+        problems = [f"it started before {env} began serving {short(served['id'])}"]
+    if problems:
+        raise EnvflowError(
+            f"envflow: job {jid} does not verify {short(served['id'])} in {env}: "
+            + "; ".join(problems)
+            + "; nothing was recorded"
+        )
+    return jid
