@@ -285,7 +285,8 @@ class Deployment:
         served_repo = slots.open_repo(self.layout.gitdir(served), root, self.objects)
         try:
             halves = slots.scan_halves(index, served_tree, root) if served_tree is not None else None
-            return slots.hand_edits(served_repo, index, halves)
+            # Restamped in the index that becomes the standby's (the served one is never written).
+            return slots.hand_edits(served_repo, index, halves, restamp=True)
         finally:
             served_repo.free()
 

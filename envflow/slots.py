@@ -130,11 +130,17 @@ def remove_entry(index, path):
     C.git_index_remove(index._index, os.fsencode(path), 0)  # pylint: disable=protected-access
 
 
-def _diff_to_workdir(repo, index, paths):
-    """The deltas between ``index`` and ``repo``'s work tree, limited to ``paths`` (exact paths or directories)."""
+def _diff_to_workdir(repo, index, paths, restamp=False):
+    """The deltas between ``index`` and ``repo``'s work tree, limited to ``paths`` (exact paths or directories).
+
+    ``restamp``: a file whose stat data changed but whose content did not
+    (a hard link added, ``touch``) gets its new stat data in ``index``, so
+    the next scan does not read it again.
+    """
     options = ffi.new("git_diff_options *")
     check_error(C.git_diff_options_init(options, 1))
     flags = _SCAN_FLAGS | (DiffOption.DISABLE_PATHSPEC_MATCH if paths else 0)
+    flags |= DiffOption.UPDATE_INDEX if restamp else 0
     options.flags = int(flags)
     listed = StrArray(list(paths) if paths else None)
     if paths:
@@ -197,22 +203,23 @@ def scan_halves(index, tree, root, minimum=4000):
     return halves if all(halves) else None
 
 
-def hand_edits(repo, index, halves=None):
+def hand_edits(repo, index, halves=None, restamp=False):
     """The files of ``repo``'s work tree that differ from ``index``: ``{"added", "modified", "deleted"}``.
 
     Added covers untracked and ignored files (Salt serves those too).
     ``halves`` (from :func:`scan_halves`) splits the scan over two threads,
     the second with its own copy of the index read from ``index``'s file, so
-    it runs on two cores.
+    it runs on two cores. ``restamp``: see :func:`_diff_to_workdir` (the
+    first half's entries only).
     """
     if not halves:
-        deltas = _diff_to_workdir(repo, index, None)
+        deltas = _diff_to_workdir(repo, index, None, restamp)
     else:
         found, failures = {}, []
 
         def scan(number, scan_repo, scan_index):
             try:
-                found[number] = _diff_to_workdir(scan_repo, scan_index, halves[number])
+                found[number] = _diff_to_workdir(scan_repo, scan_index, halves[number], restamp and number == 0)
             except Exception as exc:  # pylint: disable=broad-except
                 failures.append(exc)
 
