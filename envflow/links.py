@@ -3,11 +3,16 @@
 Salt's ``roots`` file server follows symlinks: ``leak -> /etc/passwd`` would
 hand the master's file to every minion, and ``loop -> .`` (or ``a/l -> ../b``
 with ``b/l -> ../a``) makes its file walk endless. A link is refused when its
-target is absolute, when it resolves outside the tree, or when it leads into a
-directory from which a walk following links comes back to it.
+target is absolute, when resolving it steps out of the tree at any point (even
+to come back: ``../stage/x`` means something else in each place the tree is
+put), or when it leads into a directory from which a walk following links
+comes back to it.
 """
 
 import os
+
+# As the kernel does (ELOOP): a resolution that expands this many links is a loop.
+_MAX_EXPANSIONS = 40
 
 
 def unsafe_links(root, paths):
@@ -22,15 +27,44 @@ def unsafe_links(root, paths):
         full = os.path.join(root, path)
         if not os.path.islink(full):
             continue
-        target = os.readlink(full)
-        resolved = os.path.realpath(full)
-        if os.path.isabs(target) or not resolved.startswith(root + os.sep):
-            refused[path] = target
-        elif os.path.isdir(resolved):
+        resolved = _resolve(root, path)
+        if resolved is None:
+            refused[path] = os.readlink(full)
+        elif os.path.isdir(resolved) and not os.path.islink(resolved):
             into_dirs[path] = resolved
     for path in _walk_cycles(root, into_dirs):
         refused[path] = os.readlink(os.path.join(root, path))
     return [{"path": path, "target": refused[path]} for path in sorted(refused)]
+
+
+def _resolve(root, path):
+    """Where ``path`` leads, as a path under ``root`` with every link followed, or ``None`` if it leaves the tree.
+
+    Resolution goes component by component, as the kernel's does, but the
+    tree's root is a wall: ``..`` there, or an absolute target, leaves the
+    tree. A link that does not lead anywhere (dangling) resolves to where it
+    points, inside the tree.
+    """
+    pending, resolved, expansions = path.split("/"), [], 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                return None
+            resolved.pop()
+            continue
+        full = os.path.join(root, *resolved, part)
+        if os.path.islink(full):
+            expansions += 1
+            target = os.readlink(full)
+            if expansions > _MAX_EXPANSIONS or os.path.isabs(target):
+                return None
+            pending = target.split("/") + pending
+        else:
+            resolved.append(part)
+    return os.path.join(root, *resolved)
 
 
 def _walk_cycles(root, into_dirs):
@@ -41,7 +75,7 @@ def _walk_cycles(root, into_dirs):
     link below it; a link that can lead back to itself makes the walk endless.
     """
     below = {
-        path: {other for other in into_dirs if os.path.join(root, other).startswith(target + os.sep)}
+        path: {other for other in into_dirs if (os.path.join(root, other) + os.sep).startswith(target + os.sep)}
         for path, target in into_dirs.items()
     }
     cycling = set()

@@ -265,23 +265,29 @@ def test_symlinks_leading_out_of_the_tree_are_never_served(served, mirror, remot
             "web/parent": Symlink(".."),
             "web/abs": Symlink(served.path + "/top.sls"),
             "web/main.sls": Symlink("init.sls"),
+            # Into web, where web/parent leads back up: part of that cycle, so refused too.
             "shared": Symlink("web"),
+            "db/init.sls": "# db\n",
+            "alias": Symlink("db"),
+            "web/back": Symlink("../../stage/top.sls"),  # out of the tree and back into one named stage
         },
     )
     result = deploy(served, mirror, "stage")
     assert sorted(link["path"] for link in result["refused_links"]) == [
         "leak",
         "loop",
+        "shared",
         "web/abs",
+        "web/back",
         "web/parent",
         "web/up",
     ]
     assert {"path": "leak", "target": "/etc/passwd"} in result["refused_links"]
     files = tree_files(served.path)
-    for refused in ("leak", "web/up", "loop", "web/parent", "web/abs"):
+    for refused in ("leak", "web/up", "loop", "web/parent", "web/abs", "shared", "web/back"):
         assert not os.path.lexists(os.path.join(served.path, refused))
     assert files["web/main.sls"] == Symlink("init.sls")
-    assert files["shared"] == Symlink("web")
+    assert files["alias"] == Symlink("db")
     # Refused links are not hand edits: the next deploys go through without force.
     assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
     remote.commit("stage", {"web/init.sls": "# web v2\n"})
@@ -292,7 +298,9 @@ def test_symlinks_leading_out_of_the_tree_are_never_served(served, mirror, remot
         assert sorted(link["path"] for link in result["refused_links"]) == [
             "leak",
             "loop",
+            "shared",
             "web/abs",
+            "web/back",
             "web/parent",
             "web/up",
         ]
