@@ -11,7 +11,8 @@ comes back to it.
 
 import os
 
-# As the kernel does (ELOOP): a resolution that expands this many links is a loop.
+# As the kernel does (ELOOP): a resolution that expands this many links is a loop of links, which
+# leads nowhere (Salt cannot read it either) and is served as it is, like a dangling link.
 _MAX_EXPANSIONS = 40
 
 
@@ -43,7 +44,7 @@ def _resolve(root, path):
     Resolution goes component by component, as the kernel's does, but the
     tree's root is a wall: ``..`` there, or an absolute target, leaves the
     tree. A link that does not lead anywhere (dangling) resolves to where it
-    points, inside the tree.
+    points, inside the tree; a loop of links (``x -> x``) to itself.
     """
     pending, resolved, expansions = path.split("/"), [], 0
     while pending:
@@ -59,8 +60,10 @@ def _resolve(root, path):
         if os.path.islink(full):
             expansions += 1
             target = os.readlink(full)
-            if expansions > _MAX_EXPANSIONS or os.path.isabs(target):
+            if os.path.isabs(target):
                 return None
+            if expansions > _MAX_EXPANSIONS:
+                return os.path.join(root, path)
             pending = target.split("/") + pending
         else:
             resolved.append(part)
