@@ -75,7 +75,7 @@ def seal(root, dirs):
     for path in dirs:
         try:
             found = os.lstat(os.path.join(root, path))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         if stat.S_ISDIR(found.st_mode):
             sealed[path] = [found.st_ino, found.st_mtime_ns, found.st_ctime_ns]
@@ -139,7 +139,7 @@ class TreeWriter:
     def _lstat(self, path):
         try:
             return os.lstat(self._full(path))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def _parents_real(self, directory):
@@ -255,6 +255,7 @@ class TreeWriter:
     def fill(self, tree):
         """Write all of ``tree`` into the (empty) slot; return ``{path: (id, mode)}`` of what it holds."""
         written = {}
+        self.touched.add("")  # every directory is new, the root too: all of them are sealed
         for path, oid, mode in walk(tree):
             self.make_dir(_parent(path))
             full = f"{self.root}/{path}"
@@ -270,6 +271,7 @@ class TreeWriter:
 
         Paths in ``rewrite`` are written from the repository instead.
         """
+        self.touched.add("")
         for path, (oid, mode) in entries.items():
             self.make_dir(_parent(path))
             full = f"{self.root}/{path}"
@@ -354,7 +356,7 @@ def index_entries(index, root, entries):
         if held is not None:
             try:
                 found = os.lstat(os.path.join(root, path))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 found = None
         if found is None or stat.S_ISDIR(found.st_mode):
             slots.remove_entry(index, path)

@@ -425,6 +425,7 @@ class Deployment:
         """
         target = os.path.join(self.layout.gitdir(slot), "index.next")
         _drop(target)
+        _drop(target + ".lock")  # left by a run killed while libgit2 wrote it
         if source is not None:
             os.link(os.path.join(self.layout.gitdir(source), "index"), target)
         return slots.open_index(target)

@@ -1,5 +1,6 @@
 import datetime
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -521,3 +522,37 @@ def test_a_file_left_by_a_killed_exchange_is_put_aside_not_deleted(served, mirro
     deploy(served, mirror, "stage")
     with open(served.path + ".pre-envflow", encoding="utf-8") as handle:
         assert handle.read() == "a file that stood at the path\n"
+
+
+def test_a_file_deleted_by_hand_at_the_root_of_the_standby_is_restored(served, mirror, remote):
+    """Found by the engine's model: a tree with no subdirectory left the standby's root unsealed."""
+    remote.commit("stage", {"top.sls": None, "web/init.sls": None, "a.sls": "# a\n", "b.sls": "# b\n"})
+    deploy(served, mirror, "stage")
+    os.unlink(os.path.join(_standby(served), "b.sls"))
+    remote.commit("stage", {"a.sls": "# a v2\n"})
+    deploy(served, mirror, "stage")
+    assert tree_files(served.path) == {"a.sls": "# a v2\n", "b.sls": "# b\n"}
+
+
+def test_a_directory_holding_a_directory_becomes_a_file(served, mirror, remote):
+    """Found by the engine's model: sealing ``web/files`` after ``web`` became a file failed (ENOTDIR)."""
+    remote.commit("stage", {"web/files/app.conf": "port = 80\n"})
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": None, "web/files/app.conf": None})
+    shutil.rmtree(os.path.join(remote.work, "web"))  # the empty directories git leaves in the work tree
+    remote.commit("stage", {"web": "# now a file\n"})
+    deploy(served, mirror, "stage")
+    assert tree_files(served.path) == {"top.sls": V1["top.sls"], "web": "# now a file\n"}
+
+
+def test_an_index_lock_left_by_a_killed_deploy_does_not_block_the_next(served, mirror, remote):
+    """Found by the engine's model: libgit2's ``index.next.lock``, left by a kill, failed every later deploy."""
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    gitdir = os.path.join(os.path.dirname(served.path), ".stage.envflow", os.path.basename(_standby(served)) + ".git")
+    with open(os.path.join(gitdir, "index.next.lock"), "w", encoding="utf-8"):
+        pass
+    remote.commit("stage", {"web/init.sls": "# web v3\n"})
+    deploy(served, mirror, "stage")
+    assert tree_files(served.path)["web/init.sls"] == "# web v3\n"
