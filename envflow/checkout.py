@@ -131,6 +131,7 @@ class TreeWriter:
         self.touched = set()  # directories whose entries changed
         self.removed_dirs = set()  # directories removed with what they held
         self.written = []  # files written with new content, for the caller to flush
+        self.emptied = set()  # directories something was removed from: empty ones are pruned
         self._real = {""}
 
     def _full(self, path):
@@ -169,6 +170,7 @@ class TreeWriter:
         else:
             os.unlink(self._full(path))
         self.touched.add(_parent(path))
+        self.emptied.add(_parent(path))
 
     def make_dir(self, directory):
         """Make ``directory`` a real directory, replacing a file or symlink that stands in its way."""
@@ -218,12 +220,19 @@ class TreeWriter:
         self.written.append(full)
 
     def prune(self, directories):
-        """Remove each of ``directories`` that is empty, and then its parents while they are empty."""
+        """Remove each of ``directories`` that is empty, and then its parents while they are empty.
+
+        A directory already gone (removed with what held it) passes the
+        check on to its parent, which may be empty now.
+        """
         for start in sorted(directories, key=len, reverse=True):
             directory = start
             while directory:
                 try:
                     os.rmdir(self._full(directory))
+                except (FileNotFoundError, NotADirectoryError):
+                    directory = _parent(directory)
+                    continue
                 except OSError:
                     break
                 self._forget(directory)
@@ -250,6 +259,8 @@ class TreeWriter:
         self.prune({_parent(path) for path in removals})
         for path in sorted(writes):
             self.write(path, *writes[path])
+        # What a broken seal's repair removed may have emptied directories the paths above never reach.
+        self.prune(self.emptied)
         return writes
 
     def fill(self, tree):

@@ -556,3 +556,17 @@ def test_an_index_lock_left_by_a_killed_deploy_does_not_block_the_next(served, m
     remote.commit("stage", {"web/init.sls": "# web v3\n"})
     deploy(served, mirror, "stage")
     assert tree_files(served.path)["web/init.sls"] == "# web v3\n"
+
+
+def test_a_directory_emptied_by_a_broken_seals_repair_is_not_served(served, mirror, remote):
+    """Found by the engine's model: the repair removed ``d/e`` whole, and ``d`` stayed behind, empty."""
+    remote.commit("stage", {"d/e/f.sls": "# f\n"})
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    with open(os.path.join(_standby(served), "d", "e", "planted.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# planted\n")
+    remote.commit("stage", {"d/e/f.sls": None})
+    deploy(served, mirror, "stage")
+    assert tree_files(served.path) == {"top.sls": V1["top.sls"], "web/init.sls": "# web v2\n"}
+    assert not os.path.lexists(os.path.join(served.path, "d"))
