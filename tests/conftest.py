@@ -2,8 +2,27 @@ import pathlib
 import tempfile
 
 import pytest
+from hypothesis import Phase, settings
 
 from tests.gitrepo import Remote
+
+# The deploy engine's model (tests/unit/test_engine_model.py) runs engine-ci unless
+# --hypothesis-profile=engine-long is given; registered here, before pytest reads that option.
+# engine-ci does not shrink a failure: on these steps shrinking takes minutes, and the
+# unshrunk steps are printed whole; engine-long shrinks.
+settings.register_profile(
+    "engine-ci",
+    max_examples=30,
+    stateful_step_count=15,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    report_multiple_bugs=False,
+    phases=[Phase.explicit, Phase.generate],
+)
+settings.register_profile(
+    "engine-long", max_examples=300, stateful_step_count=40, database=None, deadline=None, print_blob=True
+)
 
 
 @pytest.fixture
