@@ -53,10 +53,15 @@ def deploy_until_killed(path, repo, cache, rev, ready, failure):
         return 1
 
 
+def deployed(path):
+    """What the engine says ``path`` serves (``{"id": <commit id>, ...}``), or ``None``."""
+    return ServedDir(path).deployed()
+
+
 def served_commit(path):
     """The id of the commit ``path`` serves, or ``None``."""
-    deployed = ServedDir(path).deployed()
-    return deployed["id"] if deployed else None
+    description = deployed(path)
+    return description["id"] if description else None
 
 
 def refused_links(result):
