@@ -166,6 +166,31 @@ def test_a_file_becomes_a_directory_where_the_standby_copy_was_edited(env, edit)
     assert env.differences() == []
 
 
+def test_a_file_made_a_directory_by_hand_then_by_a_commit_deploys(env):
+    """Fails with ``null OID cannot exist``: a hot fix by hand, discarded with force=True, then committed properly.
+
+    The discarded edit stays in the old tree, the standby now; the next
+    deploy brings that tree up to date and trips on it.
+    """
+    env.step({**TOP, "a": File(b"# a file\n")})
+    env.step(variant(1, {**TOP, "a": File(b"# a file\n")}))
+    os.unlink(os.path.join(env.path, "a"))
+    os.mkdir(os.path.join(env.path, "a"))
+    with open(os.path.join(env.path, "a", "inside.sls"), "wb") as handle:
+        handle.write(b"# by hand\n")
+    env.deploy(env.history.commits[-1], force=True)
+    env.step({**TOP, "a/inside.sls": File(b"# inside\n")})
+    assert env.differences() == []
+
+
+def test_refused_links_lists_only_links_of_the_commit(env):
+    """A reused slot keeps the links of the commit it held before: refused_links names one this commit lacks."""
+    env.step({**TOP, "leak": Link("/etc/passwd")})
+    env.step(variant(1))
+    result = env.step(variant(2))
+    assert refused_links(result) == []
+
+
 def test_a_refused_link_becomes_a_directory(env):
     """Fails with ``odb: cannot read object: null OID cannot exist``: the refused link is missing from the slot."""
     env.step({**EXEC_OFF, "a": Link("/etc/passwd")})
