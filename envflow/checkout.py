@@ -70,14 +70,29 @@ _TICK_NS = 20_000_000
 
 
 def seal(root, dirs):
-    """``{dir: [inode, mtime_ns, ctime_ns]}`` for each of ``dirs`` present under ``root``."""
-    sealed = {}
-    for path in dirs:
+    """``{dir: [inode, mtime_ns, ctime_ns]}`` for each of ``dirs`` that is a real directory under ``root``.
+
+    Never through a symlink: a directory under one (a directory replaced by a
+    link) is not the tree's, and is left out.
+    """
+    real, sealed = {"": True}, {}
+
+    def stamp(path):
         try:
-            found = os.lstat(os.path.join(root, path))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if stat.S_ISDIR(found.st_mode):
+            found = os.lstat(f"{root}/{path}" if path else root)
+        except OSError:  # gone, under a file, or under a loop of links
+            return None
+        return found if stat.S_ISDIR(found.st_mode) else None
+
+    def is_real(path):
+        if path not in real:
+            real[path] = is_real(_parent(path)) and stamp(path) is not None
+        return real[path]
+
+    for path in dirs:
+        found = stamp(path) if is_real(_parent(path)) else None
+        if found is not None:
+            real[path] = True
             sealed[path] = [found.st_ino, found.st_mtime_ns, found.st_ctime_ns]
     return sealed
 

@@ -5,8 +5,8 @@ hand the master's file to every minion, and ``loop -> .`` (or ``a/l -> ../b``
 with ``b/l -> ../a``) makes its file walk endless. A link is refused when its
 target is absolute, when resolving it steps out of the tree at any point (even
 to come back: ``../stage/x`` means something else in each place the tree is
-put), or when it leads into a directory from which a walk following links
-comes back to it.
+put), when it leads to the tree's root, or when it leads into a directory
+from which a walk following the other links comes back to it.
 """
 
 import os
@@ -29,10 +29,12 @@ def unsafe_links(root, paths):
         if not os.path.islink(full):
             continue
         resolved = _resolve(root, path)
-        if resolved is None:
+        if resolved is None or resolved == root:
+            # Out of the tree, or to its root, which holds the link itself: refused whatever else is there.
             refused[path] = os.readlink(full)
         elif os.path.isdir(resolved) and not os.path.islink(resolved):
             into_dirs[path] = resolved
+    # Among the others (the refused ones are not served, so no walk takes them), the cycles.
     for path in _walk_cycles(root, into_dirs):
         refused[path] = os.readlink(os.path.join(root, path))
     return [{"path": path, "target": refused[path]} for path in sorted(refused)]

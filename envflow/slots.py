@@ -195,10 +195,13 @@ def scan_halves(index, tree, root, minimum=4000):
         weights[lighter] += count
     for directory, item in opened:
         expected = {child.name for child in item}
+        where = os.path.join(root, directory) if directory else root
+        if directory and (os.path.islink(where) or not os.path.isdir(where)):
+            continue  # gone or replaced: the half holding its entries reports that
         try:
-            found = os.listdir(os.path.join(root, directory)) if directory else os.listdir(root)
+            found = os.listdir(where)
         except OSError:
-            continue  # gone: the half holding its entries reports them deleted
+            continue
         halves[0].extend(f"{directory}/{name}" if directory else name for name in found if name not in expected)
     return halves if all(halves) else None
 

@@ -274,9 +274,9 @@ def unsafe_links(files, links):
     to the root itself, or when it leads to a directory from which a walk
     following the other links, those not ruled out already, meets it again.
     A link that resolves nowhere inside the tree (a dangling one, one into a
-    loop of links) may be served. Where a loop of links cuts the resolution
-    short, the rest of the path is taken as written, as realpath does:
-    ``x -> l/..`` with ``l -> l`` leads to the directory holding ``l``.
+    loop of links) may be served. A loop of links anywhere on the way makes
+    the whole resolution fail, as it does in the kernel (``ELOOP``), which is
+    what Salt's walk meets: ``x -> l/..`` with ``l -> l`` leads nowhere.
     """
     entries = [*files, *links]
     dirs = {(), *(tuple(path.split("/")) for path in parents(entries))}
@@ -312,18 +312,6 @@ def unsafe_links(files, links):
             seen[step] = at
         return at, True
 
-    def lexically(parts):
-        # What realpath makes of a path its loop left unresolved: ``..`` taken as written.
-        at = ()
-        for name in parts:
-            if name == "..":
-                if not at:
-                    raise _Outside
-                at = at[:-1]
-            elif name not in ("", "."):
-                at = (*at, name)
-        return at
-
     unsafe, into_dirs = set(), {}
     for path, target in links.items():
         if os.path.isabs(target):
@@ -331,10 +319,11 @@ def unsafe_links(files, links):
             continue
         try:
             where, resolved = resolve((), path, {})
-            where = where if resolved else lexically(where)
         except _Outside:
             unsafe.add(path)
             continue
+        if not resolved:
+            continue  # into a loop of links: nowhere to go, nothing to walk
         if where == ():
             unsafe.add(path)  # the root holds the link itself: a walk through it never ends
         elif where in dirs:

@@ -15,6 +15,7 @@ from tests.engine import (
     File,
     History,
     Link,
+    Refused,
     deploy,
     differences,
     expected,
@@ -158,11 +159,24 @@ def test_a_file_becomes_a_directory_where_the_standby_copy_was_edited(env, edit)
     with an exec-bit change of another file. The recipe fails only when the
     reused standby's ``a`` was edited or removed: the engine removes the edited
     copy, then the checkout of the type change reads a null blob.
+
+    Both slots share ``a`` (unchanged between their commits) as one file: an
+    edit in place of the standby's copy is an edit of the served tree, refused
+    as one and then discarded with ``force=True``; a deletion only touches the standby.
     """
     env.step({**EXEC_OFF, "a": File(b"# a file\n")})
     env.step(variant(1, {**EXEC_OFF, "a": File(b"# a file\n")}))
     edit(os.path.join(env.standby(), "a"))
-    env.step({**EXEC_ON, "a/inside.sls": File(b"# inside\n")})
+    commit = env.commit({**EXEC_ON, "a/inside.sls": File(b"# inside\n")})
+    if edit is _delete:
+        env.deploy(commit)
+    else:
+        served = served_commit(env.path)
+        with pytest.raises(Refused) as refused:
+            env.deploy(commit)
+        assert refused.value.changes["modified"] == ["a"]
+        assert served_commit(env.path) == served
+        env.deploy(commit, force=True)
     assert env.differences() == []
 
 
