@@ -487,7 +487,7 @@ class EngineModel(RuleBasedStateMachine):
         files = [path for path in files_of(tree) if untouched(path)]
         full_files = [path for path in files if tree[path].data]
         dirs = [path for path in ["", *want.dirs] if untouched(path)]
-        name = name.format(self._hand())
+        name = name.format(f"{self._hand()}h")  # never the name of a committed file (those count apart)
         if kind in ("append", "same_size_and_mtime", "delete", "chmod_x", "file_to_dir") and not files:
             kind = "add_file"
         if kind == "same_size_and_mtime" and not full_files:
