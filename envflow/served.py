@@ -182,7 +182,7 @@ class Deployment:
         try:
             if served_record is None:
                 prepared = self._build_whole(repo, standby, first=served is None)
-                result["files"] = _counts(_deltas(repo, None, repo[self.commit.id].peel(pygit2.Tree)))
+                result["files"] = {"added": prepared.files, "modified": 0, "deleted": 0}
             else:
                 prepared = self._update(repo, served, served_record, standby, force, remedy, result)
                 if prepared is None:
@@ -411,7 +411,9 @@ class Deployment:
             dirs=sealed,
             sealed_at=sealed_at,
         )
-        return Prepared(None, slot=slot, record=record, flush=None)
+        prepared = Prepared(None, slot=slot, record=record, flush=None)
+        prepared.files = len(written)  # every file of the commit, added
+        return prepared
 
     def _links(self, writer, tree, link_paths):
         writer.restore_links(tree, link_paths)

@@ -171,11 +171,11 @@ def scan_halves(index, tree, root, minimum=4000):
     total = len(index)
     if total < minimum:
         return None
-    paths = [entry.path for entry in (index[position] for position in range(0, total, max(1, total // 512)))]
+    paths = [entry.path for entry in (index[position] for position in range(0, total, max(1, total // 128)))]
 
     def size(path):
         # Index entries are sorted by path: those under ``path/`` sit between ``path/`` and ``path0``.
-        return max(1, sum(1 for sample in paths if sample.startswith(path + "/")) * max(1, total // 512))
+        return max(1, sum(1 for sample in paths if sample.startswith(path + "/")) * max(1, total // 128))
 
     frontier = {item.name: (item, size(item.name) if item.filemode == FileMode.TREE else 1) for item in tree}
     opened = [("", tree)]
@@ -222,13 +222,15 @@ def hand_edits(repo, index, halves=None, restamp=False):
 
         def scan(number, scan_repo, scan_index):
             try:
+                if scan_index is None:  # read here, on the helper's core, while the first half is scanned
+                    scan_index = open_index(index.path)
                 found[number] = _diff_to_workdir(scan_repo, scan_index, halves[number], restamp and number == 0)
             except Exception as exc:  # pylint: disable=broad-except
                 failures.append(exc)
 
         second = pygit2.Repository(repo.path)
         second.workdir = repo.workdir
-        helper = threading.Thread(target=scan, args=(1, second, open_index(index.path)))
+        helper = threading.Thread(target=scan, args=(1, second, None))
         helper.start()
         scan(0, repo, index)
         helper.join()
