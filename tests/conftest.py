@@ -1,4 +1,7 @@
+import os
 import pathlib
+import shutil
+import sys
 import tempfile
 
 import pytest
@@ -24,6 +27,16 @@ settings.register_profile(
     "engine-long", max_examples=300, stateful_step_count=40, database=None, deadline=None, print_blob=True
 )
 
+# The longest path a unix socket may have: sun_path holds 108 bytes on Linux, 104 on macOS and the
+# BSDs, one of them the terminating NUL.
+SOCKET_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+# The longest daemon id the tests give salt-factories (such as ``stage-1a2b3c``).
+DAEMON_ID_MAX = 12
+# What a daemon's longest socket adds to salt-factories' root: Salt puts a minion's event sockets in
+# ``<root>/<id>/run/minion`` as ``minion_event_<10 hex digits>_pull.ipc``, and a master's, shorter, in ``run/master``.
+SOCKET_UNDER_ROOT = len(f"/{'x' * DAEMON_ID_MAX}/run/minion/minion_event_0123456789_pull.ipc")
+_ROOT_PREFIX = "sf-"
+
 
 @pytest.fixture
 def remote(tmp_path):
@@ -31,15 +44,54 @@ def remote(tmp_path):
     return Remote(tmp_path / "remote")
 
 
+def _root_candidates():
+    """Where salt-factories' root may go, best first: the run's temporary directory, then usual short ones."""
+    seen = set()
+    for base in (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm", os.environ.get("XDG_RUNTIME_DIR")):
+        if base and os.path.isabs(base) and base not in seen:
+            seen.add(base)
+            yield base
+
+
+def short_root():
+    """A new directory whose path leaves room for the daemons' unix sockets (see :data:`SOCKET_UNDER_ROOT`).
+
+    Under ``$TMPDIR`` when its path is short enough, else under the first
+    writable one of ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``$XDG_RUNTIME_DIR``
+    that is. Salt prepends ``root_dir`` to every absolute path it is given in
+    a config, ``sock_dir`` too, so the sockets can only be kept short by
+    keeping the whole root short.
+    """
+    room = SOCKET_PATH_MAX - SOCKET_UNDER_ROOT - len(os.sep + _ROOT_PREFIX) - 8  # mkdtemp adds 8 characters
+    tried = []
+    for base in _root_candidates():
+        if len(base) > room:
+            tried.append(f"{base} (too long)")
+            continue
+        try:
+            return pathlib.Path(tempfile.mkdtemp(prefix=_ROOT_PREFIX, dir=base))
+        except OSError as exc:
+            tried.append(f"{base} ({exc.strerror or exc})")
+    pytest.fail(
+        f"no writable directory of at most {room} characters for salt-factories' root, where the Salt daemons' "
+        f"unix sockets go (at most {SOCKET_PATH_MAX} characters); tried: {'; '.join(tried)}. "
+        "Set TMPDIR to a short writable directory.",
+        pytrace=False,
+    )
+
+
 @pytest.fixture(scope="session")
 def salt_factories_config():
-    """A root of this run's own for salt-factories.
+    """A root of this run's own for salt-factories, short enough for the daemons' unix sockets.
 
     salt-factories reuses the CLI wrappers it finds in ``<root_dir>/scripts``,
     each pinned to the virtualenv that wrote it: a shared root would let a
-    Salt 3006 run silently use 3008's wrappers. Short, for unix socket paths.
+    Salt 3006 run silently use 3008's wrappers. The root is made afresh for
+    the run (see :func:`short_root`) and removed after it.
     """
-    return {"root_dir": pathlib.Path(tempfile.mkdtemp(prefix="sf-"))}
+    root = short_root()
+    yield {"root_dir": root}
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument

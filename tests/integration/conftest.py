@@ -7,7 +7,8 @@ file (committed on every branch) puts it in the ``stage`` saltenv. Nothing is
 mocked: what is tested runs through ``salt-run``, ``salt-call`` and ``salt``.
 
 salt-factories' root comes from ``salt_factories_config`` in tests/conftest.py:
-one per run, so this run's daemons and CLIs use wrappers of its own virtualenv.
+one per run, so this run's daemons and CLIs use wrappers of its own virtualenv,
+and short, so the daemons' unix sockets fit whatever ``TMPDIR`` is.
 """
 
 import contextlib
@@ -22,9 +23,12 @@ from saltfactories.utils import random_string
 
 from envflow.served import ServedDir
 from tests import gitrepo
+from tests.conftest import SOCKET_PATH_MAX
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLI_TIMEOUT = 180
+# Salt's longest socket name in a sock_dir (a minion's event pull socket; a master's are shorter).
+LONGEST_SOCKET = "minion_event_0123456789_pull.ipc"
 # The file the minion's highstate writes, from salt://web/motd.txt of its saltenv.
 MOTD = "web/motd.txt"
 _LABELS = itertools.count(1)
@@ -41,6 +45,16 @@ def motd(label):
 def fresh_motd(prefix):
     """A ``motd`` content no other commit of the run has."""
     return motd(f"{prefix}-{next(_LABELS):04d}")
+
+
+def fits_unix_sockets(factory):
+    """Return ``factory`` (a Salt daemon's), asserting its unix sockets' paths will not be too long for the kernel."""
+    longest = os.path.join(factory.config["sock_dir"], LONGEST_SOCKET)
+    assert len(longest) <= SOCKET_PATH_MAX, (
+        f"{factory.id}: its socket {longest} would be longer than {SOCKET_PATH_MAX} characters; "
+        "give the daemon a shorter id or salt-factories a shorter root (tests/conftest.py)"
+    )
+    return factory
 
 
 def ok(ret):
@@ -145,6 +159,7 @@ def site(salt_factories, tmp_path_factory, site_options):
             "peer_run": {minion_id: ["salt.cmd"]},
         },
     )
+    fits_unix_sockets(master)
     assert {env: list(roots) for env, roots in master.config["file_roots"].items()} == file_roots
     # An SLS declaring what stage serves, applied on the minion with saltenv=base.
     (base / "envflow_stage.sls").write_text("stage:\n  envflow.deployed:\n    - branch: stage\n", encoding="utf-8")
@@ -156,6 +171,7 @@ def site(salt_factories, tmp_path_factory, site_options):
         # The execution module clears the master's file server caches through the master's config.
         overrides={"envflow": {**envflow, "master_config": master.config_file}},
     )
+    fits_unix_sockets(minion)
     with master.started(), minion.started():
         test_site = Site(master, minion, remote, envflow, base, out)
         deployed = ok(test_site.run("envflow.refresh"))
@@ -232,11 +248,15 @@ def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False):
             for tag, files in entry.items()
         ]
         overrides.update(shipped)
-    master = salt_factories.salt_master_daemon(
-        master_id, defaults={"root_dir": str(master_root), "file_roots": file_roots}, overrides=overrides
+    master = fits_unix_sockets(
+        salt_factories.salt_master_daemon(
+            master_id, defaults={"root_dir": str(master_root), "file_roots": file_roots}, overrides=overrides
+        )
     )
     minions = {
-        env: master.salt_minion_daemon(random_string(f"{env}-", uppercase=False), overrides={"grains": {"env": env}})
+        env: fits_unix_sockets(
+            master.salt_minion_daemon(random_string(f"{env}-", uppercase=False), overrides={"grains": {"env": env}})
+        )
         for env in ("stage", "prod")
     }
     with master.started(), minions["stage"].started(), minions["prod"].started():
