@@ -90,7 +90,8 @@ def salt_factories_config():
     the run (see :func:`short_root`) and removed after it.
     """
     root = short_root()
-    yield {"root_dir": root}
+    # salt-factories gives a daemon 60 seconds to start (then tries twice more); a busy machine needs more.
+    yield {"root_dir": root, "start_timeout": 120}
     shutil.rmtree(root, ignore_errors=True)
 
 

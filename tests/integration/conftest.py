@@ -9,6 +9,11 @@ mocked: what is tested runs through ``salt-run``, ``salt-call`` and ``salt``.
 salt-factories' root comes from ``salt_factories_config`` in tests/conftest.py:
 one per run, so this run's daemons and CLIs use wrappers of its own virtualenv,
 and short, so the daemons' unix sockets fit whatever ``TMPDIR`` is.
+
+The tests must pass on a busy machine too: Salt's own timeouts for jobs sent
+to minions are raised in the masters' config (:data:`MASTER_TIMEOUTS`), every
+CLI gets :data:`CLI_TIMEOUT`, and whatever happens in the background (events,
+the reactor) is waited for as a condition, never with a fixed sleep.
 """
 
 import contextlib
@@ -16,6 +21,7 @@ import itertools
 import os
 import pathlib
 import shutil
+import time
 
 import pytest
 import yaml
@@ -26,7 +32,16 @@ from tests import gitrepo
 from tests.conftest import SOCKET_PATH_MAX
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+# How long a CLI run may take, in seconds; salt-factories also passes it to the CLI as ``--timeout``
+# (to ``salt``: how long to wait for the minions; to ``salt-call``: the minion's auth timeout).
 CLI_TIMEOUT = 180
+# Salt's defaults give a minion 5 seconds (``timeout``) to return a job before the master asks it,
+# with saltutil.find_job, whether it still runs it, and wait 10 seconds (``gather_job_timeout``) for that
+# answer and the return; a minion late in both is reported as "Minion did not return. [No response]".
+# The salt.state and salt.function steps of salt-run state.orchestrate (those of the shipped
+# docs/pipelines files too, run by the reactor as well) use the master's values, and so does ``salt``
+# for gather_job_timeout; a busy machine needs more. A job that is done returns at once all the same.
+MASTER_TIMEOUTS = {"timeout": 60, "gather_job_timeout": 60}
 # Salt's longest socket name in a sock_dir (a minion's event pull socket; a master's are shorter).
 LONGEST_SOCKET = "minion_event_0123456789_pull.ipc"
 # The file the minion's highstate writes, from salt://web/motd.txt of its saltenv.
@@ -55,6 +70,20 @@ def fits_unix_sockets(factory):
         "give the daemon a shorter id or salt-factories a shorter root (tests/conftest.py)"
     )
     return factory
+
+
+def wait_for(check, timeout=CLI_TIMEOUT, interval=1.0):
+    """Call ``check`` until it returns something true, and return that; ``None`` once ``timeout`` seconds passed.
+
+    For what happens in the background (the reactor, a soak period): the wait
+    ends as soon as the condition holds, however fast or slow the machine is.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() >= deadline:
+            return result or None
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
 def ok(ret):
@@ -151,6 +180,7 @@ def site(salt_factories, tmp_path_factory, site_options):
         master_id,
         defaults={"root_dir": str(master_root), "file_roots": file_roots},
         overrides={
+            **MASTER_TIMEOUTS,
             "envflow": envflow,
             # salt-factories turns the file list cache off (0); envflow must work with Salt's
             # default, which salt/fileserver/__init__.py applies when the key is absent.
@@ -202,6 +232,7 @@ class ReleaseSite:
         self.master, self.minions, self.remote, self.envflow, self.out_dir = master, minions, remote, envflow, out_dir
         self.paths = {env["name"]: env["path"] for env in envflow["environments"]}
         self.run_cli = master.salt_run_cli(timeout=CLI_TIMEOUT)
+        self.salt_cli = master.salt_cli(timeout=CLI_TIMEOUT)
 
     def run(self, *args, **kwargs):
         return self.run_cli.run(*args, **kwargs)
@@ -237,7 +268,7 @@ def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False):
     base = state_tree / "base"
     shutil.copytree(PIPELINES / "orch", base / "orch")
     file_roots = {"base": [str(base)], **{env["name"]: [env["path"]] for env in envflow["environments"]}}
-    overrides = {"envflow": envflow, "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME}
+    overrides = {**MASTER_TIMEOUTS, "envflow": envflow, "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME}
     if reactor:
         # The shipped reactor config, with the reactor SLS where this test copied it.
         shutil.copytree(PIPELINES / "reactor", work / "reactor")

@@ -15,7 +15,7 @@ import pytest
 import salt.version
 
 from tests import gitrepo
-from tests.integration.conftest import MOTD, fresh_motd, ok
+from tests.integration.conftest import CLI_TIMEOUT, MOTD, fresh_motd, ok
 
 
 def _applied(result):
@@ -184,7 +184,7 @@ def test_daemons_and_clis_run_this_interpreters_salt(site):
     # The minion daemon, reached through the master.
     assert ok(site.salt_cli.run("test.version", minion_tgt=site.minion.id)) == expected
     # A runner executed inside the master daemon, on the minion's request.
-    assert ok(site.call("publish.runner", "salt.cmd", arg="test.version", timeout=60)) == expected
+    assert ok(site.call("publish.runner", "salt.cmd", arg="test.version", timeout=CLI_TIMEOUT - 30)) == expected
     assert ok(site.call("test.version")) == expected
     ret = site.run("salt.cmd", "test.version")
     ok(ret)
@@ -219,7 +219,7 @@ def test_promote_fires_promoted_and_deployed_events(site, event_listener):
     ok(site.run("envflow.promote", "stage"))
 
     wanted = [(site.master.id, "salt/envflow/stage/promoted"), (site.master.id, "salt/envflow/stage/deployed")]
-    matched = event_listener.wait_for_events(wanted, after_time=start, timeout=60)
+    matched = event_listener.wait_for_events(wanted, after_time=start, timeout=CLI_TIMEOUT)
     assert matched.found_all_events, matched.missed
     events = {event.tag: event.data for event in matched}
     promoted, deployed = events["salt/envflow/stage/promoted"], events["salt/envflow/stage/deployed"]

@@ -35,14 +35,7 @@ def test_the_release_pipeline_brings_the_tested_commit_to_prod(site):
     assert site.deployed("prod") == tested
     assert site.written("stage") == content  # the pipeline's highstate of stage's minions
     prod = site.minions["prod"]
-    assert (
-        ok(
-            site.master.salt_cli(timeout=120).run(
-                "cp.get_file_str", f"salt://{MOTD}", "saltenv=prod", minion_tgt=prod.id
-            )
-        )
-        == content
-    )
+    assert ok(site.salt_cli.run("cp.get_file_str", f"salt://{MOTD}", "saltenv=prod", minion_tgt=prod.id)) == content
     note = gitrepo.git("notes", "--ref=envflow", "show", tested, cwd=site.remote.path)
     assert '"verified"' in note and '"stage"' in note
 
