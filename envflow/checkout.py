@@ -17,7 +17,7 @@ import stat
 import time
 
 import pygit2
-from pygit2.enums import DeltaStatus, FileMode
+from pygit2.enums import FileMode
 
 from envflow import links as link_policy
 from envflow import slots
@@ -53,14 +53,39 @@ def walk(tree, prefix=""):
                 yield base + item.name, item.id, mode
 
 
-def links_after(links, deltas):
-    """The symlink paths of a commit, from those of another and the ``deltas`` (a list) between them."""
+def changes(old_tree, new_tree, prefix=""):
+    """The files and symlinks that differ between two trees: ``[(path, old, new)]``, ``(id, mode)`` or ``None``.
+
+    Subtrees with the same id are skipped without being read, so the cost
+    follows the change (libgit2's tree-to-tree diff walks both trees whole).
+    Either tree may be ``None`` (empty).
+    """
+    old_items = {item.name: item for item in old_tree} if old_tree is not None else {}
+    new_items = {item.name: item for item in new_tree} if new_tree is not None else {}
+    found = []
+    for name in sorted(old_items.keys() | new_items.keys()):
+        old, new = old_items.get(name), new_items.get(name)
+        if old is not None and new is not None and old.id == new.id and old.filemode == new.filemode:
+            continue
+        path = prefix + name
+        old_sub = old if old is not None and old.filemode == FileMode.TREE else None
+        new_sub = new if new is not None and new.filemode == FileMode.TREE else None
+        if old_sub is not None or new_sub is not None:
+            found.extend(changes(old_sub, new_sub, f"{path}/"))
+        old_file = (old.id, old.filemode) if old is not None and old.filemode in _WRITTEN else None
+        new_file = (new.id, new.filemode) if new is not None and new.filemode in _WRITTEN else None
+        if old_file != new_file:
+            found.append((path, old_file, new_file))
+    return found
+
+
+def links_after(links, changed):
+    """The symlink paths of a commit, from those of another and the :func:`changes` between them."""
     links = set(links)
-    for delta in deltas:
-        if delta.old_file.mode == FileMode.LINK:
-            links.discard(delta.old_file.path)
-        if delta.new_file.mode == FileMode.LINK and delta.status != DeltaStatus.DELETED:
-            links.add(delta.new_file.path)
+    for path, _old, new in changed:
+        links.discard(path)
+        if new is not None and new[1] == FileMode.LINK:
+            links.add(path)
     return links
 
 

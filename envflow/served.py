@@ -17,7 +17,7 @@ import stat
 import time
 
 import pygit2
-from pygit2.enums import DeltaStatus, FileMode
+from pygit2.enums import FileMode
 
 from envflow import checkout, slots, switch
 from envflow.errors import Drift, EnvflowError
@@ -244,7 +244,7 @@ class Deployment:
                 raise Drift(drift_message(self.served.path, edits, remedy), edits)
             return None
         result["discarded"] = edits if edited else None
-        served_to_new = _deltas(repo, served_tree, new_tree)
+        served_to_new = checkout.changes(served_tree, new_tree)
         result["files"] = _counts(served_to_new)
         if edited:
             # They stay in that tree, which becomes the standby: rewrite them when it is reused.
@@ -295,8 +295,9 @@ class Deployment:
         root = self.layout.tree(standby)
         held_tree = repo[standby_record.commit_id].peel(pygit2.Tree)
         paths = (
-            _paths(_deltas(repo, held_tree, new_tree))
-            | _paths(_deltas(repo, held_tree, served_tree))  # what it does not share with the served tree
+            {path for path, _old, _new in checkout.changes(held_tree, new_tree)}
+            # What it does not share with the served tree:
+            | {path for path, _old, _new in checkout.changes(held_tree, served_tree)}
             | set(standby_record.dirty)
             | edited
         )
@@ -439,21 +440,10 @@ class Deployment:
         os.replace(os.path.join(gitdir, "index.next"), os.path.join(gitdir, "index"))
 
 
-def _deltas(repo, old_tree, new_tree):
-    """The deltas between two trees (``old_tree`` ``None``: everything added), as a list."""
-    if old_tree is None:
-        return list(new_tree.diff_to_tree(swap=True).deltas)
-    return list(repo.diff(old_tree, new_tree).deltas)
-
-
-def _paths(deltas):
-    return {delta.old_file.path for delta in deltas} | {delta.new_file.path for delta in deltas}
-
-
-def _counts(deltas):
+def _counts(changed):
     counts = {"added": 0, "modified": 0, "deleted": 0}
-    for delta in deltas:
-        counts[{DeltaStatus.ADDED: "added", DeltaStatus.DELETED: "deleted"}.get(delta.status, "modified")] += 1
+    for _path, old, new in changed:
+        counts["added" if old is None else "deleted" if new is None else "modified"] += 1
     return counts
 
 
