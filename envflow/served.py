@@ -285,8 +285,7 @@ class Deployment:
         served_repo = slots.open_repo(self.layout.gitdir(served), root, self.objects)
         try:
             halves = slots.scan_halves(index, served_tree, root) if served_tree is not None else None
-            # Restamped in the index that becomes the standby's (the served one is never written).
-            return slots.hand_edits(served_repo, index, halves, restamp=True)
+            return slots.hand_edits(served_repo, index, halves)
         finally:
             served_repo.free()
 

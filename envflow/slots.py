@@ -130,17 +130,11 @@ def remove_entry(index, path):
     C.git_index_remove(index._index, os.fsencode(path), 0)  # pylint: disable=protected-access
 
 
-def _diff_to_workdir(repo, index, paths, restamp=False):
-    """The deltas between ``index`` and ``repo``'s work tree, limited to ``paths`` (exact paths or directories).
-
-    ``restamp``: a file whose stat data changed but whose content did not
-    (a hard link added, ``touch``) gets its new stat data in ``index``, so
-    the next scan does not read it again.
-    """
+def _diff_to_workdir(repo, index, paths):
+    """The deltas between ``index`` and ``repo``'s work tree, limited to ``paths`` (exact paths or directories)."""
     options = ffi.new("git_diff_options *")
     check_error(C.git_diff_options_init(options, 1))
     flags = _SCAN_FLAGS | (DiffOption.DISABLE_PATHSPEC_MATCH if paths else 0)
-    flags |= DiffOption.UPDATE_INDEX if restamp else 0
     options.flags = int(flags)
     listed = StrArray(list(paths) if paths else None)
     if paths:
@@ -206,33 +200,31 @@ def scan_halves(index, tree, root, minimum=4000):
     return halves if all(halves) else None
 
 
-def hand_edits(repo, index, halves=None, restamp=False):
+def hand_edits(repo, index, halves=None):
     """The files of ``repo``'s work tree that differ from ``index``: ``{"added", "modified", "deleted"}``.
 
     Added covers untracked and ignored files (Salt serves those too).
-    ``halves`` (from :func:`scan_halves`) splits the scan over two threads,
-    the second with its own copy of the index read from ``index``'s file, so
-    it runs on two cores. ``restamp``: see :func:`_diff_to_workdir` (the
-    first half's entries only).
+    ``halves`` (from :func:`scan_halves`) splits the scan over two threads, so
+    it runs on two cores. Both read the same index, which nothing changes
+    meanwhile: libgit2 takes a snapshot of its entries for each scan.
     """
     if not halves:
-        deltas = _diff_to_workdir(repo, index, None, restamp)
+        deltas = _diff_to_workdir(repo, index, None)
     else:
         found, failures = {}, []
 
-        def scan(number, scan_repo, scan_index):
+        def scan(number, scan_repo):
             try:
-                if scan_index is None:  # read here, on the helper's core, while the first half is scanned
-                    scan_index = open_index(index.path)
-                found[number] = _diff_to_workdir(scan_repo, scan_index, halves[number], restamp and number == 0)
+                found[number] = _diff_to_workdir(scan_repo, index, halves[number])
             except Exception as exc:  # pylint: disable=broad-except
                 failures.append(exc)
 
+        # A repository of its own for the second thread: libgit2 objects are not shared across threads.
         second = pygit2.Repository(repo.path)
         second.workdir = repo.workdir
-        helper = threading.Thread(target=scan, args=(1, second, None))
+        helper = threading.Thread(target=scan, args=(1, second))
         helper.start()
-        scan(0, repo, index)
+        scan(0, repo)
         helper.join()
         second.free()
         if failures:
