@@ -236,7 +236,10 @@ class Mirror:
 
     def tip(self, branch):
         """Return the commit id at the tip of ``branch`` in the mirror, or ``None`` if it has no such branch."""
-        ref = self.repo.references.get(f"refs/heads/{branch}")
+        try:
+            ref = self.repo.references.get(f"refs/heads/{branch}")
+        except (ValueError, pygit2.InvalidSpecError):
+            return None  # not a name a branch can have (libgit2 refuses overlong ones this way)
         return ref.target if ref is not None else None
 
     def commit(self, rev):

@@ -118,3 +118,26 @@ def test_credentials_in_the_repo_url_never_reach_errors_or_logs(minion_base_opts
     assert str(error.value).startswith("envflow: cannot fetch https://***@127.0.0.1:9/ops/automation.git: ")
     assert "s3cr3t" not in str(error.value)
     assert "s3cr3t" not in caplog.text
+
+
+# Issue 6, defect 4: a very long rev was echoed whole, a 10 KB "one-line" message.
+@pytest.mark.parametrize("where", ["deploy", "promote", "unknown environment", "branch"])
+def test_long_input_is_echoed_cut_short(envflow, envflow_block, remote, where):
+    envflow.deploy("test")
+    envflow.deploy("stage")
+    long = "f" * 10_000
+    before = remote.refs(), {env["name"]: tree_files(env["path"]) for env in envflow_block["environments"]}
+    with pytest.raises(CommandExecutionError) as error:
+        if where == "deploy":
+            envflow.deploy("test", rev=long)
+        elif where == "promote":
+            envflow.promote("stage", rev=long)
+        elif where == "unknown environment":
+            envflow.deploy(long)
+        else:
+            envflow.deploy("test", branch=long)
+    message = str(error.value)
+    assert len(message) < 300, message
+    assert "\n" not in message
+    assert "(10000 characters)" in message
+    assert (remote.refs(), {env["name"]: tree_files(env["path"]) for env in envflow_block["environments"]}) == before
