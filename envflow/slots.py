@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 
+import cffi
 import pygit2
 from pygit2 import C, ffi
 from pygit2.enums import DeltaStatus, DiffOption, FileMode
@@ -47,6 +48,30 @@ _EDIT_KIND = {
     DeltaStatus.DELETED: "deleted",
 }
 _MASK32 = 0xFFFFFFFF
+
+# pygit2 does not wrap git_repository_set_index; call it in the libgit2 that pygit2 loaded.
+_OWN_FFI = cffi.FFI()
+_OWN_FFI.cdef("int git_repository_set_index(void *repo, void *index);")
+_LIBGIT2 = _OWN_FFI.dlopen(pygit2._libgit2.__file__)  # pylint: disable=protected-access
+
+
+def _pointer(cdata):
+    return _OWN_FFI.cast("void *", int(ffi.cast("uintptr_t", cdata)))
+
+
+def _lend_index(repo, index):
+    """Make ``index`` (``None``: none) the one ``repo`` uses wherever libgit2 needs the repository's index.
+
+    A diff reads attributes, and the attributes are read from the
+    repository's index: without this, a fresh repository reads its index
+    file again (20,000 entries: about 25 ms) although the scan has one.
+    """
+    check_error(
+        _LIBGIT2.git_repository_set_index(
+            _pointer(repo._repo),  # pylint: disable=protected-access
+            _pointer(index._index) if index is not None else _OWN_FFI.NULL,  # pylint: disable=protected-access
+        )
+    )
 
 
 def no_edits():
@@ -200,6 +225,32 @@ def scan_halves(index, tree, root, minimum=4000):
     return halves if all(halves) else None
 
 
+def _diff_halves(repo, index, halves):
+    found, failures = {}, []
+
+    def scan(number, scan_repo):
+        try:
+            found[number] = _diff_to_workdir(scan_repo, index, halves[number])
+        except Exception as exc:  # pylint: disable=broad-except
+            failures.append(exc)
+
+    # A repository of its own for the second thread: libgit2 objects are not shared across threads.
+    second = pygit2.Repository(repo.path)
+    second.workdir = repo.workdir
+    _lend_index(second, index)
+    try:
+        helper = threading.Thread(target=scan, args=(1, second))
+        helper.start()
+        scan(0, repo)
+        helper.join()
+    finally:
+        _lend_index(second, None)
+        second.free()
+    if failures:
+        raise failures[0]
+    return found[0] + found[1]
+
+
 def hand_edits(repo, index, halves=None):
     """The files of ``repo``'s work tree that differ from ``index``: ``{"added", "modified", "deleted"}``.
 
@@ -208,28 +259,11 @@ def hand_edits(repo, index, halves=None):
     it runs on two cores. Both read the same index, which nothing changes
     meanwhile: libgit2 takes a snapshot of its entries for each scan.
     """
-    if not halves:
-        deltas = _diff_to_workdir(repo, index, None)
-    else:
-        found, failures = {}, []
-
-        def scan(number, scan_repo):
-            try:
-                found[number] = _diff_to_workdir(scan_repo, index, halves[number])
-            except Exception as exc:  # pylint: disable=broad-except
-                failures.append(exc)
-
-        # A repository of its own for the second thread: libgit2 objects are not shared across threads.
-        second = pygit2.Repository(repo.path)
-        second.workdir = repo.workdir
-        helper = threading.Thread(target=scan, args=(1, second))
-        helper.start()
-        scan(0, repo)
-        helper.join()
-        second.free()
-        if failures:
-            raise failures[0]
-        deltas = found[0] + found[1]
+    _lend_index(repo, index)
+    try:
+        deltas = _diff_to_workdir(repo, index, None) if not halves else _diff_halves(repo, index, halves)
+    finally:
+        _lend_index(repo, None)  # an index owned by a repository is checked against its work tree when written
     edits = _edits_of(deltas)
     for paths in edits.values():
         paths.sort()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pygit2
 import pytest
 
 from envflow.errors import Drift, EnvflowError
@@ -569,3 +570,28 @@ def test_a_directory_emptied_by_a_broken_seals_repair_is_not_served(served, mirr
     deploy(served, mirror, "stage")
     assert tree_files(served.path) == {"top.sls": V1["top.sls"], "web/init.sls": "# web v2\n"}
     assert not os.path.lexists(os.path.join(served.path, "d"))
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one scan", "split scan"])
+def test_a_scan_reads_the_slots_index_once(served, mirror, remote, split):
+    """The scan's repositories use the index already read: the file is not read again (20,000 entries: 25 ms each)."""
+    from envflow import slots  # pylint: disable=import-outside-toplevel
+
+    remote.commit("master", {f"web/file{number}.sls": f"# {number}\n" for number in range(8)}, "more files")
+    deploy(served, mirror, "master")
+    layout = served.layout
+    slot = layout.served_slot()
+    repo = slots.open_repo(layout.gitdir(slot), layout.tree(slot), mirror.objects)
+    try:
+        path = os.path.join(repo.path, "index")
+        index = slots.open_index(path)
+        tree = repo[layout.record(slot).commit_id].peel(pygit2.Tree)
+        halves = slots.scan_halves(index, tree, layout.tree(slot), minimum=1) if split else None
+        assert (halves is not None) == split
+        with open(path, "r+b") as handle:  # libgit2 refuses this file if it reads it again
+            handle.write(b"not an index")
+        assert slots.hand_edits(repo, index, halves) == slots.no_edits()
+        os.remove(os.path.join(layout.tree(slot), "web", "file3.sls"))
+        assert slots.hand_edits(repo, index, halves) == {"added": [], "modified": [], "deleted": ["web/file3.sls"]}
+    finally:
+        repo.free()
