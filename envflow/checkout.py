@@ -396,11 +396,14 @@ def _find(tree, path):
 
 
 def index_entries(index, root, entries):
-    """Make ``index`` describe each path of ``entries`` as it stands under ``root``.
+    """Make ``index`` describe each path of ``entries`` as it stands under ``root``; return what changed.
 
     ``entries`` maps each path to the ``(id, mode)`` the commit has there, or
     ``None``; a path the commit lacks, or not on disk (a refused symlink), leaves the index.
+    The return value maps each path to its entry (``[id, mode, *stamp]``) or ``None``, as
+    :func:`envflow.slots.read_index` reads it.
     """
+    changed = {}
     for path in sorted(entries):
         held = entries[path]
         found = None
@@ -411,5 +414,9 @@ def index_entries(index, root, entries):
                 found = None
         if found is None or stat.S_ISDIR(found.st_mode):
             slots.remove_entry(index, path)
+            changed[path] = None
         else:
-            slots.set_entry(index, path, held[0], held[1], found)
+            stamped = slots.stamp(found)
+            slots.set_entry(index, path, held[0], held[1], stamped)
+            changed[path] = [str(held[0]), held[1], *stamped]
+    return changed

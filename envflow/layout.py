@@ -35,6 +35,9 @@ class Record:
     when (``time.time_ns()``): a directory changed within a clock tick of it
     may have changed again unseen. ``dirty`` lists paths that may not hold
     the commit's content (hand edits discarded while the tree was served).
+    ``index_changes`` are the entries where the slot's index differs from its
+    index file (shared with the other slot, never rewritten in place): each
+    path's ``[id, mode, *stamp]``, or ``None`` where the path left the index.
     """
 
     commit: dict
@@ -44,6 +47,7 @@ class Record:
     dirs: dict = None
     dirty: list = field(default_factory=list)
     sealed_at: int = 0
+    index_changes: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data):

@@ -127,23 +127,47 @@ def open_index(path):
     return index
 
 
-def set_entry(index, path, oid, mode, stat):
-    """Put ``path`` in ``index`` as blob ``oid`` with ``mode``, stamped with ``stat`` (the file as written).
+def read_index(path, changes):
+    """The index file at ``path`` with ``changes`` (a slot record's ``index_changes``) made to it, in memory."""
+    index = open_index(path)
+    for changed, entry in changes.items():
+        if entry is None:
+            remove_entry(index, changed)
+        else:
+            oid, mode, *stamped = entry
+            set_entry(index, changed, pygit2.Oid(hex=oid), mode, stamped)
+    return index
+
+
+def stamp(stat):
+    """What an index entry keeps of a file's ``stat``, to tell on the next scan whether it changed."""
+    return [
+        stat.st_ctime_ns,
+        stat.st_mtime_ns,
+        stat.st_dev & _MASK32,
+        stat.st_ino & _MASK32,
+        stat.st_uid & _MASK32,
+        stat.st_gid & _MASK32,
+        stat.st_size & _MASK32,
+    ]
+
+
+def set_entry(index, path, oid, mode, stamped):
+    """Put ``path`` in ``index`` as blob ``oid`` with ``mode`` and the :func:`stamp` of the file as written.
 
     pygit2's own ``Index.add`` either hashes the file again or leaves the
     stat data empty, which would make every scan read the file.
     """
+    ctime_ns, mtime_ns, dev, ino, uid, gid, size = stamped
     entry = ffi.new("git_index_entry *")
-    entry.ctime.seconds = stat.st_ctime_ns // 1_000_000_000
-    entry.ctime.nanoseconds = stat.st_ctime_ns % 1_000_000_000
-    entry.mtime.seconds = stat.st_mtime_ns // 1_000_000_000
-    entry.mtime.nanoseconds = stat.st_mtime_ns % 1_000_000_000
-    entry.dev = stat.st_dev & _MASK32
-    entry.ino = stat.st_ino & _MASK32
+    entry.ctime.seconds, entry.ctime.nanoseconds = divmod(ctime_ns, 1_000_000_000)
+    entry.mtime.seconds, entry.mtime.nanoseconds = divmod(mtime_ns, 1_000_000_000)
+    entry.dev = dev
+    entry.ino = ino
     entry.mode = mode
-    entry.uid = stat.st_uid & _MASK32
-    entry.gid = stat.st_gid & _MASK32
-    entry.file_size = stat.st_size & _MASK32
+    entry.uid = uid
+    entry.gid = gid
+    entry.file_size = size
     ffi.buffer(ffi.addressof(entry, "id"))[:] = oid.raw
     encoded = ffi.new("char[]", os.fsencode(path))
     entry.path = encoded

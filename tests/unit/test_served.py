@@ -595,3 +595,57 @@ def test_a_scan_reads_the_slots_index_once(served, mirror, remote, split):
         assert slots.hand_edits(repo, index, halves) == {"added": [], "modified": [], "deleted": ["web/file3.sls"]}
     finally:
         repo.free()
+
+
+def _index(served, slot=None):
+    layout = served.layout
+    return os.stat(os.path.join(layout.gitdir(slot or layout.served_slot()), "index"))
+
+
+def test_a_small_change_keeps_the_index_file_and_records_what_differs(served, mirror, remote):
+    """No deploy rewrites every index entry for a few changed files: the slots share one index file."""
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    before = _index(served)
+    for number in range(3):
+        remote.commit("stage", {"web/init.sls": f"# web v{number + 3}\n", f"new{number}.sls": "# new\n"})
+        deploy(served, mirror, "stage")
+        assert (_index(served).st_ino, _index(served).st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        for gitdir in ("a.git", "b.git"):
+            assert sorted(name for name in os.listdir(os.path.join(served.layout.home, gitdir)) if "index" in name) == [
+                "index"
+            ]
+    remote.commit("stage", {"new0.sls": None})
+    deploy(served, mirror, "stage")
+    record = served.layout.record(served.layout.served_slot())
+    assert set(record.index_changes) >= {"web/init.sls", "new1.sls", "new2.sls", "new0.sls"}
+    assert record.index_changes["new0.sls"] is None
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+    # The scan reads those changes: edits of files changed since the index file was written show, and others do.
+    for path in ("web/init.sls", "new1.sls", "top.sls"):
+        with open(os.path.join(served.path, path), "a", encoding="utf-8") as handle:
+            handle.write("# by hand\n")
+    os.unlink(os.path.join(served.path, "new2.sls"))
+    drift = served.drift(mirror.objects)
+    assert drift == {"added": [], "modified": ["new1.sls", "top.sls", "web/init.sls"], "deleted": ["new2.sls"]}
+    with pytest.raises(Drift):
+        deploy(served, mirror, "stage")
+    deploy(served, mirror, "stage", force=True)
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_a_large_change_writes_the_index_file_whole(served, mirror, remote):
+    """Past 100 changed entries the record would grow with every deploy: the index file is written again."""
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    before = _index(served)
+    remote.commit("stage", {f"many/file{number}.sls": f"# {number}\n" for number in range(150)})
+    deploy(served, mirror, "stage")
+    assert _index(served).st_ino != before.st_ino
+    assert served.layout.record(served.layout.served_slot()).index_changes == {}
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+    with open(os.path.join(served.path, "many", "file7.sls"), "w", encoding="utf-8") as handle:
+        handle.write("# by hand\n")
+    assert served.drift(mirror.objects)["modified"] == ["many/file7.sls"]
