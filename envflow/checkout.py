@@ -395,15 +395,14 @@ def _find(tree, path):
         return None
 
 
-def index_entries(index, root, entries):
-    """Make ``index`` describe each path of ``entries`` as it stands under ``root``; return what changed.
+def index_entries(index, root, entries, changed=None):
+    """Make ``index`` describe each path of ``entries`` as it stands under ``root``.
 
     ``entries`` maps each path to the ``(id, mode)`` the commit has there, or
     ``None``; a path the commit lacks, or not on disk (a refused symlink), leaves the index.
-    The return value maps each path to its entry (``[id, mode, *stamp]``) or ``None``, as
-    :func:`envflow.slots.read_index` reads it.
+    ``changed``, when given, gets each path's entry (``[id, mode, *stamp]``) or ``None``,
+    as :func:`envflow.slots.read_index` reads it.
     """
-    changed = {}
     for path in sorted(entries):
         held = entries[path]
         found = None
@@ -414,9 +413,10 @@ def index_entries(index, root, entries):
                 found = None
         if found is None or stat.S_ISDIR(found.st_mode):
             slots.remove_entry(index, path)
-            changed[path] = None
+            if changed is not None:
+                changed[path] = None
         else:
             stamped = slots.stamp(found)
             slots.set_entry(index, path, held[0], held[1], stamped)
-            changed[path] = [str(held[0]), held[1], *stamped]
-    return changed
+            if changed is not None:
+                changed[path] = [str(held[0]), held[1], *stamped]

@@ -307,9 +307,8 @@ class Deployment:
             paths |= writer.reconcile(new_tree, directory, standby_record.dirs)
         writer.make_paths_match(new_tree, paths)
         refused = self._links(writer, new_tree, new_links)
-        index.changes.update(
-            checkout.index_entries(index, root, {path: checkout.entry(new_tree, path) for path in paths | new_links})
-        )
+        entries = {path: checkout.entry(new_tree, path) for path in paths | new_links}
+        checkout.index_entries(index, root, entries, changed=index.changes)
         index_changes = self._write_index(index, standby)
         dirs = {
             path: stamp

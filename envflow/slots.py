@@ -8,11 +8,11 @@ changed. envflow writes the index entries itself, from the stat of the files
 it wrote: no file is read back to hash it.
 """
 
+import ctypes
 import os
 import shutil
 import threading
 
-import cffi
 import pygit2
 from pygit2 import C, ffi
 from pygit2.enums import DeltaStatus, DiffOption, FileMode
@@ -49,14 +49,15 @@ _EDIT_KIND = {
 }
 _MASK32 = 0xFFFFFFFF
 
-# pygit2 does not wrap git_repository_set_index; call it in the libgit2 that pygit2 loaded.
-_OWN_FFI = cffi.FFI()
-_OWN_FFI.cdef("int git_repository_set_index(void *repo, void *index);")
-_LIBGIT2 = _OWN_FFI.dlopen(pygit2._libgit2.__file__)  # pylint: disable=protected-access
+# pygit2 does not wrap git_repository_set_index: call it in the libgit2 that pygit2 loaded (ctypes, as
+# cffi's own parser would cost the process 1.5 MiB).
+_SET_INDEX = ctypes.CDLL(pygit2._libgit2.__file__).git_repository_set_index  # pylint: disable=protected-access
+_SET_INDEX.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+_SET_INDEX.restype = ctypes.c_int
 
 
-def _pointer(cdata):
-    return _OWN_FFI.cast("void *", int(ffi.cast("uintptr_t", cdata)))
+def _address(cdata):
+    return int(ffi.cast("uintptr_t", cdata))
 
 
 def _lend_index(repo, index):
@@ -66,12 +67,8 @@ def _lend_index(repo, index):
     repository's index: without this, a fresh repository reads its index
     file again (20,000 entries: about 25 ms) although the scan has one.
     """
-    check_error(
-        _LIBGIT2.git_repository_set_index(
-            _pointer(repo._repo),  # pylint: disable=protected-access
-            _pointer(index._index) if index is not None else _OWN_FFI.NULL,  # pylint: disable=protected-access
-        )
-    )
+    lent = _address(index._index) if index is not None else None  # pylint: disable=protected-access
+    check_error(_SET_INDEX(_address(repo._repo), lent))  # pylint: disable=protected-access
 
 
 def no_edits():
