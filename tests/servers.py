@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -277,10 +278,19 @@ class GitHttpServer:
         self.server.username, self.server.password = username, password
         self.server.requests, self.server.refused = [], 0
         self.port = self.server.server_address[1]
+        self.scheme = "http"
         self.thread = None
 
     def url(self, path):
-        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+    def use_tls(self, certificate, key):
+        """Serve https with ``certificate`` (a PEM file) and its ``key``, from the next connection on."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "https"
+        return self
 
     @property
     def requests(self):
@@ -296,6 +306,62 @@ class GitHttpServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(10)
+
+
+def make_ca_and_certificate(root, host="127.0.0.1"):
+    """A certificate authority and a certificate for ``host`` it signed, with the openssl CLI.
+
+    Returns ``(ca, certificate, key)``, paths of PEM files.
+    """
+    root = str(root)
+    os.makedirs(root, exist_ok=True)
+    ca, ca_key = os.path.join(root, "ca.pem"), os.path.join(root, "ca.key")
+    cert, key, csr = (
+        os.path.join(root, "server.pem"),
+        os.path.join(root, "server.key"),
+        os.path.join(root, "server.csr"),
+    )
+    ext = os.path.join(root, "ext.cnf")
+    with open(ext, "w", encoding="utf-8") as handle:
+        handle.write(f"subjectAltName=IP:{host}\nbasicConstraints=CA:FALSE\n")
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        ca_key,
+        "-out",
+        ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=envflow test CA",
+    )
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={host}")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca,
+        "-CAkey",
+        ca_key,
+        "-CAcreateserial",
+        "-out",
+        cert,
+        "-days",
+        "2",
+        "-extfile",
+        ext,
+    )
+    return ca, cert, key
 
 
 class SilentServer:

@@ -14,7 +14,7 @@ from envflow.errors import ConfigError, RemoteError
 from envflow.remote import Mirror
 from tests.conftest import HTTP_PASSWORD, HTTP_USER
 from tests.gitrepo import config, git
-from tests.servers import SilentServer, SshServer, fingerprint, keygen, wait_for
+from tests.servers import SilentServer, SshServer, fingerprint, keygen, make_ca_and_certificate, wait_for
 
 
 def mirror_for(url, tmp_path, credentials=None, timeout=None, cache="cache"):
@@ -295,6 +295,33 @@ def test_a_token_in_an_http_url_is_scrubbed_from_a_refusal(remote, git_http, tmp
         text = fails(mirror)
     assert "wr0ng-url-t0ken" not in text
     assert text.startswith("envflow: 127.0.0.1 refused the username envflow and its password")
+
+
+def test_https_with_an_internal_ca(remote, git_http, tmp_path):
+    ca, certificate, key = make_ca_and_certificate(tmp_path / "tls")
+    git_http.use_tls(certificate, key)
+    url = git_http.url("automation.git")
+    assert url.startswith("https://")
+    credentials = {"username": HTTP_USER, "password": HTTP_PASSWORD}
+    with mirror_for(url, tmp_path, credentials) as mirror:
+        assert fails(mirror) == (
+            "envflow: the TLS certificate of 127.0.0.1 is not trusted; if an internal CA signed it, "
+            "give that CA as envflow:credentials:ca_bundle"
+        )
+        assert mirror_refs(mirror) == {}
+    with mirror_for(url, tmp_path, {**credentials, "ca_bundle": ca}) as mirror:
+        mirror.fetch()
+        assert str(mirror.tip("develop")) == remote.tip("develop")
+        new = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+        mirror.fetch()
+        mirror.update_branch("stage", mirror.tip("stage"), pygit2.Oid(hex=new))
+    assert remote.tip("stage") == new
+
+
+def test_a_missing_ca_bundle_is_refused(remote, git_http, tmp_path):
+    credentials = {"username": HTTP_USER, "password": HTTP_PASSWORD, "ca_bundle": str(tmp_path / "nope.pem")}
+    with mirror_for(git_http.url("automation.git").replace("http:", "https:"), tmp_path, credentials) as mirror:
+        assert fails(mirror) == f"envflow:credentials:ca_bundle: {tmp_path / 'nope.pem'} is not a file"
 
 
 # timeouts
