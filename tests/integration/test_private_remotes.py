@@ -1,15 +1,15 @@
 """A real master and minion whose automation repository is behind a real sshd, the key's passphrase in sdb.
 
-The passphrase lives in an sqlite3 database read through Salt's ``sqlite3``
-sdb driver, as an operator would keep it; envflow's configuration only names
-it (``sdb://envflow_secrets/passphrase``).
+The passphrase lives in a YAML file only root reads, through Salt's ``yaml``
+sdb driver (it ships with Salt 3006 and 3008), as an operator would keep it;
+envflow's configuration only names it (``sdb://envflow_secrets/passphrase``).
 """
 
 import os
 import pathlib
-import sqlite3
 
 import pytest
+import yaml
 from saltfactories.utils import random_string
 
 from tests import gitrepo
@@ -19,14 +19,10 @@ from tests.servers import SSHD, SshServer, keygen
 PASSPHRASE = "integrati0n-passphrase"
 
 
-def _sqlite_secret(path, key, value):
-    """Store ``value`` as Salt's sqlite3 sdb driver does (msgpack in a ``sdb`` table)."""
-    import salt.utils.msgpack  # pylint: disable=import-outside-toplevel
-
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE IF NOT EXISTS sdb (key text, value blob)")
-        db.execute("CREATE UNIQUE INDEX IF NOT EXISTS sdb_idx ON sdb (key)")
-        db.execute("INSERT OR REPLACE INTO sdb VALUES (?, ?)", (key, salt.utils.msgpack.packb(value)))
+def _yaml_secret(path, key, value):
+    """Keep ``value`` under ``key`` in a YAML file only its owner reads, for Salt's ``yaml`` sdb driver."""
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump({key: value}, handle)
     os.chmod(path, 0o600)
 
 
@@ -58,8 +54,8 @@ def ssh_site(salt_factories, tmp_path_factory):
         remote = gitrepo.Remote(work / "git")
         known_hosts = work / "known_hosts"
         known_hosts.write_text(sshd.known_hosts_line(), encoding="utf-8")
-        secrets = str(work / "secrets.sqlite")
-        _sqlite_secret(secrets, "passphrase", PASSPHRASE)
+        secrets = str(work / "secrets.yaml")
+        _yaml_secret(secrets, "passphrase", PASSPHRASE)
         master_id = random_string("m-", uppercase=False)
         master_root = pathlib.Path(salt_factories.root_dir) / master_id
         envflow = gitrepo.config(sshd.url(remote.path), master_root / "state-tree")
@@ -70,7 +66,7 @@ def ssh_site(salt_factories, tmp_path_factory):
         }
         envflow["timeout"] = 20
         envflow["environments"][2]["gates"] = {"approvals": 1}
-        profile = {"envflow_secrets": {"driver": "sqlite3", "database": secrets, "table": "sdb"}}
+        profile = {"envflow_secrets": {"driver": "yaml", "files": [secrets]}}
         file_roots = {env["name"]: [env["path"]] for env in envflow["environments"]}
         master = fits_unix_sockets(
             salt_factories.salt_master_daemon(
@@ -128,7 +124,7 @@ def test_a_changed_host_key_fails_salt_run_in_one_line_and_changes_nothing(ssh_s
         site.known_hosts.write_text(listed, encoding="utf-8")
     assert ret.returncode == 1, ret
     error = ret.data["error"]
-    assert error.startswith(f"envflow: the ssh host key of [127.0.0.1]:{site.sshd.port} has changed: it is now ")
+    assert error.startswith(f"test: envflow: the ssh host key of [127.0.0.1]:{site.sshd.port} has changed: it is now ")
     assert "\n" not in error
     assert PASSPHRASE not in ret.stdout + ret.stderr
     assert (remote.refs(), site.served()) == before
