@@ -56,13 +56,13 @@ def __virtual__():
 
 def _config():
     raw = __opts__.get("envflow") or __pillar__.get("envflow")  # pylint: disable=undefined-variable
-    return envflow_config.parse(raw)
+    return envflow_config.parse(raw, resolve=saltbus.sdb_reader(__opts__, globals().get("__utils__")))
 
 
 @contextlib.contextmanager
 def _mirror(config, fetch=True):
     """envflow's mirror of the configured repository, fetched first unless ``fetch`` is false."""
-    with Mirror(config.repo, __opts__["cachedir"]) as mirror:
+    with Mirror.of(config, __opts__["cachedir"]) as mirror:
         if fetch:
             mirror.fetch()
         yield mirror

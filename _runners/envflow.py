@@ -13,7 +13,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
     from envflow import config as envflow_config
-    from envflow import jobs, pipeline, records
+    from envflow import jobs, pipeline, records, saltbus
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, redact
     from envflow.served import ServedDir
@@ -32,13 +32,15 @@ def __virtual__():
 
 
 def _config():
-    return envflow_config.parse(__opts__.get("envflow"))
+    return envflow_config.parse(
+        __opts__.get("envflow"), resolve=saltbus.sdb_reader(__opts__, globals().get("__utils__"))
+    )
 
 
 @contextlib.contextmanager
 def _mirror(config):
     """envflow's mirror of the configured repository, fetched."""
-    with Mirror(config.repo, __opts__["cachedir"]) as mirror:
+    with Mirror.of(config, __opts__["cachedir"]) as mirror:
         mirror.fetch()
         yield mirror
 

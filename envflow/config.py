@@ -4,22 +4,27 @@ Each mistake is reported with the key it concerns, in Salt's colon notation
 (``envflow:environments:1:path``), and what to do about it.
 """
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
 
 import pygit2
 
+from envflow.access import DEFAULT_TIMEOUT, Credentials, endpoint
 from envflow.errors import ConfigError, UnknownEnvironment
 from envflow.remote import is_local, redact
 from envflow.text import echo
 
 # Saltenv names end up in file names (Salt's caches) and in top files.
 _SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_TOP_KEYS = {"repo", "environments", "master_config"}
+_TOP_KEYS = {"repo", "environments", "master_config", "credentials", "timeout"}
 _ENV_KEYS = {"name", "branch", "path"}
 _OPTIONAL_ENV_KEYS = {"target", "gates"}
 _GATE_KEYS = {"verified", "soak", "approvals"}
+_SSH_KEYS = ("ssh_key", "ssh_passphrase", "ssh_agent", "known_hosts", "accept_unknown_host_key")
+_HTTP_KEYS = ("password", "ca_bundle", "allow_http")
+_CREDENTIAL_KEYS = (*_SSH_KEYS, "username", *_HTTP_KEYS)
 _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -54,6 +59,8 @@ class Config:
     repo: str
     environments: tuple
     master_config: str = None
+    credentials: Credentials = dataclasses.field(default_factory=Credentials)
+    timeout: int = DEFAULT_TIMEOUT
 
     def environment(self, name):
         """Return the environment called ``name``, or raise :class:`UnknownEnvironment`."""
@@ -160,13 +167,108 @@ def _gates(raw, key, first, name):
     return gates
 
 
+def _flag(raw, name, key):
+    value = raw.get(name, False)
+    if not isinstance(value, bool):
+        _fail(f"{key}:{name}", f"{echo(value)} is not true or false")
+    return value
+
+
+def _secret(raw, name, key):
+    """A passphrase, password or token: text, or an ``sdb://`` URI; never echoed in a message."""
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value == "":
+        _fail(
+            f"{key}:{name}",
+            f"must be a non-empty string (quote it in YAML), or an sdb:// URI such as sdb://envflow/{name}",
+        )
+    return value
+
+
+def _credentials(raw, repo, resolve):
+    """Validate ``envflow:credentials`` for the remote ``repo``."""
+    key = "envflow:credentials"
+    where = endpoint(repo)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        _fail(key, "must be a mapping, such as {ssh_key: /etc/salt/envflow/id_ed25519}")
+    unknown = sorted(set(raw) - set(_CREDENTIAL_KEYS), key=str)
+    if unknown:
+        _fail(key, f"unknown key {echo(unknown[0])}; known keys: {', '.join(_CREDENTIAL_KEYS)}")
+    given = [name for name in _CREDENTIAL_KEYS if raw.get(name) not in (None, False)]
+    if given and where.scheme == "local":
+        _fail(f"{key}:{given[0]}", "envflow:repo is a repository on this machine, which needs no credentials")
+    for names, scheme in ((_SSH_KEYS, "ssh"), (_HTTP_KEYS, "http")):
+        wrong = [name for name in given if name in names and not where.scheme.startswith(scheme)]
+        if wrong and where.scheme != "local":
+            kind = "ssh:// and user@host:path" if scheme == "ssh" else "https:// and http://"
+            _fail(f"{key}:{wrong[0]}", f"is for {kind} remotes, and envflow:repo is {where.scheme}")
+    ssh_key = _path(raw["ssh_key"], f"{key}:ssh_key", "/etc/salt/envflow/id_ed25519") if raw.get("ssh_key") else None
+    ssh_agent = _flag(raw, "ssh_agent", key)
+    if ssh_key and ssh_agent:
+        _fail(f"{key}:ssh_agent", "give either ssh_key or ssh_agent: true, not both")
+    passphrase = _secret(raw, "ssh_passphrase", key)
+    if passphrase is not None and not ssh_key:
+        _fail(f"{key}:ssh_passphrase", "is the passphrase of ssh_key, which is not set")
+    known_hosts = raw.get("known_hosts")
+    if known_hosts is not None:
+        known_hosts = _path(known_hosts, f"{key}:known_hosts", "/etc/salt/envflow/known_hosts")
+    username = raw.get("username")
+    if username is not None:
+        username = _string(username, f"{key}:username", "envflow")
+    password = _secret(raw, "password", key)
+    if password is not None and username is None and where.user is None:
+        _fail(f"{key}:password", "needs a username: set envflow:credentials:username")
+    if where.scheme == "ssh" and where.user is None and username is None:
+        _fail(
+            "envflow:repo",
+            f"{echo(redact(repo))} names no ssh user; write it as ssh://git@host/path, "
+            "or set envflow:credentials:username",
+        )
+    ca_bundle = raw.get("ca_bundle")
+    if ca_bundle is not None:
+        ca_bundle = _path(ca_bundle, f"{key}:ca_bundle", "/etc/ssl/certs/internal-ca.pem")
+    allow_http = _flag(raw, "allow_http", key)
+    if where.scheme == "http" and (password is not None or where.password is not None) and not allow_http:
+        _fail(
+            "envflow:repo",
+            "http:// would send the password unencrypted; use https://, or set envflow:credentials:allow_http: true",
+        )
+    return Credentials(
+        ssh_key=ssh_key,
+        ssh_passphrase=passphrase,
+        ssh_agent=ssh_agent,
+        known_hosts=known_hosts,
+        accept_unknown_host_key=_flag(raw, "accept_unknown_host_key", key),
+        username=username,
+        password=password,
+        ca_bundle=ca_bundle,
+        allow_http=allow_http,
+        resolve=resolve,
+    )
+
+
+def _timeout(value):
+    if value is None:
+        return DEFAULT_TIMEOUT
+    match = _DURATION.match(str(value).strip()) if not isinstance(value, bool) else None
+    if not match or int(match.group(1)) == 0:
+        _fail("envflow:timeout", f"{echo(value)} is not a number of seconds; give 1 or more, such as 30 (or 2m)")
+    return int(match.group(1)) * _SECONDS[match.group(2)]
+
+
 def _inside(path, other):
     return os.path.commonpath([path, other]) == other
 
 
-def parse(raw):
+def parse(raw, resolve=None):
     """Validate the ``envflow`` configuration block ``raw`` and return a :class:`Config`.
 
+    ``resolve(uri, key)`` reads an ``sdb://`` value of the credentials when a
+    network operation needs it (the loader modules pass Salt's sdb).
     Raises :class:`~envflow.errors.ConfigError` naming the first key that is wrong.
     """
     if raw is None or raw in ({}, ""):
@@ -211,4 +313,10 @@ def parse(raw):
     master_config = raw.get("master_config")
     if master_config is not None:
         master_config = _path(master_config, "envflow:master_config", "/etc/salt/master")
-    return Config(repo=repo, environments=environments, master_config=master_config)
+    return Config(
+        repo=repo,
+        environments=environments,
+        master_config=master_config,
+        credentials=_credentials(raw.get("credentials"), repo, resolve),
+        timeout=_timeout(raw.get("timeout")),
+    )

@@ -7,6 +7,7 @@ remote with a compare-and-swap push.
 
 import datetime
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -16,14 +17,16 @@ import urllib.parse
 import pygit2
 from pygit2.enums import FetchPrune, FileMode, SortMode
 
+from envflow import access
 from envflow.errors import BranchMoved, RemoteError, RevisionError
 from envflow.locking import clear_stale_git_locks, held
 from envflow.text import echo, short
 
 NOTES = "refs/notes/envflow"
 _FETCH_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", f"+{NOTES}:{NOTES}"]
-_SCP_LIKE = re.compile(r"^[^/@:]+@[^/:]+:")
 _ZERO = pygit2.Oid(hex="0" * 40)
+
+log = logging.getLogger(__name__)
 
 
 def _shown_ref(refname):
@@ -55,7 +58,7 @@ def _article(noun):
 
 def is_local(url):
     """Whether ``url`` names a repository on this machine (a path or a ``file://`` URL)."""
-    return url.startswith("file://") or ("://" not in url and not _SCP_LIKE.match(url))
+    return access.endpoint(url).scheme == "local"
 
 
 _STALE_LOCK = 60  # seconds; git holds a reference lock for milliseconds
@@ -86,11 +89,11 @@ def _copy_objects(source, target, oid):
             stack.extend(entry.id for entry in obj if entry.filemode != FileMode.COMMIT)
 
 
-class _Callbacks(pygit2.RemoteCallbacks):
-    """Remote callbacks that make a push a compare-and-swap and record per-ref results."""
+class _Callbacks(access.Callbacks):
+    """Remote callbacks that authenticate, make a push a compare-and-swap and record per-ref results."""
 
-    def __init__(self, expected=None):
-        super().__init__()
+    def __init__(self, url, credentials=None, expected=None):
+        super().__init__(url, credentials)
         self.expected = expected or {}
         self.rejected = {}
 
@@ -125,17 +128,26 @@ def commit_info(commit):
 class Mirror:
     """A bare mirror of the remote repository ``url``, kept under ``cachedir``.
 
+    ``credentials`` (an :class:`envflow.access.Credentials`) and ``timeout``
+    (seconds without an answer) serve every fetch and push to the remote.
     Use it as a context manager so the repository handle is released in
     long-lived processes such as the master.
     """
 
-    def __init__(self, url, cachedir):
+    def __init__(self, url, cachedir, credentials=None, timeout=None):
         self.url = url
+        self.credentials = credentials
+        self.timeout = timeout
         self.shown = redact(url)
         digest = hashlib.sha256(self.shown.encode()).hexdigest()[:16]
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(self.shown.rstrip("/")))[:40]
         self.path = os.path.join(cachedir, "envflow", "mirrors", f"{name}-{digest}.git")
         self._repo = None
+
+    @classmethod
+    def of(cls, config, cachedir):
+        """The mirror of the repository of ``config`` (a :class:`envflow.config.Config`), with its credentials."""
+        return cls(config.repo, cachedir, config.credentials, config.timeout)
 
     def __enter__(self):
         return self
@@ -179,9 +191,34 @@ class Mirror:
         text = str(text).replace(self.url, self.shown)
         found = _USERINFO.search(self.url)
         userinfo = found.group(0)[:-1] if found else ""
-        for secret in {userinfo, urllib.parse.unquote(userinfo)} - {""}:
+        if access.endpoint(self.url).scheme == "ssh" and ":" not in userinfo:
+            userinfo = ""  # an ssh user name (git, root) is no secret, and too common a word to replace everywhere
+        secrets = {userinfo, urllib.parse.unquote(userinfo)}
+        if self.credentials is not None:
+            secrets.update(self.credentials.secrets())
+        for secret in sorted(secrets - {""}, key=len, reverse=True):
             text = text.replace(secret, "***")
         return text
+
+    def _callbacks(self, expected=None):
+        """Callbacks for one network operation, once the credentials it needs are checked (and read from sdb)."""
+        if is_local(self.url):
+            return _Callbacks(self.url, expected=expected)
+        credentials = access.prepare(self.url, self.credentials, self.timeout)
+        self.credentials = credentials  # resolved: scrub() then knows the secrets' values
+        return _Callbacks(self.url, credentials, expected)
+
+    def _failed(self, exc, doing):
+        """The one-line :class:`RemoteError` for libgit2's error ``exc`` while ``doing`` (``fetch`` or ``push x``)."""
+        message = self.scrub(exc)
+        hint = access.describe_failure(message, self.url, self.credentials, self.timeout)
+        if hint:
+            return RemoteError(f"envflow: cannot {doing} {self.shown}: {hint}")
+        return None
+
+    def _report(self, callbacks):
+        for warning in callbacks.warnings:
+            log.warning("%s", warning)
 
     def _borrow_objects(self, local):
         """Read a repository on this machine's objects in place (git's alternates), rather than copying them.
@@ -226,13 +263,18 @@ class Mirror:
                 self.close()  # libgit2 reads alternates when it opens a repository
                 repo = self.repo
             clear_stale_git_locks(self.path)
+            callbacks = self._callbacks()
             remote = repo.remotes.create_anonymous(self.url)
             try:
-                remote.fetch(_FETCH_REFSPECS, callbacks=_Callbacks(), prune=FetchPrune.PRUNE)
+                remote.fetch(_FETCH_REFSPECS, callbacks=callbacks, prune=FetchPrune.PRUNE)
+            except RemoteError as exc:
+                raise RemoteError(self.scrub(exc)) from None
             except (pygit2.GitError, KeyError, ValueError) as exc:
-                raise RemoteError(
+                raise self._failed(exc, "fetch") or RemoteError(
                     f"envflow: cannot fetch {self.shown}: {self.scrub(exc)}; check envflow:repo and access to it"
                 ) from None
+            finally:
+                self._report(callbacks)
 
     def tip(self, branch):
         """Return the commit id at the tip of ``branch`` in the mirror, or ``None`` if it has no such branch."""
@@ -312,16 +354,22 @@ class Mirror:
     def _push(self, refspec, expected):
         """Push ``refspec``; ``expected`` maps remote refs to the value they must hold (the negotiation checks it)."""
         refname = refspec.rsplit(":", 1)[1]
-        callbacks = _Callbacks(expected)
+        callbacks = self._callbacks(expected)
         try:
             self.repo.remotes.create_anonymous(self.url).push([refspec], callbacks=callbacks)
         except BranchMoved:
             raise
+        except RemoteError as exc:
+            raise RemoteError(self.scrub(exc)) from None
         except pygit2.GitError as exc:
             message = self.scrub(exc)
             if "non-fastforward" in message or "not present locally" in message:
                 raise _moved(refname) from None
-            raise RemoteError(f"envflow: cannot push {_shown_ref(refname)} to {self.shown}: {message}") from None
+            raise self._failed(exc, f"push {_shown_ref(refname)} to") or RemoteError(
+                f"envflow: cannot push {_shown_ref(refname)} to {self.shown}: {message}"
+            ) from None
+        finally:
+            self._report(callbacks)
         if callbacks.rejected:
             reason = self.scrub(callbacks.rejected[refname])
             if any(

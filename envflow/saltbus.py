@@ -1,4 +1,4 @@
-"""The two places envflow touches a running Salt master: its event bus and its file server caches.
+"""Where envflow touches Salt: the master's event bus, its file server caches, and sdb secrets.
 
 Salt is imported lazily, inside the functions, so the rest of the package
 needs nothing but pygit2.
@@ -9,7 +9,29 @@ import logging
 import os
 import shutil
 
+from envflow.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+
+def sdb_reader(opts, utils=None):
+    """A ``resolve(uri, key)`` for :func:`envflow.config.parse`: reads ``sdb://`` values through Salt's sdb.
+
+    Salt already reads the ``sdb://`` values of its config files when it
+    loads them; this also serves values from pillar, and says which key
+    failed when a profile is missing.
+    """
+
+    def resolve(uri, key):
+        import salt.utils.sdb  # pylint: disable=import-outside-toplevel
+        from salt.exceptions import SaltException  # pylint: disable=import-outside-toplevel
+
+        try:
+            return salt.utils.sdb.sdb_get(uri, opts, utils, strict=True)
+        except SaltException as exc:
+            raise ConfigError(f"{key}: {uri} cannot be read: {' '.join(str(exc).split())}") from None
+
+    return resolve
 
 
 def fire_on_master(opts, tag, data):

@@ -104,3 +104,69 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
     import salt._logging.impl  # pylint: disable=import-outside-toplevel
 
     salt._logging.impl.shutdown_temp_handler()  # pylint: disable=protected-access
+
+
+# Real git servers on loopback (tests/servers.py), each stopped when its test ends.
+
+
+def _need_sshd():
+    from tests.servers import SSHD  # pylint: disable=import-outside-toplevel
+
+    if SSHD is None:
+        pytest.skip("OpenSSH's sshd is not installed (.ci/run installs openssh-server)")
+
+
+@pytest.fixture
+def ssh_keys(tmp_path):
+    """Key pairs for the ssh tests: ``plain``, ``protected`` (with ``passphrase``) and ``stranger`` (not let in)."""
+    from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
+
+    from tests.servers import keygen  # pylint: disable=import-outside-toplevel
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    passphrase = "c0rrect-h0rse-passphrase"
+    return SimpleNamespace(
+        plain=keygen(keys / "id_plain"),
+        protected=keygen(keys / "id_protected", passphrase=passphrase),
+        passphrase=passphrase,
+        stranger=keygen(keys / "id_stranger"),
+    )
+
+
+@pytest.fixture
+def sshd(tmp_path, ssh_keys):
+    """OpenSSH's sshd on loopback, letting the current user in with ``plain`` or ``protected``, running git-shell."""
+    _need_sshd()
+    from tests.servers import SshServer  # pylint: disable=import-outside-toplevel
+
+    server = SshServer(tmp_path / "sshd", authorize=[ssh_keys.plain, ssh_keys.protected]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def known_hosts(tmp_path, sshd):
+    """A known_hosts file listing ``sshd``'s host key."""
+    path = tmp_path / "known_hosts"
+    path.write_text(sshd.known_hosts_line(), encoding="utf-8")
+    return str(path)
+
+
+HTTP_USER, HTTP_PASSWORD = "envflow", "s3cret-t0ken-for-http"
+
+
+@pytest.fixture
+def git_http(remote):
+    """git's smart HTTP for ``remote`` on loopback, behind basic authentication (HTTP_USER, HTTP_PASSWORD)."""
+    from tests.servers import HTTP_BACKEND, GitHttpServer  # pylint: disable=import-outside-toplevel
+
+    if HTTP_BACKEND is None:
+        pytest.skip("git http-backend is not installed")
+    server = GitHttpServer(os.path.dirname(remote.path), HTTP_USER, HTTP_PASSWORD).start()
+    try:
+        yield server
+    finally:
+        server.stop()

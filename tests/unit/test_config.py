@@ -177,3 +177,118 @@ def test_a_mistyped_url_with_credentials_is_reported_without_them():
         "envflow:repo: 'https//***@git.example.com/ops/automation.git' is a relative path; "
         "use an absolute path or a URL"
     )
+
+
+SSH = "ssh://git@git.example.org:2222/ops/automation.git"
+HTTPS = "https://git.example.org/ops/automation.git"
+
+
+def test_credentials_and_timeout():
+    config = parse(changed(repo=SSH, credentials={"ssh_key": "/etc/salt/envflow/id_ed25519", "ssh_passphrase": "pa55"}))
+    assert config.credentials.ssh_key == "/etc/salt/envflow/id_ed25519"
+    assert config.timeout == 30
+    assert "pa55" not in repr(config)
+    config = parse(
+        changed(repo="git@git.example.org:ops/automation.git", credentials={"ssh_agent": True}, timeout="2m")
+    )
+    assert config.credentials.ssh_agent is True
+    assert config.timeout == 120
+    config = parse(
+        changed(repo=HTTPS, credentials={"username": "envflow", "password": "t0ken", "ca_bundle": "/ca.pem"})
+    )
+    assert (config.credentials.username, config.credentials.password) == ("envflow", "t0ken")
+    assert "t0ken" not in repr(config)
+    http = parse(changed(repo="http://ci@git.example.org/a.git", credentials={"password": "x", "allow_http": True}))
+    assert http.credentials.allow_http is True
+    assert parse(changed(repo=SSH, credentials={"username": "deploy"})).credentials.username == "deploy"
+
+
+@pytest.mark.parametrize(
+    "repo, credentials, message",
+    [
+        (SSH, "id_ed25519", "envflow:credentials: must be a mapping, such as {ssh_key: /etc/salt/envflow/id_ed25519}"),
+        (SSH, {"sshkey": "/k"}, "envflow:credentials: unknown key 'sshkey'; known keys: ssh_key, ssh_passphrase,"),
+        (SSH, {"ssh_key": "id_ed25519"}, "envflow:credentials:ssh_key: 'id_ed25519' is a relative path"),
+        (SSH, {"ssh_key": "/k", "ssh_agent": True}, "envflow:credentials:ssh_agent: give either ssh_key or ssh_agent"),
+        (SSH, {"ssh_agent": "yes"}, "envflow:credentials:ssh_agent: 'yes' is not true or false"),
+        (
+            SSH,
+            {"ssh_passphrase": "p"},
+            "envflow:credentials:ssh_passphrase: is the passphrase of ssh_key, which is not",
+        ),
+        (
+            SSH,
+            {"ssh_key": "/k", "ssh_passphrase": 1234},
+            "envflow:credentials:ssh_passphrase: must be a non-empty string (quote it in YAML), or an sdb:// URI",
+        ),
+        (SSH, {"known_hosts": "known_hosts"}, "envflow:credentials:known_hosts: 'known_hosts' is a relative path"),
+        (SSH, {"accept_unknown_host_key": "no"}, "envflow:credentials:accept_unknown_host_key: 'no' is not true or"),
+        (
+            SSH,
+            {"password": "x"},
+            "envflow:credentials:password: is for https:// and http:// remotes, and envflow:repo is ssh",
+        ),
+        (HTTPS, {"ssh_key": "/k"}, "envflow:credentials:ssh_key: is for ssh:// and user@host:path remotes, and"),
+        (
+            HTTPS,
+            {"password": "t0ken"},
+            "envflow:credentials:password: needs a username: set envflow:credentials:username",
+        ),
+        (HTTPS, {"username": ""}, "envflow:credentials:username: must be a non-empty string"),
+        (HTTPS, {"ca_bundle": "ca.pem"}, "envflow:credentials:ca_bundle: 'ca.pem' is a relative path"),
+        (HTTPS, {"allow_http": 1}, "envflow:credentials:allow_http: 1 is not true or false"),
+        (
+            "http://git.example.org/a.git",
+            {"username": "u", "password": "t0ken"},
+            "envflow:repo: http:// would send the password unencrypted; use https://, or set "
+            "envflow:credentials:allow_http: true",
+        ),
+        ("http://u:t0ken@git.example.org/a.git", None, "envflow:repo: http:// would send the password unencrypted"),
+        ("/srv/git/a.git", {"ssh_key": "/k"}, "envflow:credentials:ssh_key: envflow:repo is a repository on this"),
+        (
+            "ssh://git.example.org/a.git",
+            None,
+            "envflow:repo: 'ssh://git.example.org/a.git' names no ssh user; write it",
+        ),
+    ],
+)
+def test_each_credentials_mistake_names_its_key_and_never_a_secret(repo, credentials, message):
+    raw = changed(repo=repo)
+    if credentials is not None:
+        raw["credentials"] = credentials
+    with pytest.raises(ConfigError) as error:
+        parse(raw)
+    text = str(error.value)
+    assert text.startswith(message)
+    assert "\n" not in text
+    assert "t0ken" not in text and "1234" not in text
+
+
+@pytest.mark.parametrize("timeout", [0, "0s", -5, "soon", True, "30 minutes"])
+def test_a_bad_timeout_is_refused(timeout):
+    with pytest.raises(ConfigError) as error:
+        parse(changed(timeout=timeout))
+    assert str(error.value).startswith(f"envflow:timeout: {timeout!r} is not a number of seconds; give 1 or more")
+
+
+def test_sdb_values_are_read_only_when_needed_and_failures_name_the_key():
+    asked = []
+
+    def resolve(uri, key):
+        asked.append((uri, key))
+        return {"sdb://envflow/token": "t0ken-from-sdb"}.get(uri)
+
+    raw = changed(repo=HTTPS, credentials={"username": "envflow", "password": "sdb://envflow/token"})
+    credentials = parse(raw, resolve=resolve).credentials
+    assert asked == []  # parsing reads no secret
+    assert credentials.resolved().password == "t0ken-from-sdb"
+    assert asked == [("sdb://envflow/token", "envflow:credentials:password")]
+    raw["credentials"]["password"] = "sdb://envflow/missing"
+    with pytest.raises(ConfigError) as error:
+        parse(raw, resolve=resolve).credentials.resolved()
+    assert str(error.value) == (
+        "envflow:credentials:password: sdb://envflow/missing gave no value; check the sdb profile and key it names"
+    )
+    with pytest.raises(ConfigError) as error:
+        parse(raw).credentials.resolved()
+    assert str(error.value).startswith("envflow:credentials:password: sdb://envflow/missing cannot be read here")
