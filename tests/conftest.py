@@ -113,7 +113,7 @@ def _need_sshd():
     from tests.servers import SSHD  # pylint: disable=import-outside-toplevel
 
     if SSHD is None:
-        pytest.skip("OpenSSH's sshd is not installed (.ci/run installs openssh-server)")
+        pytest.fail("OpenSSH's sshd is not installed: install openssh-server (tests/run.py does, as root)")
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def git_http(remote):
     from tests.servers import HTTP_BACKEND, GitHttpServer  # pylint: disable=import-outside-toplevel
 
     if HTTP_BACKEND is None:
-        pytest.skip("git http-backend is not installed")
+        pytest.fail("git http-backend is not installed: install git's full package")
     server = GitHttpServer(os.path.dirname(remote.path), HTTP_USER, HTTP_PASSWORD).start()
     try:
         yield server

@@ -136,8 +136,45 @@ def parse_args(argv):
     return options, pytest_args
 
 
+# Programs the tests start or call (real servers on loopback: tests/servers.py), and the Debian packages holding them.
+_PROGRAMS = {
+    "sshd": "openssh-server",
+    "ssh-keygen": "openssh-client",
+    "ssh-agent": "openssh-client",
+    "openssl": "openssl",
+}
+
+
+def _missing_programs():
+    path = os.environ.get("PATH", os.defpath) + os.pathsep + "/usr/sbin:/usr/local/sbin"
+    return {name: package for name, package in _PROGRAMS.items() if shutil.which(name, path=path) is None}
+
+
+def system_programs():
+    """Install (as root, with apt-get) the programs the tests need and lack; ``False`` if any is still missing."""
+    missing = _missing_programs()
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        packages = sorted(set(missing.values()))
+        venvs.say(f"tests: installing {', '.join(packages)} with apt-get (for {', '.join(sorted(missing))})")
+        command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+        quiet = {"stdout": subprocess.DEVNULL, "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+        if subprocess.run(command, check=False, **quiet).returncode:
+            subprocess.run(["apt-get", "update", "-q"], check=False, **quiet)
+            subprocess.run(command, check=False, **quiet)
+        missing = _missing_programs()
+    if missing:
+        venvs.say(
+            f"tests: {', '.join(sorted(missing))} missing; install {' '.join(sorted(set(missing.values())))} "
+            "(the private-remote tests start a real sshd), or run this as root where apt-get can"
+        )
+        return False
+    return True
+
+
 def main(argv):
     options, pytest_args = parse_args(argv)
+    if not system_programs():
+        return 1
     names = options.salt or list(venvs.LINES)
     docs, linting = not options.no_docs, not options.no_lint
     started = time.monotonic()

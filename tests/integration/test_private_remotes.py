@@ -46,7 +46,7 @@ class SshSite:
 @pytest.fixture(scope="module")
 def ssh_site(salt_factories, tmp_path_factory):
     if SSHD is None:
-        pytest.skip("OpenSSH's sshd is not installed (.ci/run installs openssh-server)")
+        pytest.fail("OpenSSH's sshd is not installed: install openssh-server (tests/run.py does, as root)")
     work = tmp_path_factory.mktemp("ssh-site")
     key = keygen(work / "id_ed25519", passphrase=PASSPHRASE)
     sshd = SshServer(work / "sshd", authorize=[key]).start()
