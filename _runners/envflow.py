@@ -12,8 +12,8 @@ import functools
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
+    from envflow import access, jobs, pipeline, records, saltbus
     from envflow import config as envflow_config
-    from envflow import jobs, pipeline, records, saltbus
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, redact
     from envflow.served import ServedDir
@@ -62,7 +62,8 @@ def _reported(function):
             return function(*args, **kwargs)
         except Exception as exc:  # pylint: disable=broad-except
             text = " ".join(str(exc).split())
-            return _failure(f"envflow: {function.__name__} failed: {type(exc).__name__}: {redact(text)}")
+            text = access.scrub_held(redact(text))
+            return _failure(f"envflow: {function.__name__} failed: {type(exc).__name__}: {text}")
 
     return reporting
 

@@ -105,12 +105,25 @@ class Credentials:
             if not isinstance(found, str):
                 raise ConfigError(f"{key}: {value} gave {type(found).__name__}, not text")
             changes[name] = found
-        return dataclasses.replace(self, **changes) if changes else self
+        resolved = dataclasses.replace(self, **changes) if changes else self
+        _HELD.update(resolved.secrets())
+        return resolved
 
     @property
     def known_hosts_file(self):
         """The known_hosts file to check ssh host keys against: configured, or the Salt user's own."""
         return self.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+
+
+# Every secret value this process has held: a text about to leave it (a runner's unexpected error) is scrubbed of them.
+_HELD = set()
+
+
+def scrub_held(text):
+    """``text`` with every passphrase and password this process has read replaced by ``***``."""
+    for secret in sorted(_HELD, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def check_key_file(path):

@@ -381,3 +381,14 @@ def test_the_next_run_after_a_timeout_works(remote, ssh_keys, tmp_path):
     finally:
         silent.stop()
         server.stop()
+
+
+def test_every_secret_read_is_scrubbed_from_a_runners_unexpected_error():
+    """A runner's catch-all reports an exception's text: no passphrase or password read in this process is in it."""
+    from envflow.access import Credentials, scrub_held  # pylint: disable=import-outside-toplevel
+
+    tokens = {"sdb://vault/token": "t0ken-from-sdb-4242"}
+    Credentials(password="sdb://vault/token", resolve=lambda uri, key: tokens[uri]).resolved()
+    Credentials(ssh_passphrase="plain-passphrase-77").resolved()
+    text = "boom near t0ken-from-sdb-4242 and plain-passphrase-77 in a message"
+    assert scrub_held(text) == "boom near *** and *** in a message"
