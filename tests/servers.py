@@ -367,9 +367,10 @@ def make_ca_and_certificate(root, host="127.0.0.1"):
 class SilentServer:
     """Accepts connections on 127.0.0.1 and never says anything (a hung git server)."""
 
-    def __init__(self):
+    def __init__(self, port=0):
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port a server just left
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.accepted = []

@@ -81,6 +81,27 @@ def test_the_ssh_agent(remote, sshd, ssh_keys, known_hosts, tmp_path, monkeypatc
         agent.wait(10)
 
 
+def test_an_agent_whose_keys_the_server_refuses_says_so_and_changes_nothing(
+    remote, sshd, ssh_keys, known_hosts, tmp_path, monkeypatch
+):
+    sock = str(tmp_path / "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.path.exists(sock), "ssh-agent's socket")
+        env = dict(os.environ, SSH_AUTH_SOCK=sock)
+        subprocess.run(["ssh-add", "-q", ssh_keys.stranger], env=env, check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+        before = remote.refs()
+        with mirror_for(sshd.url(remote.path), tmp_path, {"ssh_agent": True, "known_hosts": known_hosts}) as mirror:
+            text = fails(mirror)
+            assert mirror_refs(mirror) == {}
+        assert "refused" in text and "agent" in text, text
+        assert remote.refs() == before
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
 def test_the_ssh_agent_without_ssh_auth_sock_is_refused_in_one_line(remote, sshd, known_hosts, tmp_path, monkeypatch):
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     with mirror_for(sshd.url(remote.path), tmp_path, {"ssh_agent": True, "known_hosts": known_hosts}) as mirror:
@@ -392,3 +413,39 @@ def test_every_secret_read_is_scrubbed_from_a_runners_unexpected_error():
     Credentials(ssh_passphrase="plain-passphrase-77").resolved()
     text = "boom near t0ken-from-sdb-4242 and plain-passphrase-77 in a message"
     assert scrub_held(text) == "boom near *** and *** in a message"
+
+
+def test_a_push_to_a_server_that_stops_answering_fails_within_the_timeout_and_moves_nothing(remote, ssh_keys, tmp_path):
+    """Fetched from a real sshd, then the port answers nothing: the compare-and-swap push times out in one line."""
+    from tests.conftest import _need_sshd  # pylint: disable=import-outside-toplevel
+
+    _need_sshd()
+    probe = SilentServer().start()
+    port = probe.port
+    probe.stop()
+    server = SshServer(tmp_path / "sshd", authorize=[ssh_keys.plain], port=port)
+    hosts = tmp_path / "known_hosts"
+    hosts.write_text(server.known_hosts_line(), encoding="utf-8")
+    url = server.url(remote.path)
+    credentials = {"ssh_key": ssh_keys.plain, "known_hosts": str(hosts)}
+    new = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    before = remote.tip("stage")
+    silent = None
+    try:
+        server.start()
+        with mirror_for(url, tmp_path, credentials, timeout=2) as mirror:
+            mirror.fetch()
+            server.stop()
+            silent = SilentServer(port=port).start()
+            started = time.monotonic()
+            text = fails(mirror, lambda: mirror.update_branch("stage", mirror.tip("stage"), pygit2.Oid(hex=new)))
+            assert time.monotonic() - started < 20
+            assert "did not answer within 2s (envflow:timeout)" in text, text
+            assert text.startswith("envflow: cannot push stage to ")
+            with mirror.locked():
+                pass
+        assert remote.tip("stage") == before
+    finally:
+        server.stop()
+        if silent is not None:
+            silent.stop()
