@@ -63,7 +63,9 @@ def runner_functions(master_base_opts, block):
     return functions
 
 
-def test_deploy_and_promote_over_ssh_with_the_passphrase_from_sdb(minion_base_opts, ssh_block, remote, caplog):
+def test_deploy_and_promote_over_ssh_with_the_passphrase_from_sdb(
+    minion_base_opts, ssh_block, ssh_keys, remote, caplog
+):
     caplog.set_level(logging.DEBUG)
     loaders, envflow = execution_module(minion_base_opts, ssh_block)
     try:
@@ -78,7 +80,23 @@ def test_deploy_and_promote_over_ssh_with_the_passphrase_from_sdb(minion_base_op
     finally:
         loaders.reset_state()
     assert ssh_block["credentials"]["ssh_passphrase"].startswith("sdb://")  # read when needed, not stored back
-    assert PASSPHRASE_VAR not in caplog.text or "c0rrect" not in caplog.text
+    assert ssh_keys.passphrase not in caplog.text
+
+
+def test_deploy_and_promote_over_http_with_the_token_from_sdb(minion_base_opts, http_block, remote, caplog):
+    caplog.set_level(logging.DEBUG)
+    loaders, envflow = execution_module(minion_base_opts, http_block)
+    try:
+        tested = remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+        deployed = envflow.deploy("test")
+        assert deployed["new"]["id"] == tested
+        assert served_file(http_block, "test", "web/init.sls") == "# web v2\n"
+        promoted = envflow.promote("stage")
+        assert promoted["new"] == tested
+        assert remote.tip("stage") == tested
+    finally:
+        loaders.reset_state()
+    assert HTTP_PASSWORD not in caplog.text + repr(deployed) + repr(promoted)
 
 
 @pytest.mark.parametrize(
