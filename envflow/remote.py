@@ -29,6 +29,11 @@ _ZERO = pygit2.Oid(hex="0" * 40)
 log = logging.getLogger(__name__)
 
 
+def _fetched(refname):
+    """Whether a fetch brings ``refname`` into the mirror (what :data:`_FETCH_REFSPECS` name)."""
+    return refname.startswith(("refs/heads/", "refs/tags/")) or refname == NOTES
+
+
 def _shown_ref(refname):
     return refname[len("refs/heads/") :] if refname.startswith("refs/heads/") else refname
 
@@ -249,6 +254,35 @@ class Mirror:
         os.replace(alternates + ".tmp", alternates)
         return True
 
+    def _copy_local_refs(self, repo, local):
+        """Set the mirror's branches, tags and notes to a local remote's, pruning the others; ``False`` if it cannot.
+
+        With the remote's objects read in place (:meth:`_borrow_objects`),
+        copying its references is the whole fetch, and costs less than
+        libgit2's local transport, which negotiates as over a network. It
+        cannot when an object they name is not readable here: libgit2's fetch
+        then copies what is missing.
+        """
+        try:
+            remote = pygit2.Repository(local)
+        except pygit2.GitError:
+            return False
+        try:
+            wanted = {name: remote.references[name].resolve().target for name in remote.references if _fetched(name)}
+        except (KeyError, pygit2.GitError):
+            return False  # a symbolic reference to nothing, or a reference being rewritten: let the fetch say
+        finally:
+            remote.free()
+        if not all(target in repo for target in wanted.values()):
+            return False
+        for name in [name for name in repo.references if _fetched(name) and name not in wanted]:
+            repo.references.delete(name)
+        for name, target in wanted.items():
+            held = repo.references.get(name)
+            if held is None or held.target != target:
+                repo.references.create(name, target, force=True)
+        return True
+
     def fetch(self):
         """Bring every branch and tag of the remote into the mirror, pruning deleted ones."""
         if is_local(self.url):
@@ -263,6 +297,8 @@ class Mirror:
                 self.close()  # libgit2 reads alternates when it opens a repository
                 repo = self.repo
             clear_stale_git_locks(self.path)
+            if is_local(self.url) and self._copy_local_refs(repo, local):
+                return
             callbacks = self._callbacks()
             remote = repo.remotes.create_anonymous(self.url)
             try:

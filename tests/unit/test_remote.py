@@ -199,3 +199,31 @@ def test_a_lock_a_killed_process_left_in_a_local_remote_long_ago_is_cleared(remo
     mirror.update_branch("stage", mirror.tip("stage"), pygit2.Oid(hex=new))
     assert remote.tip("stage") == new
     assert not os.path.exists(lock)
+
+
+def test_a_local_fetch_copies_branches_tags_and_notes_and_prunes_the_rest(remote, mirror):
+    """A local remote's objects are read in place: the fetch sets the references as they are there, no more."""
+    from tests.gitrepo import git  # pylint: disable=import-outside-toplevel
+
+    new = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    git("tag", "-a", "-m", "release", "v1", new, cwd=remote.path)
+    git("tag", "light", remote.tip("stage"), cwd=remote.path)
+    git("notes", "--ref=envflow", "add", "-m", '{"verified": true}', new, cwd=remote.path)
+    git("symbolic-ref", "refs/heads/alias", "refs/heads/develop", cwd=remote.path)
+    git("update-ref", "refs/other/kept-out", new, cwd=remote.path)
+    mirror.fetch()
+    refs = {name: str(mirror.repo.references[name].target) for name in mirror.repo.references}
+    expected = {
+        name: git("rev-parse", name, cwd=remote.path)
+        for name in git("for-each-ref", "--format=%(refname)", cwd=remote.path).split()
+        if name.startswith(("refs/heads/", "refs/tags/", "refs/notes/envflow"))
+    }
+    assert refs == expected
+    assert refs["refs/heads/alias"] == new
+    assert mirror.commit("v1").id == pygit2.Oid(hex=new)
+    git("tag", "-d", "v1", cwd=remote.path)
+    git("update-ref", "-d", "refs/notes/envflow", cwd=remote.path)
+    git("symbolic-ref", "--delete", "refs/heads/alias", cwd=remote.path)
+    mirror.fetch()
+    assert not {"refs/tags/v1", "refs/notes/envflow", "refs/heads/alias"} & set(mirror.repo.references)
+    assert str(mirror.repo.references["refs/tags/light"].target) == remote.tip("stage")
