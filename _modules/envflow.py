@@ -117,7 +117,8 @@ def _after_deploy(config, env, served):
     try:
         fileserver_opts = _fileserver_opts(config)
         if fileserver_opts:
-            result["refreshed"] = saltbus.refresh_fileserver(fileserver_opts, result["path"])
+            # file_roots lists the states directory, which is the path itself unless envflow:states says otherwise.
+            result["refreshed"] = saltbus.refresh_fileserver(fileserver_opts, config.environment(env).states_dir)
     except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
         # The new tree is served already; salt.config exits on a broken master config.
         result["warning"] = f"envflow: the file server caches for {result['path']} were not cleared: {exc}"
