@@ -4,7 +4,8 @@ One master, a stage minion and a prod minion (by their ``env`` grain), with
 the master configuration docs/workflows/pillar.rst shows: each saltenv's
 ``file_roots`` lists ``<path>/salt``, its ``pillar_roots`` ``<path>/pillar``,
 ``top_file_merging_strategy: same``, ``pillarenv_from_saltenv: True``, and
-``pillar_cache: True`` (so a pillar the master kept would show). Each minion
+``pillar_cache: True`` (so a pillar the master kept would show) and
+``fileserver_followsymlinks: False`` (for ``base``). Each minion
 sets ``saltenv`` to its environment. Nothing is mocked.
 """
 
@@ -54,6 +55,7 @@ def master_config(envflow, base):
         "top_file_merging_strategy": "same",
         "pillarenv_from_saltenv": True,
         "pillar_cache": True,
+        "fileserver_followsymlinks": False,
     }
 
 
@@ -122,6 +124,11 @@ def site(salt_factories, tmp_path_factory):
 def test_the_master_serves_exactly_the_documented_roots(site):
     roots = ok(site.run("salt.cmd", "config.get", "pillar_roots"))
     assert roots == {env["name"]: [f"{env['path']}/pillar"] for env in site.envflow["environments"]}
+
+
+def test_the_documented_configuration_passes_the_check(site):
+    assert ok(site.run("envflow.check")) == {"problems": []}
+    assert "warnings" not in ok(site.run("envflow.status"))
 
 
 def test_minions_cannot_reach_the_pillar_through_salt(site):
