@@ -5,6 +5,8 @@ beside envflow's directories, with Salt's default
 ``fileserver_followsymlinks: True``: two roots envflow does not deploy.
 """
 
+import os
+
 
 def _outside(master_base_opts):
     return [
@@ -34,3 +36,21 @@ def test_status_shows_the_same_lines_as_warnings(runners, master_base_opts):
     assert report["warnings"] == _outside(master_base_opts)
     assert sorted(report["environments"]) == ["prod", "stage", "test"]
     assert "retcode" not in runners.context
+
+
+def test_check_reports_an_invalid_block_in_one_line_and_changes_nothing(master_base_opts, envflow_block, remote):
+    import salt.loader  # pylint: disable=import-outside-toplevel
+
+    block = dict(envflow_block, pillar="pillar")  # the states are at the root: refused
+    opts = dict(master_base_opts, envflow=block)
+    context = {}
+    runners = salt.loader.runner(opts, utils=salt.loader.utils(opts), context=context)
+    srv, before = os.path.dirname(block["environments"][0]["path"]), remote.refs()
+    assert not os.path.exists(srv)
+    assert runners["envflow.check"]() == {
+        "retcode": 1,
+        "error": "envflow:pillar: 'pillar' is inside the repository root, where the states are, so every minion "
+        "could read the pillar through salt://; set states to a directory beside it, such as salt",
+    }
+    assert context["retcode"] == 1
+    assert remote.refs() == before and not os.path.exists(srv)
