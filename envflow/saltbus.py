@@ -100,7 +100,7 @@ def refresh_fileserver(master_opts, path):
 
 
 def _forget_pillar_bank(master_opts, pillarenvs):
-    """Salt 3007+: ``salt.cache``'s ``pillar`` bank, keyed ``<minion>`` or ``<minion>:<pillarenv>``."""
+    """Salt 3008: ``salt.cache``'s ``pillar`` bank, keyed ``<minion>`` or ``<minion>:<pillarenv>``."""
     import salt.cache  # pylint: disable=import-outside-toplevel
 
     cache = salt.cache.factory(
@@ -133,8 +133,9 @@ def forget_pillar_cache(master_opts, path):
     Return those pillarenvs. The master keeps compiled pillars (``pillar_cache``,
     and with ``minion_data_cache`` it writes them even when ``pillar_cache`` is off)
     for ``pillar_cache_ttl``: without this it would keep rendering the pillar of
-    the tree just switched out. Salt 3006 keeps them in files per minion, later
-    lines in ``salt.cache``'s ``pillar`` bank; a cache held in the master's memory
+    the tree just switched out. Salt 3006 keeps them in files per minion, Salt
+    3008 (whose ``PillarCache`` has ``pillar_key``) in ``salt.cache``'s ``pillar``
+    bank; a cache held in the master's memory
     (``pillar_cache_backend: memory``, ``memcache_expire_seconds``) cannot be
     reached from here, which ``envflow.check`` reports.
     """

@@ -53,7 +53,7 @@ def site(tmp_path_factory, minion_base_opts):
 def test_states_and_pillar_are_served_together_and_pillar_is_not_reachable_through_salt(site):
     remote, loaders, stage = site
     done = loaders.modules.envflow.deploy("stage")
-    assert done["changed"] is True and done["refreshed"] == ["stage"], done
+    assert (done["changed"], done["refreshed"], done["pillar_refreshed"]) == (True, ["stage"], ["stage"]), done
     cp = loaders.modules.cp
     assert sorted(cp.list_master(saltenv="stage")) == ["top.sls", "web/init.sls"]
     for path in ("salt://pillar/app.sls", "salt://app.sls", "salt://../pillar/app.sls"):
@@ -62,7 +62,8 @@ def test_states_and_pillar_are_served_together_and_pillar_is_not_reachable_throu
 
     # One commit changes a state and the pillar it reads; one switch serves both.
     remote.commit("stage", {"pillar/app.sls": "app:\n  greeting: bonjour\n", "salt/web/extra.sls": "{}\n"})
-    assert loaders.modules.envflow.deploy("stage")["refreshed"] == ["stage"]
+    again = loaders.modules.envflow.deploy("stage")
+    assert (again["refreshed"], again["pillar_refreshed"], "minions" in again) == (["stage"], ["stage"], False)
     assert pillar_of(loaders, "stage")["app"] == {"greeting": "bonjour"}
     assert sorted(cp.list_master(saltenv="stage")) == ["top.sls", "web/extra.sls", "web/init.sls"]
     assert os.path.islink(stage) and not os.path.islink(os.path.join(stage, "pillar"))

@@ -10,7 +10,7 @@ import salt.utils.cache
 
 from envflow import saltbus
 
-NEW_PILLAR_CACHE = hasattr(salt.pillar.PillarCache, "pillar_key")  # Salt 3007+
+NEW_PILLAR_CACHE = hasattr(salt.pillar.PillarCache, "pillar_key")  # Salt 3008
 
 
 @pytest.fixture
