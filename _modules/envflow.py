@@ -118,10 +118,7 @@ def _after_deploy(config, env, served):
     try:
         fileserver_opts = _fileserver_opts(config)
         if fileserver_opts:
-            # file_roots lists the states directory: the path itself unless envflow:states says otherwise.
-            result["refreshed"] = saltbus.refresh_fileserver(fileserver_opts, environment.states_dir)
-            if environment.pillar_dir:
-                result["pillar_refreshed"] = saltbus.forget_pillar_cache(fileserver_opts, environment.pillar_dir)
+            result.update(saltbus.refresh_caches(fileserver_opts, environment))
     except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
         # The new tree is served already; salt.config exits on a broken master config.
         result["warning"] = f"envflow: the master's caches for {result['path']} were not cleared: {exc}"

@@ -151,6 +151,20 @@ def forget_pillar_cache(master_opts, path):
     return pillarenvs
 
 
+def refresh_caches(master_opts, env):
+    """After ``env`` (an :class:`~envflow.config.Environment`) switched: clear the master's caches of it.
+
+    Returns ``refreshed`` (the saltenvs whose file-server caches were
+    cleared: those listing ``env``'s states directory, the path itself unless
+    ``envflow:states`` says otherwise) and ``pillar_refreshed`` (the
+    pillarenvs whose cached pillars were forgotten).
+    """
+    return {
+        "refreshed": refresh_fileserver(master_opts, env.states_dir),
+        "pillar_refreshed": forget_pillar_cache(master_opts, env.pillar_dir) if env.pillar_dir else [],
+    }
+
+
 def _answers(returns, expected):
     """Split ``expected`` by the answers to a job: ``answered``, ``failed`` (with why), ``missing``."""
     failed = {
