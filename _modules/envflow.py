@@ -110,20 +110,25 @@ def _fire(env, action, data):
 
 
 def _after_deploy(config, env, served):
-    """Once the new tree is served: refresh the file server's caches, fire ``deployed``; return the result."""
-    result = {"env": env, **served, "refreshed": []}
+    """Once the new tree is served: refresh the master's caches (and minions), fire ``deployed``; return the result."""
+    result = {"env": env, **served, "refreshed": [], "pillar_refreshed": []}
     if not result["changed"]:
         return result
+    environment, fileserver_opts = config.environment(env), None
     try:
         fileserver_opts = _fileserver_opts(config)
         if fileserver_opts:
-            result["refreshed"] = saltbus.refresh_fileserver(fileserver_opts, result["path"])
+            result.update(saltbus.refresh_caches(fileserver_opts, environment))
     except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
         # The new tree is served already; salt.config exits on a broken master config.
-        result["warning"] = f"envflow: the file server caches for {result['path']} were not cleared: {exc}"
+        result["warning"] = f"envflow: the master's caches for {result['path']} were not cleared: {exc}"
         log.warning("%s", result["warning"])
+    if environment.sync_minions and fileserver_opts and fileserver_opts.get("__role") == "master":
+        result["minions"] = saltbus.sync_minions(fileserver_opts, environment.target, env)
     old = result["old"]["id"] if result["old"] else None
-    _fire(env, "deployed", {"env": env, "path": result["path"], "old": old, "new": result["new"]["id"]})
+    data = {"env": env, "path": result["path"], "old": old, "new": result["new"]["id"]}
+    data.update((key, result[key]) for key in ("refreshed", "pillar_refreshed", "minions") if key in result)
+    _fire(env, "deployed", data)
     return result
 
 
@@ -156,8 +161,13 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
     files added, modified and deleted, the directory moved aside on a first
     deploy, the symlinks refused because they lead out of the tree, and the
     saltenvs whose file server caches were refreshed (``refreshed``; empty
-    when no ``file_roots`` on this host lists the environment's path), and a
-    ``warning`` when clearing those caches failed after the switch.
+    when no ``file_roots`` on this host lists the environment's states
+    directory), the pillarenvs whose cached pillars the master forgot
+    (``pillar_refreshed``, with ``envflow:pillar``), with ``sync_minions``
+    what the environment's minions answered to ``saltutil.refresh_pillar``
+    and ``saltutil.sync_all`` (``minions``: ``answered``, ``failed``,
+    ``missing``), and a ``warning`` when clearing the caches failed after the
+    switch.
 
     CLI Example:
 

@@ -12,7 +12,7 @@ import functools
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
-    from envflow import access, jobs, pipeline, records, saltbus
+    from envflow import access, checks, jobs, pipeline, records, saltbus
     from envflow import config as envflow_config
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, redact
@@ -131,7 +131,8 @@ def status(env=None):
     """
     Show, for each environment (or ``env``): its branch, the branch tip on the
     remote, the commit deployed, whether they match, how many commits wait in
-    the environment before it, and how many files were changed by hand.
+    the environment before it, and how many files were changed by hand; and
+    under ``warnings`` what :py:func:`check` finds wrong in the master's configuration.
 
     CLI Example:
 
@@ -143,9 +144,44 @@ def status(env=None):
     try:
         config = _config()
         with _mirror(config) as mirror:
-            return {"environments": pipeline.status(config, mirror, env)}
+            report = {"environments": pipeline.status(config, mirror, env)}
     except EnvflowError as exc:
         return _failure(str(exc))
+    warnings = checks.problems(config, __opts__)
+    return {**report, "warnings": warnings} if warnings else report
+
+
+@_reported
+def check():
+    """
+    List the mistakes envflow can see in the master's configuration, one line each, with the fix.
+
+    Checks that each environment's saltenv serves its states directory
+    (``file_roots``) and pillar directory (``pillar_roots``) and nothing of
+    envflow's own directories, that no top file merges other environments'
+    (``top_file_merging_strategy``), that no ``file_roots`` directory outside
+    envflow's control serves symlinks (``fileserver_followsymlinks``), that
+    environments have the ``target`` their gates need, and that pillar
+    settings let each environment's minions get their own environment's
+    pillar. Any problem returns ``retcode: 1``; ``envflow.status`` shows the
+    same lines under ``warnings``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.check
+    """
+    try:
+        found = checks.problems(_config(), __opts__)
+    except EnvflowError as exc:
+        return _failure(str(exc))
+    if not found:
+        return {"problems": []}
+    return {
+        **_failure(f"envflow: {len(found)} problem(s) in the master configuration, listed in problems"),
+        "problems": found,
+    }
 
 
 @_reported

@@ -6,6 +6,7 @@ Each mistake is reported with the key it concerns, in Salt's colon notation
 
 import dataclasses
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 
@@ -18,9 +19,11 @@ from envflow.text import echo
 
 # Saltenv names end up in file names (Salt's caches) and in top files.
 _SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_TOP_KEYS = {"repo", "environments", "master_config", "credentials", "timeout"}
+# Settings given for the whole block that an environment may override.
+_SHARED_KEYS = {"states", "pillar", "sync_minions"}
+_TOP_KEYS = {"repo", "environments", "master_config", "credentials", "timeout", *_SHARED_KEYS}
 _ENV_KEYS = {"name", "branch", "path"}
-_OPTIONAL_ENV_KEYS = {"target", "gates"}
+_OPTIONAL_ENV_KEYS = {"target", "gates", *_SHARED_KEYS}
 _GATE_KEYS = {"verified", "soak", "approvals"}
 _SSH_KEYS = ("ssh_key", "ssh_passphrase", "ssh_agent", "known_hosts", "accept_unknown_host_key")
 _HTTP_KEYS = ("password", "ca_bundle", "allow_http")
@@ -50,6 +53,19 @@ class Environment:
     path: str
     target: str = None
     gates: Gates = Gates()
+    states: str = "."
+    pillar: str = None
+    sync_minions: bool = False
+
+    @property
+    def states_dir(self):
+        """The directory ``file_roots`` lists for this saltenv: ``<path>/<states>``, or ``path`` itself."""
+        return self.path if self.states == "." else os.path.join(self.path, self.states)
+
+    @property
+    def pillar_dir(self):
+        """The directory ``pillar_roots`` lists for this pillarenv, ``<path>/<pillar>``; ``None`` without pillar."""
+        return os.path.join(self.path, self.pillar) if self.pillar else None
 
 
 @dataclass(frozen=True)
@@ -110,7 +126,57 @@ def _branch(value, key):
     return branch
 
 
-def _environment(raw, index):
+def _subdir(value, key, example, root_ok):
+    """A directory of the repository, such as ``salt``: relative, inside it, in git's ``/`` notation."""
+    text = _string(value, key, example)
+    path = posixpath.normpath(text.replace(os.sep, "/"))
+    if path.startswith("/"):
+        _fail(key, f"{echo(text)} is an absolute path; give a directory of the repository, such as {example}")
+    if path == ".." or path.startswith("../"):
+        _fail(key, f"{echo(text)} leads out of the repository; give a directory inside it, such as {example}")
+    if path == "." and not root_ok:
+        _fail(key, f"the repository root cannot be the pillar directory; give a directory such as {example}")
+    return path
+
+
+def _inside_dir(path, other):
+    """Whether repository directory ``path`` is ``other`` or inside it (``.`` is the root)."""
+    return other in (".", path) or path.startswith(f"{other}/")
+
+
+def _layout(raw, shared, key):
+    """The environment's ``states``, ``pillar`` and ``sync_minions``, its own or the block's (``shared``)."""
+
+    def setting(name):
+        return (raw[name], f"{key}:{name}") if raw.get(name) is not None else shared[name]
+
+    states, states_key = setting("states")
+    pillar, pillar_key = setting("pillar")
+    sync, sync_key = setting("sync_minions")
+    states = _subdir(states, states_key, "salt", root_ok=True) if states is not None else "."
+    pillar = _subdir(pillar, pillar_key, "pillar", root_ok=False) if pillar is not None else None
+    if pillar is not None and _inside_dir(pillar, states):
+        if states == ".":
+            where = "the repository root, where the states are"
+            fix = "set states to a directory beside it, such as salt"
+        else:
+            where, fix = f"the states directory {echo(states)}", f"move the pillar out of {echo(states)}"
+        _fail(
+            pillar_key,
+            f"{echo(pillar)} is inside {where}, so every minion could read the pillar through salt://; {fix}",
+        )
+    if pillar is not None and _inside_dir(states, pillar):
+        _fail(
+            states_key, f"{echo(states)} is inside the pillar directory {echo(pillar)}; give them separate directories"
+        )
+    if sync is not None and not isinstance(sync, bool):
+        _fail(sync_key, f"{echo(sync)} is not true or false")
+    if sync and not raw.get("target") and sync_key.startswith(f"{key}:"):
+        _fail(sync_key, f"needs the environment's minions: add target, a compound target such as G@env:{raw['name']}")
+    return {"states": states, "pillar": pillar, "sync_minions": bool(sync and raw.get("target"))}
+
+
+def _environment(raw, index, shared):
     key = f"envflow:environments:{index}"
     if not isinstance(raw, dict):
         _fail(key, "must be a mapping with name, branch and path")
@@ -118,7 +184,8 @@ def _environment(raw, index):
     if unknown:
         _fail(
             key,
-            f"unknown key {echo(unknown[0])}; an environment has name, branch, path, and optionally target and gates",
+            f"unknown key {echo(unknown[0])}; an environment has name, branch, path, and optionally "
+            "target, gates, states, pillar and sync_minions",
         )
     for field in sorted(_ENV_KEYS):
         if field not in raw:
@@ -135,6 +202,7 @@ def _environment(raw, index):
         path=_path(raw["path"], f"{key}:path"),
         target=target,
         gates=_gates(raw.get("gates"), f"{key}:gates", first=index == 0, name=name),
+        **_layout({**raw, "name": name, "target": target}, shared, key),
     )
 
 
@@ -290,7 +358,8 @@ def parse(raw, resolve=None):
         _fail("envflow:environments", "missing or empty; list the environments in pipeline order")
     if not isinstance(raw["environments"], list):
         _fail("envflow:environments", "must be a list of environments in pipeline order")
-    environments = tuple(_environment(item, index) for index, item in enumerate(raw["environments"]))
+    shared = {name: (raw.get(name), f"envflow:{name}") for name in _SHARED_KEYS}
+    environments = tuple(_environment(item, index, shared) for index, item in enumerate(raw["environments"]))
     for field in ("name", "branch", "path"):
         seen = {}
         for index, env in enumerate(environments):

@@ -192,7 +192,9 @@ def deploy_summary(result):
         "moved_aside": result["moved_aside"],
         "refused_links": [f"{link['path']} -> {link['target']}" for link in result["refused_links"]],
         "refreshed": result["refreshed"],
+        "pillar_refreshed": result.get("pillar_refreshed", []),
         "discarded": result["discarded"],
+        **({"minions": result["minions"]} if "minions" in result else {}),
         **({"warning": result["warning"]} if result.get("warning") else {}),
     }
 

@@ -1,4 +1,4 @@
-"""Where envflow touches Salt: the master's event bus, its file server caches, and sdb secrets.
+"""Where envflow touches Salt: the master's event bus, its file server and pillar caches, its minions, and sdb secrets.
 
 Salt is imported lazily, inside the functions, so the rest of the package
 needs nothing but pygit2.
@@ -34,14 +34,19 @@ def sdb_reader(opts, utils=None):
     return resolve
 
 
+def _master_listens(opts):
+    """Whether the master whose options are ``opts`` runs (its event bus socket exists; always true over TCP)."""
+    return opts.get("ipc_mode", "ipc") != "ipc" or os.path.exists(
+        os.path.join(opts["sock_dir"], "master_event_pull.ipc")
+    )
+
+
 def fire_on_master(opts, tag, data):
     """Fire ``tag`` on the event bus of the master whose options are ``opts``; ``False`` if it is not running.
 
     An event that cannot be sent must not undo work that is done: failures are logged, not raised.
     """
-    if opts.get("ipc_mode", "ipc") == "ipc" and not os.path.exists(
-        os.path.join(opts["sock_dir"], "master_event_pull.ipc")
-    ):
+    if not _master_listens(opts):
         # No master is listening: firing would only wait for a connect timeout.
         log.debug("envflow: no master event bus under %s; %s not fired", opts["sock_dir"], tag)
         return False
@@ -56,12 +61,12 @@ def fire_on_master(opts, tag, data):
 
 
 def saltenvs_serving(file_roots, path):
-    """The saltenvs whose ``file_roots`` list ``path``."""
+    """The saltenvs whose ``file_roots`` (or the pillarenvs whose ``pillar_roots``) list ``path``."""
     path = os.path.normpath(path)
     return sorted(
         saltenv
         for saltenv, roots in (file_roots or {}).items()
-        if any(isinstance(root, str) and os.path.normpath(root) == path for root in roots or [])
+        if isinstance(roots, list) and any(isinstance(root, str) and os.path.normpath(root) == path for root in roots)
     )
 
 
@@ -92,3 +97,116 @@ def refresh_fileserver(master_opts, path):
 
         salt.fileserver.Fileserver(master_opts).update(back=["roots"])
     return saltenvs
+
+
+def _forget_pillar_bank(master_opts, pillarenvs):
+    """Salt 3008: ``salt.cache``'s ``pillar`` bank, keyed ``<minion>`` or ``<minion>:<pillarenv>``."""
+    import salt.cache  # pylint: disable=import-outside-toplevel
+
+    cache = salt.cache.factory(
+        master_opts, driver=master_opts.get("pillar.cache_driver"), expires=master_opts.get("pillar_cache_ttl", 3600)
+    )
+    for key in cache.list("pillar") or []:
+        # A key without a pillarenv holds a pillar merged from every pillarenv, ours too.
+        if ":" not in key or key.rsplit(":", 1)[1] in pillarenvs:
+            cache.flush("pillar", key)
+
+
+def _forget_pillar_files(master_opts, pillarenvs):
+    """Salt 3006: one file per minion under ``<cachedir>/pillar_cache``, ``{minion: {pillarenv: pillar}}``."""
+    import salt.utils.cache  # pylint: disable=import-outside-toplevel
+
+    folder = os.path.join(master_opts["cachedir"], "pillar_cache")
+    with contextlib.suppress(FileNotFoundError):
+        for minion in os.listdir(folder):
+            cache = salt.utils.cache.CacheDisk(master_opts.get("pillar_cache_ttl", 3600), os.path.join(folder, minion))
+            for key in list(cache._dict):  # pylint: disable=protected-access
+                envs = cache._dict[key]  # pylint: disable=protected-access
+                if isinstance(envs, dict) and any(env is None or env in pillarenvs for env in envs):
+                    # None: the pillar merged from every pillarenv, ours too.
+                    cache[key] = {env: data for env, data in envs.items() if env is not None and env not in pillarenvs}
+
+
+def forget_pillar_cache(master_opts, path):
+    """Drop the master's cached pillar of every minion for the pillarenvs whose ``pillar_roots`` list ``path``.
+
+    Return those pillarenvs. The master keeps compiled pillars (``pillar_cache``,
+    and with ``minion_data_cache`` it writes them even when ``pillar_cache`` is off)
+    for ``pillar_cache_ttl``: without this it would keep rendering the pillar of
+    the tree just switched out. Salt 3006 keeps them in files per minion, Salt
+    3008 (whose ``PillarCache`` has ``pillar_key``) in ``salt.cache``'s ``pillar``
+    bank; a cache held in the master's memory
+    (``pillar_cache_backend: memory``, ``memcache_expire_seconds``) cannot be
+    reached from here, which ``envflow.check`` reports.
+    """
+    pillarenvs = saltenvs_serving(master_opts.get("pillar_roots"), path)
+    if not pillarenvs:
+        return []
+    import salt.pillar  # pylint: disable=import-outside-toplevel
+
+    if hasattr(salt.pillar.PillarCache, "pillar_key"):
+        _forget_pillar_bank(master_opts, set(pillarenvs))
+    else:
+        _forget_pillar_files(master_opts, set(pillarenvs))
+    return pillarenvs
+
+
+def refresh_caches(master_opts, env):
+    """After ``env`` (an :class:`~envflow.config.Environment`) switched: clear the master's caches of it.
+
+    Returns ``refreshed`` (the saltenvs whose file-server caches were
+    cleared: those listing ``env``'s states directory, the path itself unless
+    ``envflow:states`` says otherwise) and ``pillar_refreshed`` (the
+    pillarenvs whose cached pillars were forgotten).
+    """
+    return {
+        "refreshed": refresh_fileserver(master_opts, env.states_dir),
+        "pillar_refreshed": forget_pillar_cache(master_opts, env.pillar_dir) if env.pillar_dir else [],
+    }
+
+
+def _answers(returns, expected):
+    """Split ``expected`` by the answers to a job: ``answered``, ``failed`` (with why), ``missing``."""
+    failed = {
+        minion: " ".join(str(ret).split())
+        for minion, ret in returns.items()
+        if ret is False or (isinstance(ret, str) and ret)  # Salt returns an error as a string
+    }
+    answered = sorted(set(returns) - set(failed))
+    return answered, failed, sorted(set(expected) - set(returns))
+
+
+def sync_minions(master_opts, target, saltenv):
+    """Refresh the pillar and sync custom modules (``saltutil.sync_all saltenv=<saltenv>``) on ``target``'s minions.
+
+    Runs through Salt's ``LocalClient`` on the master, with the master's
+    ``timeout`` and ``gather_job_timeout``. Returns which minions ``answered``
+    both, which ``failed`` (and why) and which are ``missing`` (no answer);
+    never raises, since the deploy is done: a failure to reach the master is
+    reported under ``error``.
+    """
+    report = {"target": target, "answered": [], "failed": {}, "missing": []}
+    if not _master_listens(master_opts):
+        report["error"] = f"envflow: the minions of {target} were not synced: the salt-master is not running"
+        log.warning("%s", report["error"])
+        return report
+    try:
+        import salt.client  # pylint: disable=import-outside-toplevel
+        import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+        expected = salt.utils.minions.CkMinions(master_opts).check_minions(target, "compound")["minions"]
+        with salt.client.LocalClient(mopts=master_opts) as client:
+            pillar = client.cmd(target, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="compound")
+            synced = client.cmd(target, "saltutil.sync_all", kwarg={"saltenv": saltenv}, tgt_type="compound")
+    except Exception as exc:  # pylint: disable=broad-except
+        report["error"] = f"envflow: the minions of {target} were not synced: {' '.join(str(exc).split())}"
+        log.warning("%s", report["error"])
+        return report
+    answered, failed, missing = _answers(pillar, expected)
+    synced_ok, sync_failed, sync_missing = _answers(synced, expected)
+    report["failed"] = {**failed, **sync_failed}
+    report["missing"] = sorted(set(missing) | set(sync_missing))
+    report["answered"] = sorted(set(answered) & set(synced_ok) - set(report["failed"]))
+    if report["failed"] or report["missing"]:
+        log.warning("envflow: minions of %s not synced: %s", target, report["failed"] or report["missing"])
+    return report

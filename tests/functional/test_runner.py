@@ -42,6 +42,7 @@ def test_promote_moves_the_tested_commit_and_deploys_it(runners, envflow_block, 
             "moved_aside": None,
             "refused_links": [],
             "refreshed": ["stage"],
+            "pillar_refreshed": [],
             "discarded": None,
         },
     }

@@ -292,3 +292,72 @@ def test_sdb_values_are_read_only_when_needed_and_failures_name_the_key():
     with pytest.raises(ConfigError) as error:
         parse(raw).credentials.resolved()
     assert str(error.value).startswith("envflow:credentials:password: sdb://envflow/missing cannot be read here")
+
+
+def test_states_and_pillar_directories_default_to_the_root_and_no_pillar():
+    stage = parse(VALID).environment("stage")
+    assert (stage.states, stage.pillar, stage.sync_minions) == (".", None, False)
+    assert (stage.states_dir, stage.pillar_dir) == ("/srv/salt/stage", None)
+
+
+def test_states_and_pillar_are_served_under_the_path_that_switches():
+    config = parse(changed(states="salt/", pillar="./pillar", env2_states="states", env2_pillar="data/pillar"))
+    stage, prod = config.environment("stage"), config.environment("prod")
+    assert (stage.states_dir, stage.pillar_dir) == ("/srv/salt/stage/salt", "/srv/salt/stage/pillar")
+    assert (prod.states_dir, prod.pillar_dir) == ("/srv/salt/prod/states", "/srv/salt/prod/data/pillar")
+
+
+def test_sync_minions_applies_to_environments_with_a_target():
+    config = parse(changed(sync_minions=True, env1_target="G@env:stage"))
+    assert [env.sync_minions for env in config.environments] == [False, True, False]
+    config = parse(changed(env2_target="G@env:prod", env2_sync_minions=True))
+    assert [env.sync_minions for env in config.environments] == [False, False, True]
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            changed(pillar="pillar"),
+            "envflow:pillar: 'pillar' is inside the repository root, where the states are, so every minion "
+            "could read the pillar through salt://; set states to a directory beside it, such as salt",
+        ),
+        (
+            changed(states="salt", env1_pillar="salt/pillar"),
+            "envflow:environments:1:pillar: 'salt/pillar' is inside the states directory 'salt', so every minion "
+            "could read the pillar through salt://; move the pillar out of 'salt'",
+        ),
+        (
+            changed(states="pillar/salt", pillar="pillar"),
+            "envflow:states: 'pillar/salt' is inside the pillar directory 'pillar'; give them separate directories",
+        ),
+        (changed(states="salt", pillar="salt"), "envflow:pillar: 'salt' is inside the states directory 'salt'"),
+        (
+            changed(states="/srv/salt"),
+            "envflow:states: '/srv/salt' is an absolute path; give a directory of the repository, such as salt",
+        ),
+        (
+            changed(states="salt", env0_pillar="../pillar"),
+            "envflow:environments:0:pillar: '../pillar' leads out of the repository; give a directory inside it, "
+            "such as pillar",
+        ),
+        (
+            changed(states="salt", pillar="."),
+            "envflow:pillar: the repository root cannot be the pillar directory; give a directory such as pillar",
+        ),
+        (changed(states=""), "envflow:states: must be a non-empty string, for example salt"),
+        (changed(pillar=["pillar"]), "envflow:pillar: must be a non-empty string, for example pillar"),
+        (changed(sync_minions="yes"), "envflow:sync_minions: 'yes' is not true or false"),
+        (
+            changed(env1_sync_minions=True),
+            "envflow:environments:1:sync_minions: needs the environment's minions: add target, "
+            "a compound target such as G@env:stage",
+        ),
+        (changed(env1_pillars="p"), "envflow:environments:1: unknown key 'pillars'"),
+    ],
+)
+def test_each_layout_mistake_names_its_key_in_one_line(raw, message):
+    with pytest.raises(ConfigError) as error:
+        parse(raw)
+    assert str(error.value).startswith(message)
+    assert "\n" not in str(error.value)

@@ -1,0 +1,156 @@
+"""Mistakes in the master's configuration that envflow can see from its options: one line each, saying the fix.
+
+Each check reads a master's ``opts`` (a dict, as Salt loads it) and a
+:class:`~envflow.config.Config`; nothing on disk is read, so the same lines
+come from ``salt-run envflow.check`` and ``envflow.status``.
+"""
+
+import os
+
+from envflow.layout import Layout
+
+
+def _roots(opts, key):
+    """``{saltenv: [normalized path, ...]}`` of ``file_roots`` or ``pillar_roots``."""
+    found = {}
+    for saltenv, roots in (opts.get(key) or {}).items():
+        if isinstance(roots, list):
+            found[str(saltenv)] = [os.path.normpath(root) for root in roots if isinstance(root, str)]
+    return found
+
+
+def _within(path, directory):
+    """Whether ``path`` is ``directory`` or inside it."""
+    return os.path.commonpath([path, directory]) == directory
+
+
+def _serving(config, opts, key, attribute):
+    """The environment's directory missing from its own saltenv's roots, one line each."""
+    roots = _roots(opts, key)
+    what = "states" if key == "file_roots" else "pillar"
+    lines = []
+    for env in config.environments:
+        wanted = getattr(env, attribute)
+        if wanted is None or wanted in roots.get(env.name, []):
+            continue
+        which = "path" if wanted == env.path else f"{what} directory"
+        lines.append(
+            f"{key}:{env.name}: does not list {wanted} ({env.name}'s {which}), so Salt does not serve what envflow "
+            f"deploys in {env.name}; set {key}: {{{env.name}: [{wanted}]}}"
+        )
+    return lines
+
+
+def _envflow_homes(config, opts):
+    """Roots naming envflow's own directory (``.<name>.envflow``), or holding it."""
+    lines = []
+    for key in ("file_roots", "pillar_roots"):
+        for saltenv, roots in _roots(opts, key).items():
+            for root in roots:
+                for env in config.environments:
+                    home = Layout(env.path).home
+                    served = env.states_dir if key == "file_roots" else env.pillar_dir or env.path
+                    if _within(root, home):
+                        lines.append(
+                            f"{key}:{saltenv}: {root} is inside {home}, envflow's own directory, whose trees "
+                            f"are replaced at every deploy; list {served}, under the symlink envflow switches"
+                        )
+                    elif _within(home, root):
+                        lines.append(
+                            f"{key}:{saltenv}: {root} holds {home}, envflow's own directory (both trees of "
+                            f"{env.name} and their repositories); list only the environments' directories"
+                        )
+    return lines
+
+
+def _pillar_served_as_files(config, opts):
+    """file_roots entries holding an environment's pillar directory: every minion could read it."""
+    lines = []
+    for saltenv, roots in _roots(opts, "file_roots").items():
+        for root in roots:
+            for env in config.environments:
+                if env.pillar_dir and _within(env.pillar_dir, root):
+                    lines.append(
+                        f"file_roots:{saltenv}: {root} holds {env.pillar_dir}, the pillar of {env.name}, "
+                        f"so every minion can read it through salt://; list {env.states_dir} instead"
+                    )
+    return lines
+
+
+def _top_merging(config, opts):
+    strategy = opts.get("top_file_merging_strategy", "merge")
+    if strategy != "merge_all":
+        return []
+    names = ", ".join(env.name for env in config.environments)
+    return [
+        f"top_file_merging_strategy: merge_all merges the top files of every saltenv ({names}), so a minion gets "
+        "what another environment's branch assigns it; set top_file_merging_strategy: same"
+    ]
+
+
+def _followed_links(config, opts):
+    """With ``fileserver_followsymlinks`` on, a root envflow does not deploy serves whatever its links lead to."""
+    if not opts.get("fileserver_followsymlinks", True):
+        return []
+    # Inside an environment's path envflow refuses such links; its own directory is reported apart.
+    managed = [directory for env in config.environments for directory in (env.path, Layout(env.path).home)]
+    return [
+        f"fileserver_followsymlinks is on and file_roots:{saltenv} lists {root}, which envflow does not deploy: "
+        "a symlink in it leading out of it is served to every minion; set fileserver_followsymlinks: False, "
+        "or keep such links out of it"
+        for saltenv, roots in _roots(opts, "file_roots").items()
+        for root in roots
+        if not any(_within(root, directory) for directory in managed)
+    ]
+
+
+def _targets(config):
+    """Settings that act on an environment's minions, where the environment has no ``target``."""
+    lines = []
+    for env in config.environments:
+        upstream = config.upstream(env.name)
+        if env.gates.verified and upstream is not None and not upstream.target:
+            lines.append(
+                f"envflow:environments:{config.environments.index(upstream)}:target: not set, but {env.name} has "
+                f"the verified gate: envflow.verify {upstream.name} jid=last and the release pipeline need "
+                f"{upstream.name}'s minions; add a compound target such as G@env:{upstream.name}"
+            )
+    return lines
+
+
+def _pillarenv(config, opts):
+    if not any(env.pillar for env in config.environments):
+        return []
+    if opts.get("pillarenv_from_saltenv") or opts.get("pillarenv"):
+        return []
+    return [
+        "pillarenv_from_saltenv: off, so a minion that sets no pillarenv gets the pillar top files of every "
+        "environment merged; set pillarenv_from_saltenv: True (and each minion's saltenv)"
+    ]
+
+
+def _pillar_cache_in_memory(config, opts):
+    if not any(env.pillar for env in config.environments) or not opts.get("pillar_cache"):
+        return []
+    if opts.get("pillar_cache_backend", "disk") != "memory" and not opts.get("memcache_expire_seconds"):
+        return []
+    return [
+        "pillar_cache: the master keeps pillars in its memory (pillar_cache_backend: memory or "
+        "memcache_expire_seconds), which envflow cannot clear after a deploy; use pillar_cache_backend: disk "
+        "and memcache_expire_seconds: 0, or sync_minions"
+    ]
+
+
+def problems(config, opts):
+    """Every mistake visible in the master's ``opts`` for the environments of ``config``, one line each."""
+    return [
+        *_serving(config, opts, "file_roots", "states_dir"),
+        *_serving(config, opts, "pillar_roots", "pillar_dir"),
+        *_envflow_homes(config, opts),
+        *_pillar_served_as_files(config, opts),
+        *_top_merging(config, opts),
+        *_followed_links(config, opts),
+        *_targets(config),
+        *_pillarenv(config, opts),
+        *_pillar_cache_in_memory(config, opts),
+    ]

@@ -1,0 +1,125 @@
+"""envflow.checks on master opts dicts: each mistake one line, and a correct configuration none."""
+
+import copy
+
+import pytest
+
+from envflow.checks import problems
+from envflow.config import parse
+
+BLOCK = {
+    "repo": "/srv/git/automation.git",
+    "states": "salt",
+    "pillar": "pillar",
+    "environments": [
+        {"name": "test", "branch": "develop", "path": "/srv/salt/test", "target": "G@env:test"},
+        {"name": "stage", "branch": "stage", "path": "/srv/salt/stage", "target": "G@env:stage"},
+        {"name": "prod", "branch": "master", "path": "/srv/salt/prod", "target": "G@env:prod"},
+    ],
+}
+# The master configuration docs/workflows/pillar.rst recommends.
+GOOD = {
+    "file_roots": {env: [f"/srv/salt/{env}/salt"] for env in ("test", "stage", "prod")},
+    "pillar_roots": {env: [f"/srv/salt/{env}/pillar/"] for env in ("test", "stage", "prod")},
+    "top_file_merging_strategy": "same",
+    "pillarenv_from_saltenv": True,
+    "fileserver_followsymlinks": True,
+}
+
+
+def opts(**changes):
+    found = copy.deepcopy(GOOD)
+    found.update(changes)
+    return found
+
+
+def roots(**changes):
+    """GOOD's file_roots with saltenvs replaced."""
+    return {**GOOD["file_roots"], **changes}
+
+
+def test_the_recommended_configuration_has_no_problem():
+    assert problems(parse(BLOCK), GOOD) == []
+
+
+def test_without_states_and_pillar_the_path_itself_is_served():
+    block = {key: value for key, value in BLOCK.items() if key not in ("states", "pillar")}
+    found = opts(file_roots={env: [f"/srv/salt/{env}"] for env in ("test", "stage", "prod")}, pillar_roots={})
+    del found["pillarenv_from_saltenv"]
+    assert problems(parse(block), found) == []
+    found["file_roots"]["stage"] = ["/srv/salt/stage/salt"]
+    assert problems(parse(block), found) == [
+        "file_roots:stage: does not list /srv/salt/stage (stage's path), so Salt does not serve what envflow "
+        "deploys in stage; set file_roots: {stage: [/srv/salt/stage]}"
+    ]
+
+
+@pytest.mark.parametrize(
+    "master, line",
+    [
+        (
+            opts(file_roots=roots(stage=["/srv/salt/stage/states"])),
+            "file_roots:stage: does not list /srv/salt/stage/salt (stage's states directory), so Salt does not "
+            "serve what envflow deploys in stage; set file_roots: {stage: [/srv/salt/stage/salt]}",
+        ),
+        (
+            opts(pillar_roots={"test": ["/srv/salt/test/pillar"], "stage": ["/srv/salt/stage/pillar"]}),
+            "pillar_roots:prod: does not list /srv/salt/prod/pillar (prod's pillar directory), so Salt does not "
+            "serve what envflow deploys in prod; set pillar_roots: {prod: [/srv/salt/prod/pillar]}",
+        ),
+        (
+            opts(file_roots=roots(prod=["/srv/salt/prod/salt", "/srv/salt/.prod.envflow/a/salt"])),
+            "file_roots:prod: /srv/salt/.prod.envflow/a/salt is inside /srv/salt/.prod.envflow, envflow's own "
+            "directory, whose trees are replaced at every deploy; list /srv/salt/prod/salt, under the symlink "
+            "envflow switches",
+        ),
+        (
+            opts(file_roots=roots(stage=["/srv/salt/stage/salt", "/srv/salt/stage"])),
+            "file_roots:stage: /srv/salt/stage holds /srv/salt/stage/pillar, the pillar of stage, so every minion "
+            "can read it through salt://; list /srv/salt/stage/salt instead",
+        ),
+        (
+            opts(top_file_merging_strategy="merge_all"),
+            "top_file_merging_strategy: merge_all merges the top files of every saltenv (test, stage, prod), so a "
+            "minion gets what another environment's branch assigns it; set top_file_merging_strategy: same",
+        ),
+        (
+            opts(file_roots=roots(base=["/srv/salt/base"])),
+            "fileserver_followsymlinks is on and file_roots:base lists /srv/salt/base, which envflow does not "
+            "deploy: a symlink in it leading out of it is served to every minion; set fileserver_followsymlinks: "
+            "False, or keep such links out of it",
+        ),
+        (
+            opts(pillarenv_from_saltenv=False),
+            "pillarenv_from_saltenv: off, so a minion that sets no pillarenv gets the pillar top files of every "
+            "environment merged; set pillarenv_from_saltenv: True (and each minion's saltenv)",
+        ),
+        (
+            opts(pillar_cache=True, pillar_cache_backend="memory"),
+            "pillar_cache: the master keeps pillars in its memory (pillar_cache_backend: memory or "
+            "memcache_expire_seconds), which envflow cannot clear after a deploy; use pillar_cache_backend: disk "
+            "and memcache_expire_seconds: 0, or sync_minions",
+        ),
+    ],
+)
+def test_each_mistake_is_one_line(master, line):
+    assert problems(parse(BLOCK), master) == [line]
+
+
+def test_a_root_holding_envflows_own_directory():
+    found = problems(parse(BLOCK), opts(file_roots=roots(base=["/srv/salt"]), fileserver_followsymlinks=False))
+    assert (
+        "file_roots:base: /srv/salt holds /srv/salt/.stage.envflow, envflow's own directory (both trees of stage "
+        "and their repositories); list only the environments' directories"
+    ) in found
+    assert all("\n" not in line for line in found)
+
+
+def test_a_verified_gate_needs_the_upstream_target():
+    block = copy.deepcopy(BLOCK)
+    del block["environments"][1]["target"]
+    block["environments"][2]["gates"] = {"verified": True}
+    assert problems(parse(block), GOOD) == [
+        "envflow:environments:1:target: not set, but prod has the verified gate: envflow.verify stage jid=last "
+        "and the release pipeline need stage's minions; add a compound target such as G@env:stage"
+    ]
