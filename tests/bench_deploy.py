@@ -82,8 +82,26 @@ _GIT_ENV = {
 }
 
 
+# The checkout this script is in: salt-call and the memory children import its envflow, not the one a
+# virtualenv may hold from an older build.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _env():
-    return dict(os.environ, **_GIT_ENV)
+    pythonpath = os.pathsep.join(filter(None, [CHECKOUT, os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, **_GIT_ENV, PYTHONPATH=pythonpath)
+
+
+def _envflow_imported():
+    """Where this Python, run as salt-call runs, imports envflow from."""
+    return subprocess.run(
+        [sys.executable, "-c", "import envflow, os; print(os.path.dirname(envflow.__file__))"],
+        env=_env(),
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def git(*args, cwd=None, input=None):
@@ -455,6 +473,7 @@ def report(all_results, args):
         f"python {sys.version.split()[0]}, salt {_salt_version()}, pygit2 {_pygit2_version()}, "
         f"{git('--version')}, {os.cpu_count()} CPUs"
     )
+    out(f"envflow imported from {_envflow_imported()} (by PYTHONPATH, in salt-call and the memory children)")
     out(
         "times in ms: envflow and git.latest = the state's own duration from salt-call --local state.apply --out=json "
         "(Salt's start-up excluded);"
