@@ -193,3 +193,55 @@ def test_a_commit_of_pillar_state_and_module_reaches_each_environment_with_its_p
     applied = ok(site.on("prod", "state.apply"))
     assert all(state["result"] for state in applied.values()), applied
     assert site.written("prod") == label
+
+
+_PREPARE_THEN_WAIT = """
+import sys
+from envflow.remote import Mirror
+from envflow.served import ServedDir
+with Mirror({repo!r}, {cache!r}) as mirror:
+    mirror.fetch()
+    with ServedDir({path!r}).deploying(mirror.objects, mirror.commit({rev!r})) as deployment:
+        deployment.prepare()
+        print("prepared", flush=True)
+        sys.stdin.read()  # killed here: the new tree is ready in the standby, not switched
+        raise SystemExit("not killed")
+"""
+
+
+def test_a_kill_between_preparing_and_switching_leaves_states_and_pillar_at_one_commit(site, tmp_path):
+    """States and pillar live in one tree behind one symlink: the minion reads both old, then both new."""
+    import signal  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    from envflow.saltbus import forget_pillar_cache  # pylint: disable=import-outside-toplevel
+
+    stage = next(env for env in site.envflow["environments"] if env["name"] == "stage")
+    label = f"killed-{time.monotonic_ns()}"
+    state = "salt/web/init.sls"
+    new = site.remote.commit(
+        "develop", {"pillar/app.sls": f"app:\n  greeting: {label}\n", state: f"# {label}\n"}, "both change"
+    )
+
+    def read_both():
+        forget_pillar_cache(site.master.config, f"{stage['path']}/pillar")  # as envflow does after a deploy
+        served_state = ok(site.on("stage", "cp.get_file_str", "salt://web/init.sls", "saltenv=stage"))
+        return site.pillar("stage")["app"]["greeting"], label in served_state
+
+    assert read_both() == ("hello", False)
+    cache = str(tmp_path / "cache")
+    script = _PREPARE_THEN_WAIT.format(repo=site.remote.path, cache=cache, path=stage["path"], rev=new)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"prepared\n"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+        child.stdout.close()
+        child.stdin.close()
+    assert child.returncode == -signal.SIGKILL
+    assert read_both() == ("hello", False)  # neither the new pillar nor the new state
+    ok(site.run("envflow.refresh", "test"))
+    assert ok(site.run("envflow.promote", "stage"))["deployed"]["new"] == new
+    assert read_both() == (label, True)
