@@ -84,3 +84,30 @@ def test_pillar_beside_states_at_the_root_is_refused_and_changes_nothing(tmp_pat
     )
     assert not (tmp_path / "srv").exists()
     assert not any("envflow" in name for name in os.listdir(tmp_path / "cache"))  # no mirror fetched
+
+
+def test_the_pillar_tree_keeps_every_guarantee_of_the_served_tree(site):
+    """Hand edits of the pillar are refused; an outward symlink in it is never served; no bookkeeping lands in it."""
+    from tests.gitrepo import Symlink  # pylint: disable=import-outside-toplevel
+
+    remote, loaders, stage = site
+    envflow = loaders.modules.envflow
+    remote.commit("stage", {"pillar/leak.sls": Symlink("/etc/passwd"), "pillar/up": Symlink("../../..")}, "leaks")
+    done = envflow.deploy("stage")
+    assert sorted(link["path"] for link in done["refused_links"]) == ["pillar/leak.sls", "pillar/up"]
+    pillar_dir = os.path.join(stage, "pillar")
+    assert not os.path.lexists(os.path.join(pillar_dir, "leak.sls"))
+    assert not os.path.lexists(os.path.join(pillar_dir, "up"))
+    assert not [name for name in os.listdir(pillar_dir) if name.startswith(".")]
+    with open(os.path.join(pillar_dir, "app.sls"), "a", encoding="utf-8") as handle:
+        handle.write("  edited: by hand\n")
+    remote.commit("stage", {"salt/web/more.sls": "{}\n"})
+    with pytest.raises(CommandExecutionError) as error:
+        envflow.deploy("stage")
+    assert "was edited by hand (modified: pillar/app.sls)" in str(error.value)
+    with open(os.path.join(pillar_dir, "app.sls"), encoding="utf-8") as handle:
+        assert "edited: by hand" in handle.read()
+    assert "web/more.sls" not in loaders.modules.cp.list_master(saltenv="stage")
+    forced = envflow.deploy("stage", force=True)
+    assert forced["discarded"]["modified"] == ["pillar/app.sls"]
+    assert "edited" not in pillar_of(loaders, "stage")["app"]
