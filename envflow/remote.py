@@ -225,7 +225,7 @@ class Mirror:
         for warning in callbacks.warnings:
             log.warning("%s", warning)
 
-    def _borrow_objects(self, local):
+    def _borrow_objects(self, remote):
         """Read a repository on this machine's objects in place (git's alternates), rather than copying them.
 
         A fetch then only copies references: libgit2's local transport would
@@ -233,14 +233,10 @@ class Mirror:
         repository. As with ``git clone --shared``, objects the remote prunes
         (unreachable after a force-push and a ``git gc``) are gone here too;
         envflow then rebuilds a tree that needed them from the commit it deploys.
-        Returns whether the alternates changed (the mirror must then be opened again).
+        ``remote`` is that repository, opened. Returns whether the alternates
+        changed (the mirror must then be opened again).
         """
-        try:
-            remote = pygit2.Repository(local)
-        except pygit2.GitError:
-            return False  # the fetch says what is wrong with it
         objects = os.path.join(remote.path, "objects")
-        remote.free()
         alternates = os.path.join(self.path, "objects", "info", "alternates")
         try:
             with open(alternates, encoding="utf-8") as handle:
@@ -254,25 +250,19 @@ class Mirror:
         os.replace(alternates + ".tmp", alternates)
         return True
 
-    def _copy_local_refs(self, repo, local):
+    def _copy_local_refs(self, repo, remote):
         """Set the mirror's branches, tags and notes to a local remote's, pruning the others; ``False`` if it cannot.
 
         With the remote's objects read in place (:meth:`_borrow_objects`),
         copying its references is the whole fetch, and costs less than
         libgit2's local transport, which negotiates as over a network. It
         cannot when an object they name is not readable here: libgit2's fetch
-        then copies what is missing.
+        then copies what is missing. ``remote`` is the local remote, opened.
         """
-        try:
-            remote = pygit2.Repository(local)
-        except pygit2.GitError:
-            return False
         try:
             wanted = {name: remote.references[name].resolve().target for name in remote.references if _fetched(name)}
         except (KeyError, pygit2.GitError):
             return False  # a symbolic reference to nothing, or a reference being rewritten: let the fetch say
-        finally:
-            remote.free()
         if not all(target in repo for target in wanted.values()):
             return False
         for name in [name for name in repo.references if _fetched(name) and name not in wanted]:
@@ -283,6 +273,25 @@ class Mirror:
                 repo.references.create(name, target, force=True)
         return True
 
+    def _fetch_local(self, local):
+        """Fetch from the repository at ``local`` by reading it in place; ``False``: libgit2's fetch must run.
+
+        The repository is opened once for both steps. ``False`` also when it
+        cannot be opened: libgit2's fetch then says what is wrong with it.
+        """
+        try:
+            remote = pygit2.Repository(local)
+        except pygit2.GitError:
+            clear_stale_git_locks(self.path)
+            return False
+        try:
+            if self._borrow_objects(remote):
+                self.close()  # libgit2 reads alternates when it opens a repository
+            clear_stale_git_locks(self.path)
+            return self._copy_local_refs(self.repo, remote)
+        finally:
+            remote.free()
+
     def fetch(self):
         """Bring every branch and tag of the remote into the mirror, pruning deleted ones."""
         if is_local(self.url):
@@ -291,16 +300,12 @@ class Mirror:
                 raise RemoteError(
                     f"envflow:repo: {local} does not exist; point envflow:repo at the automation repository"
                 )
-        repo = self.repo
+        self.repo  # noqa: B018 - made (if missing) before the lock, which making it takes too
         with self.locked():
-            if is_local(self.url) and self._borrow_objects(local):
-                self.close()  # libgit2 reads alternates when it opens a repository
-                repo = self.repo
-            clear_stale_git_locks(self.path)
-            if is_local(self.url) and self._copy_local_refs(repo, local):
+            if is_local(self.url) and self._fetch_local(local):
                 return
             callbacks = self._callbacks()
-            remote = repo.remotes.create_anonymous(self.url)
+            remote = self.repo.remotes.create_anonymous(self.url)
             try:
                 remote.fetch(_FETCH_REFSPECS, callbacks=callbacks, prune=FetchPrune.PRUNE)
             except RemoteError as exc:

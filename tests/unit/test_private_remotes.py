@@ -1,5 +1,6 @@
 """Fetch, compare-and-swap push and notes through a real sshd and a real git http-backend, on loopback."""
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -65,32 +66,33 @@ def test_a_passphrase_protected_key_over_ssh(remote, sshd, ssh_keys, known_hosts
         assert str(mirror.tip("master")) == remote.tip("master")
 
 
-def test_the_ssh_agent(remote, sshd, ssh_keys, known_hosts, tmp_path, monkeypatch):
+@contextlib.contextmanager
+def ssh_agent(tmp_path, key, monkeypatch):
+    """An ssh-agent holding ``key``, named by ``SSH_AUTH_SOCK`` for this test; stopped afterwards."""
     sock = str(tmp_path / "agent.sock")
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: os.path.exists(sock), "ssh-agent's socket")
         env = dict(os.environ, SSH_AUTH_SOCK=sock)
-        subprocess.run(["ssh-add", "-q", ssh_keys.plain], env=env, check=True, capture_output=True)
+        subprocess.run(["ssh-add", "-q", key], env=env, check=True, capture_output=True)
         monkeypatch.setenv("SSH_AUTH_SOCK", sock)
-        with mirror_for(sshd.url(remote.path), tmp_path, {"ssh_agent": True, "known_hosts": known_hosts}) as mirror:
-            mirror.fetch()
-            assert str(mirror.tip("develop")) == remote.tip("develop")
+        yield
     finally:
         agent.terminate()
         agent.wait(10)
 
 
+def test_the_ssh_agent(remote, sshd, ssh_keys, known_hosts, tmp_path, monkeypatch):
+    agent = {"ssh_agent": True, "known_hosts": known_hosts}
+    with ssh_agent(tmp_path, ssh_keys.plain, monkeypatch), mirror_for(sshd.url(remote.path), tmp_path, agent) as mirror:
+        mirror.fetch()
+        assert str(mirror.tip("develop")) == remote.tip("develop")
+
+
 def test_an_agent_whose_keys_the_server_refuses_says_so_and_changes_nothing(
     remote, sshd, ssh_keys, known_hosts, tmp_path, monkeypatch
 ):
-    sock = str(tmp_path / "agent.sock")
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: os.path.exists(sock), "ssh-agent's socket")
-        env = dict(os.environ, SSH_AUTH_SOCK=sock)
-        subprocess.run(["ssh-add", "-q", ssh_keys.stranger], env=env, check=True, capture_output=True)
-        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+    with ssh_agent(tmp_path, ssh_keys.stranger, monkeypatch):
         before = remote.refs()
         with mirror_for(sshd.url(remote.path), tmp_path, {"ssh_agent": True, "known_hosts": known_hosts}) as mirror:
             text = fails(mirror)
@@ -100,9 +102,6 @@ def test_an_agent_whose_keys_the_server_refuses_says_so_and_changes_nothing(
             "add one to the agent (ssh-add), or set envflow:credentials:ssh_key"
         )
         assert remote.refs() == before
-    finally:
-        agent.terminate()
-        agent.wait(10)
 
 
 def test_the_ssh_agent_without_ssh_auth_sock_is_refused_in_one_line(remote, sshd, known_hosts, tmp_path, monkeypatch):
