@@ -23,7 +23,13 @@ from envflow.locking import clear_stale_git_locks, held
 from envflow.text import echo, short
 
 NOTES = "refs/notes/envflow"
-_FETCH_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", f"+{NOTES}:{NOTES}"]
+HISTORY = "refs/envflow/history"  # see envflow.history
+_FETCH_REFSPECS = [
+    "+refs/heads/*:refs/heads/*",
+    "+refs/tags/*:refs/tags/*",
+    f"+{NOTES}:{NOTES}",
+    f"+{HISTORY}:{HISTORY}",
+]
 _ZERO = pygit2.Oid(hex="0" * 40)
 
 log = logging.getLogger(__name__)
@@ -31,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def _fetched(refname):
     """Whether a fetch brings ``refname`` into the mirror (what :data:`_FETCH_REFSPECS` name)."""
-    return refname.startswith(("refs/heads/", "refs/tags/")) or refname == NOTES
+    return refname.startswith(("refs/heads/", "refs/tags/")) or refname in (NOTES, HISTORY)
 
 
 def _shown_ref(refname):
