@@ -12,7 +12,7 @@ import functools
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
-    from envflow import access, checks, jobs, pipeline, records, saltbus
+    from envflow import access, checks, diffs, history, jobs, pipeline, records, saltbus, text
     from envflow import config as envflow_config
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, redact
@@ -23,6 +23,8 @@ except ImportError:
     HAS_ENVFLOW = False
 
 __virtualname__ = "envflow"
+# salt-run prints a return with this key through the named outputter (envflow's tables) unless --out is given.
+_TABLE = {"outputter": "envflow"}
 
 
 def __virtual__():
@@ -129,10 +131,20 @@ def _user():
 @_reported
 def status(env=None):
     """
-    Show, for each environment (or ``env``): its branch, the branch tip on the
-    remote, the commit deployed, whether they match, how many commits wait in
-    the environment before it, and how many files were changed by hand; and
-    under ``warnings`` what :py:func:`check` finds wrong in the master's configuration.
+    Show each environment (or ``env``) in one table row: its branch, the
+    commit it serves and since when, whether that is the branch's tip, how
+    many commits wait in the environment before it, how many files were
+    changed by hand, its pin and freeze, and the closed gates of the next
+    promotion into it; then what :py:func:`check` finds wrong in the master's
+    configuration.
+
+    ``--out=json`` (and orchestrate) gets the structured form: per
+    environment ``branch``, ``remote`` (the branch tip), ``deployed``,
+    ``in_sync``, ``waiting``, ``drift``, ``served`` (``id``, ``summary``,
+    ``since``), ``ahead`` (commits on the branch beyond the one served),
+    ``pin``, ``freeze``, ``gates`` and, for a directory that cannot be read,
+    ``problem``; ``warnings`` when there are any; and ``outputter: envflow``,
+    which makes ``salt-run`` print the table.
 
     CLI Example:
 
@@ -140,6 +152,7 @@ def status(env=None):
 
         salt-run envflow.status
         salt-run envflow.status prod
+        salt-run envflow.status --out=json
     """
     try:
         config = _config()
@@ -148,7 +161,7 @@ def status(env=None):
     except EnvflowError as exc:
         return _failure(str(exc))
     warnings = checks.problems(config, __opts__)
-    return {**report, "warnings": warnings} if warnings else report
+    return {**report, **({"warnings": warnings} if warnings else {}), **_TABLE}
 
 
 @_reported
@@ -362,3 +375,96 @@ def approve(env, rev=None, dry_run=False):
         return {"dry_run": True, "approver": _user(), **report} if dry_run else report
     except EnvflowError as exc:
         return _failure(str(exc))
+
+
+@_reported
+def diff(env, other=None, patch=False):
+    """
+    Show what ``salt-run envflow.promote <env>`` would bring, or, with
+    ``other``, how what ``other`` serves differs from what ``env`` serves.
+
+    For a promotion, the commit compared is the one the promotion would take
+    (deployed in the environment before ``env``), against the tip of
+    ``env``'s branch. When the promotion would be refused because the branch
+    diverged, the comparison is still shown, ``dropped`` lists the commits only
+    the branch has and ``blocked`` says why; the diff itself succeeds.
+
+    Returns ``from`` and ``to`` (commit ids), ``commits`` (those ``to`` brings),
+    ``dropped`` (those only ``from`` has), ``files`` (``<status> <path> (+added
+    -removed)``, or ``(binary)``) and ``totals``; long lists end with ``... and
+    N more``.
+
+    other
+        A second environment: compare the commits the two environments serve,
+        from ``env``'s to ``other``'s.
+
+    patch : False
+        Add the unified diff as ``patch``, cut after 500 lines or 64 KiB (it
+        then says how much was cut).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.diff prod
+        salt-run envflow.diff prod patch=True
+        salt-run envflow.diff stage prod
+        salt-run envflow.diff stage prod --out=json
+    """
+    try:
+        config = _config()
+        for name in (env, other) if other is not None else (env,):
+            config.environment(name)
+        with _mirror(config) as mirror:
+            if other is None:
+                report = diffs.promotion(config, mirror, env, patch=bool(patch))
+            else:
+                report = diffs.served(config, mirror, env, other, patch=bool(patch))
+    except EnvflowError as exc:
+        return _failure(str(exc))
+    return {**report, **_TABLE}
+
+
+def _limit(limit):
+    """``limit`` as a positive whole number, or ``None`` with the one-line refusal."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        return None
+    return limit
+
+
+@_reported
+def history(env=None, limit=20):
+    """
+    List what envflow changed (in ``env`` only, if given), newest first, one
+    table row per change: when, what, where, the commits it moved between,
+    who, why and on which master.
+
+    The history lives in the automation repository (``refs/envflow/history``,
+    see :doc:`/workflows/history`), so every master shows the same.
+    ``--out=json`` (and orchestrate) gets ``history``, the list of entries,
+    each with ``action``, ``env``, ``by``, ``at``, ``from``, ``to``,
+    ``reason``, ``master`` and what the action adds.
+
+    limit : 20
+        How many entries to list at most.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.history
+        salt-run envflow.history prod
+        salt-run envflow.history prod limit=100
+        salt-run envflow.history --out=json
+    """
+    if _limit(limit) is None:
+        return _failure(f"envflow: limit must be a positive whole number, not {text.echo(limit)}; for example limit=50")
+    try:
+        config = _config()
+        if env is not None:
+            config.environment(env)
+        with _mirror(config) as mirror:
+            found = history.entries(mirror, env, limit)
+    except EnvflowError as exc:
+        return _failure(str(exc))
+    return {"history": found, **_TABLE}

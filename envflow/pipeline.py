@@ -8,7 +8,7 @@ Salt's, fire events and shape the returns.
 import datetime
 from dataclasses import dataclass, field
 
-from envflow import records
+from envflow import history, records
 from envflow.errors import Diverged, EnvflowError, GateBlocked, RevisionError
 from envflow.remote import commit_info
 from envflow.served import ServedDir
@@ -296,21 +296,55 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
     return Promoted(report, deployed=result, moved=promotion.old != promotion.new, bypassed=bypassed)
 
 
+def _served(env):
+    """What ``env``'s directory serves, as status shows it: ``{id, summary, since}``, or ``None``."""
+    info = ServedDir(env.path).deployed()
+    return {"id": info["id"], "summary": info["summary"], "since": info["deployed_at"]} if info else None
+
+
+def _ahead(mirror, tip, served_id):
+    """How many commits ``tip`` has beyond ``served_id``, when it contains it (else ``None``)."""
+    if tip is None or served_id is None or served_id not in mirror.repo or not mirror.contains(str(tip), served_id):
+        return None
+    return len(mirror.commits(tip, served_id, limit=1000))
+
+
+def _closed_gates(config, mirror, env):
+    """The closed gates of the next promotion into ``env``; ``None`` when no promotion into it is possible now."""
+    try:
+        promotion = plan(config, mirror, env.name)
+        return blocking_gates(promotion, mirror) if promotion.old != promotion.new else []
+    except EnvflowError:
+        return None
+
+
 def status(config, mirror, name=None):
     """Describe each environment (or just ``name``): branch, remote tip, deployed commit, sync, waiting commits, drift.
 
-    An environment whose directory cannot be read reports why in ``problem``; the others are still described.
+    Each entry has ``branch``, ``remote`` (the branch tip), ``deployed`` (the
+    commit served), ``in_sync``, ``waiting`` (commits served upstream and not
+    on the branch), ``drift`` (files edited by hand); ``served`` (``id``,
+    ``summary``, ``since``), ``ahead`` (commits on the branch beyond the one
+    served, when the branch contains it: a pinned or rolled-back environment),
+    its ``pin`` and ``freeze`` (see :mod:`envflow.history`) and ``gates`` (the
+    closed gates of the next promotion into it; ``None`` when none is
+    possible now). An environment whose directory cannot be read reports why
+    in ``problem``; the others are still described.
     """
     report = {}
+    found = history.holds(mirror)
     for env in config.select(name):
         tip = mirror.tip(env.branch)
         entry = report[env.name] = {"branch": env.branch, "remote": str(tip) if tip is not None else None}
+        holds = {"pin": history.pin_of(found, env.name), "freeze": history.freeze_of(found, env.name)}
         try:
-            deployed = deployed_id(env)
+            served = _served(env)
             drift = ServedDir(env.path).drift(mirror.objects)
         except EnvflowError as exc:
             entry.update(deployed=None, in_sync=False, waiting=None, drift=None, problem=str(exc))
+            entry.update(served=None, ahead=None, **holds, gates=None)
             continue
+        deployed = served["id"] if served else None
         upstream = config.upstream(env.name)
         try:
             upstream_id = deployed_id(upstream) if upstream else None
@@ -324,5 +358,9 @@ def status(config, mirror, name=None):
             in_sync=deployed is not None and deployed == entry["remote"],
             waiting=waiting,
             drift=sum(len(paths) for paths in drift.values()),
+            served=served,
+            ahead=_ahead(mirror, tip, deployed),
+            **holds,
+            gates=_closed_gates(config, mirror, env) if upstream else None,
         )
     return report

@@ -1,0 +1,188 @@
+"""Readable text for what the runner returns: one table row per environment or history entry.
+
+Pure functions from the structured dicts of ``envflow.status``,
+``envflow.history`` and ``envflow.diff`` to text; the ``envflow`` outputter
+prints them, and ``--out=json`` (or orchestrate) gets the dicts themselves.
+Every cell is one short line: what users typed (reasons, summaries) is cut
+and stripped of control characters, so no entry can break the table or the
+terminal.
+"""
+
+import datetime
+
+from envflow.pipeline import _span as span
+from envflow.text import short
+
+SUMMARY_WIDTH = 30
+HOLD_WIDTH = 40
+REASON_WIDTH = 40
+MASTER_WIDTH = 20
+_CUT = "..."
+
+
+def cell(value, width=None):
+    """``value`` as one table cell: ``-`` for nothing, control characters as spaces, cut to ``width``."""
+    if value is None or value == "":
+        return "-"
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in str(value)).split())
+    if width is not None and len(text) > width:
+        text = text[: width - len(_CUT)].rstrip() + _CUT
+    return text
+
+
+def table(headers, rows):
+    """Align ``rows`` (lists of cells) under ``headers`` in columns two spaces apart."""
+    lines = [list(headers), *([cell(value) for value in row] for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _parse(iso):
+    try:
+        when = datetime.datetime.fromisoformat(str(iso))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+
+
+def age(iso, now):
+    """How long ago ``iso`` (an ISO 8601 time) was, as ``2h10m``; ``-`` when unknown."""
+    when = _parse(iso) if iso else None
+    return span((now - when).total_seconds()) if when else "-"
+
+
+def when(iso):
+    """``iso`` as ``2026-01-05 14:03`` in UTC; ``-`` when unknown."""
+    moment = _parse(iso) if iso else None
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def _holds(entry):
+    held = []
+    pin = entry.get("pin")
+    if pin:
+        reason = f": {pin['reason']}" if pin.get("reason") else ""
+        held.append(f"pinned by {pin.get('by')}{reason}")
+    freeze = entry.get("freeze")
+    if freeze:
+        until = f" until {when(freeze['until'])}" if freeze.get("until") else ""
+        reason = f": {freeze['reason']}" if freeze.get("reason") else ""
+        held.append(f"frozen by {freeze.get('by')}{until}{reason}")
+    return "; ".join(held)
+
+
+def _sync(entry):
+    if entry.get("problem"):
+        return "?"
+    if entry.get("in_sync"):
+        return "yes"
+    ahead = entry.get("ahead")
+    return f"no, branch +{ahead}" if ahead else "no"
+
+
+def _gates(entry):
+    gates = entry.get("gates")
+    if gates is None:
+        return "-"
+    return ", ".join(line.split(":", 1)[0] for line in gates) if gates else "open"
+
+
+def status_table(report, now=None):
+    """``envflow.status``'s return as a table, then each environment's problem and the configuration warnings."""
+    now = now or datetime.datetime.now(tz=datetime.timezone.utc)
+    environments = report.get("environments") or {}
+    headers = ["ENV", "BRANCH", "SERVES", "SINCE", "IN SYNC", "WAITING", "DRIFT", "HOLDS", "GATES"]
+    rows, notes = [], []
+    for name, entry in environments.items():
+        served = entry.get("served")
+        serves = f"{short(served['id'])} {cell(served.get('summary'), SUMMARY_WIDTH)}" if served else None
+        rows.append(
+            [
+                name,
+                entry.get("branch"),
+                "?" if entry.get("problem") else serves,
+                age(served.get("since"), now) if served else None,
+                _sync(entry),
+                entry.get("waiting"),
+                entry.get("drift"),
+                cell(_holds(entry), HOLD_WIDTH),
+                _gates(entry),
+            ]
+        )
+        if entry.get("problem"):
+            notes.append(f"{name}: {cell(entry['problem'])}")
+    notes.extend(f"warning: {cell(line)}" for line in report.get("warnings") or [])
+    return "\n".join([table(headers, rows), *notes])
+
+
+def _moved(entry):
+    old, new = entry.get("from"), entry.get("to")
+    if not (old or new):
+        return "-"
+    return f"{short(old) if old else '-'} -> {short(new) if new else '-'}"
+
+
+def history_table(report):
+    """``envflow.history``'s return as a table, newest first as it comes."""
+    entries = report.get("history") or []
+    if not entries:
+        return "no history recorded yet"
+    headers = ["WHEN (UTC)", "ACTION", "ENV", "FROM -> TO", "BY", "REASON", "MASTER"]
+    rows = [
+        [
+            when(entry.get("at")),
+            entry.get("action"),
+            entry.get("env"),
+            _moved(entry),
+            entry.get("by"),
+            cell(entry.get("reason"), REASON_WIDTH),
+            cell(entry.get("master"), MASTER_WIDTH),
+        ]
+        for entry in entries
+    ]
+    return table(headers, rows)
+
+
+def diff_text(report):
+    """``envflow.diff``'s return as ``git show --stat`` would print it: what is compared, commits, files, patch."""
+    old, new = report.get("from"), report.get("to")
+    if "env" in report:
+        head = f"promote {report['env']} ({report.get('branch')}): {report.get('upstream')} serves {short(new)}"
+        head += f", {report.get('branch')} is at {short(old) if old else '-'}"
+    else:
+        head = f"{report.get('from_env')} serves {short(old)}, {report.get('to_env')} serves {short(new)}"
+    lines = [head]
+    if report.get("blocked"):
+        lines.append(f"blocked: {cell(report['blocked'])}")
+    totals = report.get("totals") or {}
+    sections = (
+        ("commits", f"commits ({totals.get('commits', 0)}):"),
+        ("dropped", f"dropped, not in {short(new)} ({totals.get('dropped', 0)}):"),
+        ("files", f"files ({totals.get('files', 0)}, +{totals.get('added', 0)} -{totals.get('removed', 0)}):"),
+    )
+    for key, title in sections:
+        if report.get(key):
+            lines.append(title)
+            lines.extend(f"  {cell(item)}" for item in report[key])
+    if not report.get("commits") and not report.get("dropped") and not report.get("files"):
+        lines.append("no difference")
+    if report.get("patch"):
+        lines.append(report["patch"].rstrip("\n"))
+    return "\n".join(lines)
+
+
+def render(data):
+    """The text for a runner's return, by its shape; ``None`` for a shape this module does not know."""
+    if not isinstance(data, dict) or "retcode" in data:
+        return None
+    if isinstance(data.get("history"), list):
+        return history_table(data)
+    if isinstance(data.get("environments"), dict) and all(
+        isinstance(entry, dict) and "branch" in entry for entry in data["environments"].values()
+    ):
+        return status_table(data)
+    if "files" in data and "totals" in data:
+        return diff_text(data)
+    return None
