@@ -12,8 +12,9 @@ import functools
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
-    from envflow import access, checks, diffs, history, jobs, pipeline, records, saltbus, text
+    from envflow import access, checks, diffs, jobs, pipeline, records, saltbus, text
     from envflow import config as envflow_config
+    from envflow import history as envflow_history
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, redact
     from envflow.served import ServedDir
@@ -425,13 +426,6 @@ def diff(env, other=None, patch=False):
     return {**report, **_TABLE}
 
 
-def _limit(limit):
-    """``limit`` as a positive whole number, or ``None`` with the one-line refusal."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        return None
-    return limit
-
-
 @_reported
 def history(env=None, limit=20):
     """
@@ -457,14 +451,14 @@ def history(env=None, limit=20):
         salt-run envflow.history prod limit=100
         salt-run envflow.history --out=json
     """
-    if _limit(limit) is None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         return _failure(f"envflow: limit must be a positive whole number, not {text.echo(limit)}; for example limit=50")
     try:
         config = _config()
         if env is not None:
             config.environment(env)
         with _mirror(config) as mirror:
-            found = history.entries(mirror, env, limit)
+            found = envflow_history.entries(mirror, env, limit)
     except EnvflowError as exc:
         return _failure(str(exc))
     return {"history": found, **_TABLE}
