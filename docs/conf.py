@@ -14,6 +14,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
 import salt.modules  # noqa: E402
+import salt.output  # noqa: E402
 import salt.runners  # noqa: E402
 import salt.states  # noqa: E402
 
@@ -45,6 +46,7 @@ def _load_loader_module(folder, package):
 _load_loader_module("_modules", salt.modules)
 _load_loader_module("_states", salt.states)
 _load_loader_module("_runners", salt.runners)
+_load_loader_module("_output", salt.output)
 
 project = "envflow"
 author = "envflow maintainers"
