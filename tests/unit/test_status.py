@@ -1,6 +1,7 @@
 """``pipeline.status``: what each environment serves and since when, the branch ahead of it, holds and gates."""
 
 import datetime
+import os
 
 import pytest
 
@@ -77,3 +78,13 @@ def test_status_gives_no_gates_when_the_promotion_is_refused(gated_pipeline, mir
     remote.commit("master", {"web/init.sls": "# hotfix\n"})
     mirror.fetch()
     assert pipeline.status(gated_pipeline, mirror, "prod")["prod"]["gates"] is None
+
+
+def test_an_unreadable_directory_leaves_the_new_entries_empty_but_keeps_its_holds(gated_pipeline, mirror):
+    stage = gated_pipeline.environment("stage").path
+    os.unlink(os.path.join(os.path.dirname(stage), ".stage.envflow", "a.git", "envflow.json"))
+    hold(mirror, "stage", "pin", commit="a" * 40, by="alice", reason="kept")
+    entry = pipeline.status(gated_pipeline, mirror, "stage")["stage"]
+    assert entry["problem"].startswith(f"envflow: {stage} serves a tree envflow has no record of")
+    assert (entry["served"], entry["ahead"], entry["gates"], entry["freeze"]) == (None, None, None, None)
+    assert entry["pin"]["reason"] == "kept"
