@@ -147,8 +147,8 @@ def _repo_files(target, out):
 def site_options():
     """How the module's site is built; a test module overrides this fixture to change it.
 
-    ``loader_folders``: copy the repository's ``_modules``, ``_states`` and
-    ``_runners`` into the ``base`` file_roots, to be synced with ``saltutil.sync_all``.
+    ``loader_folders``: copy the repository's ``_modules``, ``_states``,
+    ``_runners`` and ``_output`` into the ``base`` file_roots, to be synced with ``saltutil.sync_all``.
     ``minion_in_top``: whether the top file puts the minion in ``stage`` (a
     minion that no top file matches syncs from ``base``).
     """
@@ -194,7 +194,7 @@ def site(salt_factories, tmp_path_factory, site_options):
     # An SLS declaring what stage serves, applied on the minion with saltenv=base.
     (base / "envflow_stage.sls").write_text("stage:\n  envflow.deployed:\n    - branch: stage\n", encoding="utf-8")
     if site_options["loader_folders"]:
-        for kind in ("_modules", "_states", "_runners"):
+        for kind in ("_modules", "_states", "_runners", "_output"):
             shutil.copytree(REPO_ROOT / kind, base / kind, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     minion = master.salt_minion_daemon(
         minion_id,

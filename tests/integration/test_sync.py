@@ -11,12 +11,12 @@ import pytest
 
 from tests.integration.conftest import MOTD, REPO_ROOT, fresh_motd, ok
 
-SYNCED = {"modules": "_modules", "states": "_states", "runners": "_runners"}
+SYNCED = {"modules": "_modules", "states": "_states", "runners": "_runners", "output": "_output"}
 
 
 @pytest.fixture(scope="module")
 def site_options():
-    # Copies of _modules, _states and _runners in base; no top file matches the
+    # Copies of _modules, _states, _runners and _output in base; no top file matches the
     # minion, so a plain saltutil.sync_all on the minion syncs from base.
     return {"loader_folders": True, "minion_in_top": False}
 
@@ -37,12 +37,13 @@ def test_loader_folders_synced_from_file_roots_work(site):
     assert "runners.envflow" in master_sync["runners"], master_sync
     assert "modules.envflow" in master_sync["modules"], master_sync
     assert "states.envflow" in master_sync["states"], master_sync
+    assert "output.envflow" in master_sync["output"], master_sync
 
     minion_ext = pathlib.Path(site.minion.config["extension_modules"])
     master_ext = pathlib.Path(site.master.config["extension_modules"])
     for kind in ("modules", "states"):
         _same_file(minion_ext / kind / "envflow.py", kind)
-    for kind in ("modules", "states", "runners"):
+    for kind in ("modules", "states", "runners", "output"):
         _same_file(master_ext / kind / "envflow.py", kind)
 
     # The synced functions work: the runner, the execution module and the state.
