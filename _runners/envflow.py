@@ -501,3 +501,52 @@ def approve(env, rev=None, dry_run=False):
         return {"dry_run": True, "approver": _user(), **report} if dry_run else report
     except EnvflowError as exc:
         return _failure(str(exc))
+
+
+@_reported
+def backport(env, dry_run=False):
+    """
+    Bring the commits that only ``env``'s branch holds (a hotfix committed on
+    ``master``) into the first environment's branch (``develop``), so that
+    they can be promoted through the pipeline from there.
+
+    A fast-forward where ``develop`` has not moved since, else a merge commit
+    made on the remote (without any working tree), authored and committed by
+    the Salt user running this runner; then ``develop`` holds ``env``'s
+    branch tip itself, so that ``envflow.refresh`` of the first environment
+    and each ``envflow.promote`` after it fast-forward. The back-merge is
+    recorded in the history and fires ``salt/envflow/<env>/backported``.
+    A conflict changes nothing and returns ``retcode: 1`` with the files
+    under ``conflicts``; so does a race with another change of ``develop``.
+
+    env
+        The environment whose branch holds the commits; not the first of the pipeline.
+
+    dry_run : False
+        Report the commits, whether it would fast-forward or merge, and any conflicts; change nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.backport prod
+        salt-run envflow.backport prod dry_run=True
+    """
+    from envflow import backport as backmerge  # imported here: the module has this function's name
+
+    user = _user()
+    try:
+        config = _config()
+        with _mirror(config) as mirror:
+            done = backmerge.backport(config, mirror, env, by=user, dry_run=dry_run)
+    except backmerge.Conflicted as exc:
+        return {**_failure(str(exc)), "conflicts": exc.conflicts, "commits": exc.commits}
+    except EnvflowError as exc:
+        return _failure(str(exc))
+    report = done.report
+    if report["kind"] and not dry_run:
+        data = {key: report[key] for key in ("env", "into", "branch", "old", "new", "kind")}
+        saltbus.fire_on_master(
+            __opts__, f"salt/envflow/{env}/backported", {**data, "commits": done.commits, "by": user}
+        )
+    return report

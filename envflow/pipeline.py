@@ -96,8 +96,8 @@ def plan(config, mirror, name, rev=None):
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
         raise Diverged(
             f"envflow: {env.branch} has {len(extra)} commit(s) that {_short(target.id)} from {upstream.name} "
-            f"lacks: {listed}{more}; bring them into {first.branch} and promote them through the "
-            f"pipeline from {first.name}, or remove them from {env.branch}",
+            f"lacks: {listed}{more}; bring them into {first.branch} with salt-run envflow.backport {env.name} and "
+            f"promote them through the pipeline from {first.name}, or remove them from {env.branch}",
             extra,
         )
     return Promotion(

@@ -99,7 +99,8 @@ def test_a_hotfix_on_the_branch_blocks_promotion_and_is_listed(deployed_pipeline
     assert str(error.value) == (
         f"envflow: master has 1 commit(s) that {promotion['new'][:10]} from stage lacks: "
         f"{hotfix[:10]} 'urgent hotfix'; "
-        "bring them into develop and promote them through the pipeline from test, or remove them from master"
+        "bring them into develop with salt-run envflow.backport prod and promote them through the pipeline from test, "
+        "or remove them from master"
     )
     assert remote.refs() == before
 
