@@ -184,8 +184,9 @@ def _preview_promotion(ret, name, plan, force, reason):
     if plan["old"] == plan["new"] and plan["served"] == plan["new"] and not edited:
         ret.update(result=True, comment=f"{name} already holds and serves {short(plan['new'])}")
         return ret
-    if plan["gates"] and not (force and reason):
-        ret["comment"] = f"promoting {short(plan['new'])} into {name} would be blocked by " + "; ".join(plan["gates"])
+    blockers = [*plan.get("holds", []), *plan["gates"]]
+    if blockers and not (force and reason):
+        ret["comment"] = f"promoting {short(plan['new'])} into {name} would be blocked by " + "; ".join(blockers)
         return ret
     ret.update(
         result=None,

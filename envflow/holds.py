@@ -81,6 +81,14 @@ def describe_pin(env, pin):
     return f"{env} is pinned to {short(pin['commit'])} by {pin.get('by')}{_since(pin)}{why}"
 
 
+def pinned_comment(env, pin):
+    """What a deploy of a pinned environment says: it keeps serving the pinned commit, and until when."""
+    return (
+        f"envflow: {describe_pin(env, pin)}; it serves that commit until salt-run envflow.unpin {env}, "
+        "or a promotion with force=True reason='<why>'"
+    )
+
+
 def describe_freeze(env, freeze):
     """``prod is frozen by alice since ... until ...: why``."""
     until = f" until {freeze['until']}" if freeze.get("until") else " until thawed"

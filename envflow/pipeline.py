@@ -245,10 +245,7 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
                 result["warning"] = warning
     if pin:
         result["pinned"] = pin
-        result["comment"] = (
-            f"envflow: {holds.describe_pin(env.name, pin)}; it serves that commit until salt-run envflow.unpin "
-            f"{env.name}, or a promotion with force=True reason='<why>'"
-        )
+        result["comment"] = holds.pinned_comment(env.name, pin)
     return result
 
 
@@ -284,7 +281,7 @@ def deploy_preview(config, mirror, name, rev=None, branch=None, force=False):
     preview = {"env": name, "path": env.path, "new": commit_info(commit), "old": old, "drift": drift, "test": True}
     if pin:
         preview["pinned"] = pin
-        preview["comment"] = f"envflow: {holds.describe_pin(env.name, pin)}; it serves that commit until unpinned"
+        preview["comment"] = holds.pinned_comment(env.name, pin)
     try:
         holds.overridden(found, env.name, "deploy", force=force)
     except Held as exc:
