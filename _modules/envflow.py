@@ -34,7 +34,7 @@ try:
     import pygit2  # noqa: F401 pylint: disable=unused-import
 
     from envflow import config as envflow_config
-    from envflow import pipeline, saltbus
+    from envflow import holds, pipeline, saltbus
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror
     from envflow.served import ServedDir
@@ -132,7 +132,7 @@ def _after_deploy(config, env, served):
     return result
 
 
-def deploy(env, rev=None, force=False, branch=None, test=False):
+def deploy(env, rev=None, force=False, branch=None, test=False, reason=None, by=None):
     """
     Make an environment's directory serve exactly one commit's tree.
 
@@ -151,7 +151,14 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
 
     force : False
         Deploy even though files in the served tree were edited by hand,
-        discarding those edits (see :py:func:`drift`).
+        discarding those edits (see :py:func:`drift`); with ``reason``, deploy
+        into a frozen environment (recorded in the history).
+
+    reason
+        Why ``force`` overrides a freeze.
+
+    by
+        Who deploys, for the history (default: the operating-system user).
 
     test : False
         Report the commit served now, the one a deploy would serve and the
@@ -167,7 +174,10 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
     what the environment's minions answered to ``saltutil.refresh_pillar``
     and ``saltutil.sync_all`` (``minions``: ``answered``, ``failed``,
     ``missing``), and a ``warning`` when clearing the caches failed after the
-    switch.
+    switch. A pinned environment (see :py:func:`rollback`) keeps serving its
+    pinned commit: the result says so under ``pinned`` and ``comment``. A
+    frozen one refuses a deploy that would change it. A deploy that changed
+    something is recorded in the history (``refs/envflow/history``).
 
     CLI Example:
 
@@ -184,7 +194,9 @@ def deploy(env, rev=None, force=False, branch=None, test=False):
         with _mirror(config) as mirror:
             if test:
                 return pipeline.deploy_preview(config, mirror, env, rev=rev, branch=branch, force=force)
-            served = pipeline.deploy(config, mirror, env, rev=rev, branch=branch, force=force)
+            served = pipeline.deploy(
+                config, mirror, env, rev=rev, branch=branch, force=force, reason=reason, by=by or _operator()
+            )
     except EnvflowError as exc:
         raise _salt_error(exc) from None
     return _after_deploy(config, env, served)
@@ -296,3 +308,58 @@ def drift(env):
             return ServedDir(environment.path).drift(mirror.objects)
     except EnvflowError as exc:
         raise _salt_error(exc) from None
+
+
+def rollback(env, to=None, reason=None, force=False, by=None, dry_run=False):
+    """
+    Serve the commit an environment served before, at once, and pin it there.
+
+    Uses the tree still on disk when it holds that commit, with no fetch and
+    no checkout. ``to`` picks an older commit, which the environment must
+    have served before (its history, in ``refs/envflow/history``, says which).
+    The pin (in the remote repository, so every master honours it) keeps
+    refreshes, the ``envflow.deployed`` state and the reactor serving that
+    commit, and refuses promotions into the environment, until
+    ``salt-run envflow.unpin <env>`` or ``salt-run envflow.promote <env>
+    force=True reason=...``. The branch is not rewound. Freezes do not hold a
+    rollback back. Fires ``salt/envflow/<env>/rolled_back`` (or ``pinned``,
+    when the environment served that commit already). The runner
+    :py:func:`envflow.rollback <salt.runners.envflow.rollback>` calls this
+    on the master.
+
+    reason
+        Why; required, and recorded with the pin.
+
+    force : False
+        Discard hand edits in the served tree.
+
+    by
+        Who rolls back (default: the operating-system user).
+
+    dry_run : False
+        Report the commit served, the one a rollback would serve and the hand
+        edits in the way; change nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envflow.rollback prod reason="500s after the release"
+        salt-call envflow.rollback prod to=3f2c9a1 reason="back to last week's"
+    """
+    try:
+        config = _config()
+        with _mirror(config, fetch=False) as mirror:
+            done = holds.rollback(
+                config, mirror, env, to=to, reason=reason, force=force, by=by or _operator(), dry_run=dry_run
+            )
+    except EnvflowError as exc:
+        raise _salt_error(exc) from None
+    deployed = done.pop("deployed", None)
+    if deployed is not None and deployed["changed"]:
+        done["deployed"] = pipeline.deploy_summary(_after_deploy(config, env, deployed))
+    if done["changed"]:
+        pin = done["pin"]
+        data = {"env": env, "old": done["from"], "new": done["to"], "by": pin["by"], "reason": pin["reason"]}
+        _fire(env, "rolled_back" if done["rolled_back"] else "pinned", data)
+    return done

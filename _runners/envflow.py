@@ -12,7 +12,7 @@ import functools
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
-    from envflow import access, checks, diffs, jobs, pipeline, records, saltbus, text
+    from envflow import access, checks, diffs, holds, jobs, pipeline, records, saltbus, text
     from envflow import config as envflow_config
     from envflow import history as envflow_history
     from envflow.errors import EnvflowError
@@ -199,12 +199,20 @@ def check():
 
 
 @_reported
-def refresh(env=None, force=False, dry_run=False):
+def refresh(env=None, force=False, dry_run=False, reason=None):
     """
     Fetch the remote and deploy the tip of each environment's branch (or only ``env``'s).
 
+    A pinned environment (see :py:func:`rollback`) keeps serving its pinned
+    commit, and its entry says so (``pinned``, ``comment``); a frozen one is
+    refused (see :py:func:`freeze`).
+
     force : False
-        Deploy even where a directory was edited by hand, discarding the edits.
+        Deploy even where a directory was edited by hand, discarding the
+        edits; with ``reason``, deploy into a frozen environment too (recorded).
+
+    reason
+        Why ``force`` overrides a freeze.
 
     dry_run : False
         Report, per environment, the commit served, the branch tip a refresh
@@ -217,6 +225,7 @@ def refresh(env=None, force=False, dry_run=False):
         salt-run envflow.refresh
         salt-run envflow.refresh test
         salt-run envflow.refresh prod force=True
+        salt-run envflow.refresh prod force=True reason="config fix during the freeze, ok'd by ops"
         salt-run envflow.refresh dry_run=True
     """
     try:
@@ -235,13 +244,143 @@ def refresh(env=None, force=False, dry_run=False):
                     "drift": plan["drift"],
                 }
             else:
-                report[environment.name] = _deploy(environment.name, force=force)
+                report[environment.name] = _deploy(environment.name, force=force, reason=reason, by=_user())
         except (CommandExecutionError, SaltInvocationError) as exc:
             report[environment.name] = {"error": str(exc)}
             errors.append(f"{environment.name}: {exc}")
     if errors:
         return {**_failure("; ".join(errors)), "environments": report}
     return {"dry_run": True, "environments": report} if dry_run else {"environments": report}
+
+
+@_reported
+def rollback(env, to=None, reason=None, force=False, dry_run=False):
+    """
+    Serve the commit ``env`` served before, at once, and pin it there.
+
+    Runs :py:func:`envflow.rollback <salt.modules.envflow.rollback>` on the
+    master: it switches back to the tree still on disk (no fetch, no
+    checkout), and pins ``env`` so that refreshes, the ``envflow.deployed``
+    state and the reactor leave it alone and promotions into it refuse, until
+    :py:func:`unpin` or ``envflow.promote <env> force=True reason=...``. The
+    branch on the remote is not rewound; :py:func:`status` shows the pin and
+    that the branch is ahead of what is served.
+
+    to
+        A commit ``env`` served before, to roll back further.
+
+    reason
+        Why; required, and recorded with the pin in the history.
+
+    force : False
+        Discard hand edits in ``env``'s served tree.
+
+    dry_run : False
+        Report the commit served, the one a rollback would serve and the hand edits in the way; change nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.rollback prod reason="500s on checkout after the release"
+        salt-run envflow.rollback prod to=3f2c9a1 reason="back to last week's"
+        salt-run envflow.rollback prod reason="checking" dry_run=True
+    """
+    try:
+        return __salt__["salt.cmd"](
+            "envflow.rollback", env, to=to, reason=reason, force=force, by=_user(), dry_run=dry_run
+        )
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        return _failure(str(exc))
+
+
+def _hold(operation, env, event, **kwargs):
+    """Run the :mod:`envflow.holds` ``operation`` on ``env`` as this runner's user; fire ``event`` on a change."""
+    try:
+        config = _config()
+        with _mirror(config) as mirror:
+            done = operation(config, mirror, env, by=_user(), **kwargs)
+    except EnvflowError as exc:
+        return _failure(str(exc))
+    if done["changed"]:
+        held = done.get("pin") or done.get("freeze") or {}
+        data = {"env": env, "by": _user(), "reason": kwargs.get("reason") or held.get("reason")}
+        data.update((key, held[key]) for key in ("commit", "until") if held.get(key))
+        saltbus.fire_on_master(__opts__, f"salt/envflow/{env}/{event}", data)
+    return done
+
+
+@_reported
+def pin(env, reason=None, dry_run=False):
+    """
+    Pin ``env`` to the commit it serves now, as :py:func:`rollback` does, without changing what it serves.
+
+    reason
+        Why; required, and recorded in the history.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.pin prod reason="quarterly audit: hold prod as it is"
+    """
+    return _hold(holds.pin, env, "pinned", dry_run=dry_run, reason=reason)
+
+
+@_reported
+def unpin(env, reason=None, dry_run=False):
+    """
+    Lift the pin of ``env``: the next refresh (or reactor run) serves its branch again.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.unpin prod
+        salt-run envflow.unpin prod reason="fix promoted as 8d1e0f2"
+    """
+    return _hold(holds.unpin, env, "unpinned", dry_run=dry_run, reason=reason)
+
+
+@_reported
+def freeze(env, reason=None, until=None, dry_run=False):
+    """
+    Freeze ``env``: promotions into it and refreshes of it refuse, naming the reason, who froze it and until when.
+
+    ``force=True reason=...`` on the promotion or refresh overrides the
+    freeze, and the override is recorded. Freezing a frozen environment
+    replaces its freeze. Rollbacks are not held back.
+
+    reason
+        Why; required, and shown in every refusal.
+
+    until
+        When the freeze ends by itself: a duration (``90m``, ``2h``, ``3d``)
+        or a time (``2026-12-27T08:00:00+00:00``; UTC when no offset is
+        given). Without it, the freeze lasts until :py:func:`thaw`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.freeze prod reason="end-of-year freeze" until=2027-01-04T08:00:00
+        salt-run envflow.freeze stage reason="load test running" until=3h
+    """
+    return _hold(holds.freeze, env, "frozen", dry_run=dry_run, reason=reason, until=until)
+
+
+@_reported
+def thaw(env, reason=None, dry_run=False):
+    """
+    End the freeze of ``env``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.thaw prod
+    """
+    return _hold(holds.thaw, env, "thawed", dry_run=dry_run, reason=reason)
 
 
 def _target_minions(environment):
@@ -376,6 +515,55 @@ def approve(env, rev=None, dry_run=False):
         return {"dry_run": True, "approver": _user(), **report} if dry_run else report
     except EnvflowError as exc:
         return _failure(str(exc))
+
+
+@_reported
+def backport(env, dry_run=False):
+    """
+    Bring the commits that only ``env``'s branch holds (a hotfix committed on
+    ``master``) into the first environment's branch (``develop``), so that
+    they can be promoted through the pipeline from there.
+
+    A fast-forward where ``develop`` has not moved since, else a merge commit
+    made on the remote (without any working tree), authored and committed by
+    the Salt user running this runner; then ``develop`` holds ``env``'s
+    branch tip itself, so that ``envflow.refresh`` of the first environment
+    and each ``envflow.promote`` after it fast-forward. The back-merge is
+    recorded in the history and fires ``salt/envflow/<env>/backported``.
+    A conflict changes nothing and returns ``retcode: 1`` with the files
+    under ``conflicts``; so does a race with another change of ``develop``.
+
+    env
+        The environment whose branch holds the commits; not the first of the pipeline.
+
+    dry_run : False
+        Report the commits, whether it would fast-forward or merge, and any conflicts; change nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.backport prod
+        salt-run envflow.backport prod dry_run=True
+    """
+    from envflow import backport as backmerge  # imported here: the module has this function's name
+
+    user = _user()
+    try:
+        config = _config()
+        with _mirror(config) as mirror:
+            done = backmerge.backport(config, mirror, env, by=user, dry_run=dry_run)
+    except backmerge.Conflicted as exc:
+        return {**_failure(str(exc)), "conflicts": exc.conflicts, "commits": exc.commits}
+    except EnvflowError as exc:
+        return _failure(str(exc))
+    report = done.report
+    if report["kind"] and not dry_run:
+        data = {key: report[key] for key in ("env", "into", "branch", "old", "new", "kind")}
+        saltbus.fire_on_master(
+            __opts__, f"salt/envflow/{env}/backported", {**data, "commits": done.commits, "by": user}
+        )
+    return report
 
 
 @_reported

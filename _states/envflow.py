@@ -75,12 +75,15 @@ def deployed(name, branch=None, rev=None, force=False):
         ret["comment"] = str(exc)
         return ret
     if not done["changed"]:
-        ret.update(result=True, comment=f"{name} already serves {_described(done['new'])}")
+        comment = f"{name} already serves {_described(done['new'])}"
+        ret.update(result=True, comment=f"{comment}; {done['comment']}" if done.get("pinned") else comment)
         return ret
     changes = {"revision": {"old": done["old"]["id"] if done["old"] else None, "new": done["new"]["id"]}}
     if done.get("discarded"):
         changes["discarded"] = done["discarded"]
     comment = f"{name} now serves {_switch(done['old'], done['new'])}"
+    if done.get("pinned"):
+        comment += f"; {done['comment']}"
     if done.get("warning"):
         comment += f"; {done['warning']}"
     if done.get("moved_aside"):
@@ -101,13 +104,17 @@ def _preview(ret, name, rev, branch, force):
     if edited and not force:
         ret["comment"] = drift_message(plan["path"], drift)
         return ret
+    pinned = f"; {plan['comment']}" if plan.get("pinned") else ""
     if old is not None and old["id"] == new["id"] and not edited:
-        ret.update(result=True, comment=f"{name} already serves {_described(new)}")
+        ret.update(result=True, comment=f"{name} already serves {_described(new)}{pinned}")
+        return ret
+    if plan.get("refused"):
+        ret["comment"] = plan["refused"]
         return ret
     changes = {"revision": {"old": old["id"] if old else None, "new": new["id"]}}
     if edited:
         changes["discarded"] = drift
-    ret.update(result=None, changes=changes, comment=f"{name} would serve {_switch(old, new)}")
+    ret.update(result=None, changes=changes, comment=f"{name} would serve {_switch(old, new)}{pinned}")
     return ret
 
 
@@ -177,8 +184,9 @@ def _preview_promotion(ret, name, plan, force, reason):
     if plan["old"] == plan["new"] and plan["served"] == plan["new"] and not edited:
         ret.update(result=True, comment=f"{name} already holds and serves {short(plan['new'])}")
         return ret
-    if plan["gates"] and not (force and reason):
-        ret["comment"] = f"promoting {short(plan['new'])} into {name} would be blocked by " + "; ".join(plan["gates"])
+    blockers = [*plan.get("holds", []), *plan["gates"]]
+    if blockers and not (force and reason):
+        ret["comment"] = f"promoting {short(plan['new'])} into {name} would be blocked by " + "; ".join(blockers)
         return ret
     ret.update(
         result=None,

@@ -58,3 +58,11 @@ class GateBlocked(EnvflowError):
 
 class Busy(EnvflowError):
     """Another envflow process holds the lock of an environment or repository."""
+
+
+class Held(EnvflowError):
+    """An environment's pin or freeze refuses the change asked for; ``hold`` is the pin or freeze."""
+
+    def __init__(self, message, hold):
+        super().__init__(message)
+        self.hold = hold

@@ -24,6 +24,7 @@ the other master's, so entries are merged, never lost.
 """
 
 import datetime
+import getpass
 import json
 import random
 import socket
@@ -120,18 +121,27 @@ def headline(entry):
     return " ".join(f"{entry['action']} {entry.get('env', '')}{moved} by {entry.get('by')}{reason}".split())
 
 
-def record(mirror, entry, change=None):
+def _user():
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def record(mirror, entry, change=None, dry_run=False):
     """Add ``entry`` to the history on the remote, with ``change`` applied to the holds; return the entry.
 
-    ``entry`` needs ``action``, ``env`` and ``by``; ``at`` and ``master`` are
-    filled in. ``change(holds)`` returns the holds after the change (it may
+    ``entry`` needs ``action`` and ``env``; ``by`` (default: this process's
+    user), ``at`` and ``master`` are filled in. ``change(holds)`` returns the holds after the change (it may
     change the dict it is given), or ``None`` when, on the holds as they are
     now, there is nothing to do: then nothing is written and ``None`` is
     returned. On a race with another writer the history is fetched and
-    ``change`` runs again on the newer holds.
+    ``change`` runs again on the newer holds. With ``dry_run`` the entry is
+    returned (or ``None``) and nothing is written.
     """
     entry = {
         **entry,
+        "by": entry.get("by") or _user(),
         "at": entry.get("at") or now().isoformat(),
         "master": entry.get("master") or socket.gethostname(),
     }
@@ -142,8 +152,8 @@ def record(mirror, entry, change=None):
             old = _tip(mirror)
             current = _holds_at(repo, old)
             after = change(current) if change is not None else current
-            if after is None:
-                return None
+            if after is None or dry_run:
+                return None if after is None else entry
             after = {env: held for env, held in after.items() if held}
             text = json.dumps(after, indent=1, sort_keys=True) + "\n"
             builder = repo.TreeBuilder()

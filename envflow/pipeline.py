@@ -8,8 +8,8 @@ Salt's, fire events and shape the returns.
 import datetime
 from dataclasses import dataclass, field
 
-from envflow import history, records
-from envflow.errors import Diverged, EnvflowError, GateBlocked, RevisionError
+from envflow import history, holds, records
+from envflow.errors import Diverged, EnvflowError, GateBlocked, Held, RevisionError
 from envflow.remote import commit_info
 from envflow.served import ServedDir
 from envflow.text import echo
@@ -96,8 +96,8 @@ def plan(config, mirror, name, rev=None):
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
         raise Diverged(
             f"envflow: {env.branch} has {len(extra)} commit(s) that {_short(target.id)} from {upstream.name} "
-            f"lacks: {listed}{more}; bring them into {first.branch} and promote them through the "
-            f"pipeline from {first.name}, or remove them from {env.branch}",
+            f"lacks: {listed}{more}; bring them into {first.branch} with salt-run envflow.backport {env.name} and "
+            f"promote them through the pipeline from {first.name}, or remove them from {env.branch}",
             extra,
         )
     return Promotion(
@@ -195,6 +195,7 @@ def deploy_summary(result):
         "pillar_refreshed": result.get("pillar_refreshed", []),
         "discarded": result["discarded"],
         **({"minions": result["minions"]} if "minions" in result else {}),
+        **({"pinned": result["pinned"], "comment": result["comment"]} if result.get("pinned") else {}),
         **({"warning": result["warning"]} if result.get("warning") else {}),
     }
 
@@ -213,19 +214,63 @@ def target(mirror, env, rev=None, branch=None):
     return mirror.commit(branch)
 
 
-def deploy(config, mirror, name, rev=None, branch=None, force=False):
-    """Deploy into environment ``name`` (see :func:`target`); the result of :meth:`ServedDir.deploy`."""
+def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None, by=None):
+    """Deploy into environment ``name`` (see :func:`target`) as one transaction; the result of :meth:`ServedDir.deploy`.
+
+    A pinned environment keeps serving its pinned commit whatever was asked
+    (the result says so under ``pinned`` and ``comment``); a frozen one
+    refuses a deploy that would change it (:class:`Held`), unless ``force``
+    with a ``reason``. A deploy that changed something is recorded in the
+    history, by ``by``; when that fails the result has a ``warning``.
+    """
     env = config.environment(name)
-    return ServedDir(env.path).deploy(mirror.objects, target(mirror, env, rev, branch), force=force)
+    commit = target(mirror, env, rev, branch)
+    served = ServedDir(env.path)
+    with served.deploying(mirror.objects, commit) as deployment:
+        found = history.holds(mirror)
+        pin = history.pin_of(found, env.name)
+        if pin:
+            deployment.commit = mirror.commit(pin["commit"])
+        before = _served_id(served)
+        bypassed = []
+        if force or before != str(deployment.commit.id):
+            bypassed = holds.overridden(found, env.name, "deploy", force=force, reason=reason)
+        result = deployment.switch(deployment.prepare(force=force))
+        if result["changed"]:
+            entry = {"action": "deployed", "env": env.name, "by": by, "from": before, "to": str(deployment.commit.id)}
+            if bypassed:
+                entry.update(bypassed=bypassed, reason=holds.reason_text(reason, "a forced deploy"))
+            warning = holds.record_after(mirror, entry)
+            if warning:
+                result["warning"] = warning
+    if pin:
+        result["pinned"] = pin
+        result["comment"] = holds.pinned_comment(env.name, pin)
+    return result
+
+
+def _served_id(served):
+    """The commit ``served`` holds, or ``None`` (also when its record is lost: the deploy then says so)."""
+    try:
+        info = served.deployed()
+    except EnvflowError:
+        return None
+    return info["id"] if info else None
 
 
 def deploy_preview(config, mirror, name, rev=None, branch=None, force=False):
     """What a deploy into ``name`` would do, changing nothing: the commit served, the one to serve, the hand edits.
 
-    With ``force``, a tree without a record reads as nothing served.
+    With ``force``, a tree without a record reads as nothing served. A pinned
+    environment would serve its pin (``pinned``, ``comment``); for a frozen
+    one, ``refused`` is why a deploy that changes it would be refused.
     """
     env = config.environment(name)
     commit = target(mirror, env, rev, branch)
+    found = history.holds(mirror)
+    pin = history.pin_of(found, env.name)
+    if pin:
+        commit = mirror.commit(pin["commit"])
     served = ServedDir(env.path)
     try:
         old, drift = served.deployed(), served.drift(mirror.objects)
@@ -233,7 +278,15 @@ def deploy_preview(config, mirror, name, rev=None, branch=None, force=False):
         if not force:
             raise
         old, drift = None, {"added": [], "modified": [], "deleted": []}
-    return {"env": name, "path": env.path, "new": commit_info(commit), "old": old, "drift": drift, "test": True}
+    preview = {"env": name, "path": env.path, "new": commit_info(commit), "old": old, "drift": drift, "test": True}
+    if pin:
+        preview["pinned"] = pin
+        preview["comment"] = holds.pinned_comment(env.name, pin)
+    try:
+        holds.overridden(found, env.name, "deploy", force=force)
+    except Held as exc:
+        preview["refused"] = str(exc)  # if it would change anything
+    return preview
 
 
 @dataclass
@@ -249,15 +302,17 @@ class Promoted:
 def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, dry_run=False):
     """Promote into ``name`` what the environment before it serves (or ``rev``), as one transaction.
 
-    In order: the plan (fast-forward only), the gates (unless the branch
-    already holds the commit), the standby tree prepared (refused on hand
-    edits unless ``force``), a bypass of closed gates recorded on the remote
-    (``force`` with ``reason``, by ``by``), the branch moved as a
-    compare-and-swap, then the switch. Anything refused before the branch
-    moves leaves the branch and the directory as they were. The mirror must
-    be freshly fetched. With ``dry_run`` nothing changes and the report also
-    holds the directory's ``path``, what it ``served``, its closed ``gates``
-    and its hand edits (``drift``).
+    In order, under the directory's lock: the plan (fast-forward only), the
+    environment's freeze and pin (:func:`envflow.holds.overridden`), the gates
+    (unless the branch already holds the commit), the standby tree prepared
+    (refused on hand edits unless ``force``), a bypass of closed gates
+    recorded on the remote (``force`` with ``reason``, by ``by``), the branch
+    moved as a compare-and-swap, the switch, then the entry in the history
+    (which ends a pin that ``force`` overrode). Anything refused before the
+    branch moves leaves the branch and the directory as they were. The mirror
+    must be freshly fetched. With ``dry_run`` nothing changes and the report
+    also holds the directory's ``path``, what it ``served``, its closed
+    ``gates``, the ``holds`` in the way and its hand edits (``drift``).
     """
     promotion = plan(config, mirror, name, rev=rev)
     env = promotion.env
@@ -270,30 +325,70 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
             path=env.path,
             served=deployed["id"] if deployed else None,
             gates=blocking_gates(promotion, mirror) if promotion.old != promotion.new else [],
+            holds=[line for _hold, line, _lift in holds.in_the_way(history.holds(mirror), env.name, pinned_too=True)],
             drift=served.drift(mirror.objects),
         )
         return Promoted(report)
-    # A branch that holds the commit already needs no gate: only its directory may lag behind.
-    bypassed = check_gates(promotion, mirror, force=force, reason=reason) if promotion.old != promotion.new else []
+    moves = promotion.old != promotion.new
     with served.deploying(mirror.objects, mirror.commit(promotion.new)) as deployment:
+        # Read under the lock: a pin or freeze set meanwhile on this master holds this promotion back.
+        found = history.holds(mirror)
+        served_before = _served_id(served)
+        bypassed = []
+        if moves or force or served_before != promotion.new:
+            bypassed = holds.overridden(found, env.name, "promote", force=force, reason=reason, pinned_too=True)
+        # A branch that holds the commit already needs no gate: only its directory may lag behind.
+        gates = check_gates(promotion, mirror, force=force, reason=reason) if moves else []
         prepared = deployment.prepare(force=force, remedy="promote with force=True")
-        if bypassed:
+        if gates:
             # Recorded before the branch moves: a bypass never goes unrecorded.
-            entry = {"by": by, "reason": reason, "gates": bypassed, "from": promotion.old}
+            entry = {"by": by, "reason": reason, "gates": gates, "from": promotion.old}
             records.add(mirror, promotion.new, "forced", env.name, entry)
+        bypassed += gates
+        if bypassed:
             report["bypassed"] = bypassed
-        if promotion.old != promotion.new:
+        if moves:
             mirror.update_branch(env.branch, promotion.old, promotion.new)
         try:
             result = deployment.switch(prepared)
         except (EnvflowError, OSError) as exc:
-            if promotion.old == promotion.new:
+            if not moves:
                 raise
             raise EnvflowError(
                 f"envflow: {env.branch} now points at {_short(promotion.new)}, but deploying it to {env.name} "
                 f"failed: {exc}; fix that, then run envflow.refresh {env.name}"
             ) from None
-    return Promoted(report, deployed=result, moved=promotion.old != promotion.new, bypassed=bypassed)
+        if moves or result["changed"]:
+            warning = holds.record_after(mirror, *_promotion_entry(promotion, served_before, bypassed, reason, by))
+            if warning:
+                report["warning"] = warning
+    return Promoted(report, deployed=result, moved=moves, bypassed=bypassed)
+
+
+def _promotion_entry(promotion, served_before, bypassed, reason, by):
+    """The history entry of a promotion (``deployed`` when the branch held the commit already), and its change."""
+    env = promotion.env.name
+    moved = promotion.old != promotion.new
+    entry = {
+        "action": "promoted" if moved else "deployed",
+        "env": env,
+        "by": by,
+        "from": promotion.old if moved else served_before,
+        "to": promotion.new,
+        "upstream": promotion.upstream.name,
+    }
+    if moved and served_before != promotion.old:
+        entry["served_before"] = served_before
+    if bypassed:
+        entry.update(bypassed=bypassed, reason=holds.reason_text(reason, "a forced promotion"))
+
+    def change(found):
+        # A forced promotion into a pinned environment ends the pin: it serves the promoted commit now.
+        if found.get(env, {}).get("pin"):
+            found[env].pop("pin")
+        return found
+
+    return entry, change
 
 
 def _served(env):
@@ -336,13 +431,13 @@ def status(config, mirror, name=None):
     for env in config.select(name):
         tip = mirror.tip(env.branch)
         entry = report[env.name] = {"branch": env.branch, "remote": str(tip) if tip is not None else None}
-        holds = {"pin": history.pin_of(found, env.name), "freeze": history.freeze_of(found, env.name)}
+        held = {"pin": history.pin_of(found, env.name), "freeze": history.freeze_of(found, env.name)}
         try:
             served = _served(env)
             drift = ServedDir(env.path).drift(mirror.objects)
         except EnvflowError as exc:
             entry.update(deployed=None, in_sync=False, waiting=None, drift=None, problem=str(exc))
-            entry.update(served=None, ahead=None, **holds, gates=None)
+            entry.update(served=None, ahead=None, **held, gates=None)
             continue
         deployed = served["id"] if served else None
         upstream = config.upstream(env.name)
@@ -360,7 +455,7 @@ def status(config, mirror, name=None):
             drift=sum(len(paths) for paths in drift.values()),
             served=served,
             ahead=_ahead(mirror, tip, deployed),
-            **holds,
+            **held,
             gates=_closed_gates(config, mirror, env) if upstream else None,
         )
     return report

@@ -120,18 +120,28 @@ class ServedDir:
             raise EnvflowError(f"envflow: cannot check {self.path} for hand edits: {exc}") from None
 
     @contextlib.contextmanager
+    def locked(self):
+        """Hold the directory's lock: no deploy, promotion, rollback, pin or freeze of it runs meanwhile here."""
+        os.makedirs(self.layout.home, exist_ok=True)
+        with held(self.layout.lock, f"the directory {self.path}"):
+            yield
+
+    @contextlib.contextmanager
     def deploying(self, objects, commit):
         """Hold the directory's lock for one deploy of ``commit``; yield its :class:`Deployment`.
 
         What an interrupted run left is tidied first. Errors of the file
         system or of git become one-line :class:`EnvflowError` messages.
+        The deployment's ``commit`` may still be changed before it is prepared.
         """
+        deployment = None
         try:
-            os.makedirs(self.layout.home, exist_ok=True)
-            with held(self.layout.lock, f"the directory {self.path}"):
+            with self.locked():
                 switch.tidy(self.layout)
-                yield Deployment(self, objects, commit)
+                deployment = Deployment(self, objects, commit)
+                yield deployment
         except (OSError, pygit2.GitError) as exc:
+            commit = deployment.commit if deployment is not None else commit
             raise EnvflowError(f"envflow: cannot deploy {short(commit.id)} to {self.path}: {exc}") from None
 
     def deploy(self, objects, commit, force=False):

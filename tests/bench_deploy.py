@@ -19,6 +19,8 @@ measures in the same run:
 * ``git fetch -q && git reset -q --hard origin/develop`` in a plain clone
   (``git clone`` for the first deploy), as subprocess wall time.
 
+A rollback is measured at the package level too (see :func:`measure_rollback`).
+
 Scenarios: the first deploy (envflow: fetch into a new mirror and write the whole
 tree; git.latest and git: clone), the second deploy (the first one-file change after
 the first deploy: a one-line change to one file is committed, then all three deploy
@@ -375,8 +377,69 @@ def measure_size(size, args, workdir):
     _check(salt, clone, repo, "already served")
     results["salt_calls"] = salt.runs
 
+    results["rollback"] = measure_rollback(repo, root, clone, args.repeat)
     results["memory"] = measure_memory(repo, root)
     return results
+
+
+# -- rollback ---------------------------------------------------------------
+
+_ROLLBACK_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    from envflow import holds, pipeline
+    from envflow.config import parse
+    from envflow.remote import Mirror
+
+    repo, cachedir, path, branch = sys.argv[1:5]
+    config = parse({"repo": repo, "environments": [{"name": "rollback", "branch": branch, "path": path}]})
+    with Mirror(repo, cachedir) as mirror:
+        start = time.perf_counter()
+        mirror.fetch()
+        deployed = pipeline.deploy(config, mirror, "rollback", by="bench")
+        deploy_ms = (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
+        rolled = holds.rollback(config, mirror, "rollback", reason="bench", by="bench")
+        rollback_ms = (time.perf_counter() - start) * 1000
+        holds.unpin(config, mirror, "rollback", by="bench")
+        pipeline.deploy(config, mirror, "rollback", by="bench")  # back to the tip, for the next round
+    print(json.dumps({"deploy": deploy_ms, "rollback": rollback_ms, "deployed": deployed["changed"],
+                      "to": rolled["to"], "from": rolled["from"], "warning": rolled.get("warning")}))
+    """
+)
+
+
+def measure_rollback(repo, root, clone, repeat):
+    """Package-level rollback against the one-file deploy it undoes, and against ``git reset --hard HEAD~1``.
+
+    Each round, in a child process importing this checkout's envflow: a one-file
+    change is committed, fetched and deployed (timed: fetch + deploy, as a
+    refresh does), then rolled back to the commit before it (timed: the
+    rollback, its hand-edit check and the pin written to the remote's history
+    included), then unpinned and deployed at the tip again (not timed). ``git reset --hard HEAD~1`` in a
+    plain clone at the same commit is the manual way back.
+    """
+    path = os.path.join(root, "srv", "rollback")
+    cachedir = os.path.join(root, "rollback-cache")
+    command = [sys.executable, "-c", _ROLLBACK_CHILD, repo.path, cachedir, path, BRANCH]
+    # The first deploy, untimed (its rollback finds nothing served before, and fails).
+    subprocess.run(command, env=_env(), capture_output=True, text=True, check=False)
+    found = {"envflow": [], "deploy": [], "git": []}
+    for _round in range(repeat):
+        repo.change_one_file()
+        before = git("rev-parse", f"{BRANCH}~1", cwd=repo.path)
+        proc = subprocess.run(command, env=_env(), capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise RuntimeError(f"rollback child failed: {proc.stderr[-2000:]}")
+        done = json.loads(proc.stdout)
+        if not done["deployed"] or done["to"] != before or done["warning"]:
+            raise RuntimeError(f"rollback round did not do what it says: {done}, expected a rollback to {before}")
+        found["envflow"].append(done["rollback"])
+        found["deploy"].append(done["deploy"])
+        git("fetch", "-q", "origin", cwd=clone)
+        git("reset", "-q", "--hard", f"origin/{BRANCH}", cwd=clone)
+        found["git"].append(_timed("git reset -q --hard HEAD~1", clone))
+    return found
 
 
 # -- memory -----------------------------------------------------------------
@@ -514,6 +577,18 @@ def report(all_results, args):
                 f"{_ms(plain):>12} {plain / envflow:>19.2f}x"
             )
         out("")
+    out("rollback (package level, in a child importing this checkout: holds.rollback to the commit before,")
+    out("  from the tree still on disk, no fetch; the pin written to the remote's history included;")
+    out("  against the fetch + deploy of the one-file change it undoes, and git reset --hard HEAD~1 in a clone)")
+    out(f"{'files':>6}  {'rollback':>10} {'(min-max)':>13} {'deploy':>10} {'deploy/rollback':>16} {'git reset':>10}")
+    for res in all_results.values():
+        back = res["rollback"]
+        rollback, forward, reset = (_median(back[key]) for key in ("envflow", "deploy", "git"))
+        out(
+            f"{res['files']:>6}  {_ms(rollback):>10} {_spread(back['envflow']):>13} {_ms(forward):>10} "
+            f"{forward / rollback:>15.2f}x {_ms(reset):>10}"
+        )
+    out("")
     source = next(iter(next(iter(all_results.values()))["memory"].values()))["source"]
     out("envflow peak memory (package-level deploy: Mirror.fetch + ServedDir.deploy, one child process per scenario;")
     out(f"  peak RSS = the child's {source} (peak resident set: interpreter, pygit2 and libgit2 included);")

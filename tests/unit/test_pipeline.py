@@ -2,8 +2,9 @@ import os
 
 import pytest
 
-from envflow import pipeline
+from envflow import history, pipeline
 from envflow.errors import BranchMoved, Diverged, EnvflowError, RevisionError
+from envflow.remote import HISTORY
 from envflow.served import ServedDir
 
 
@@ -98,7 +99,8 @@ def test_a_hotfix_on_the_branch_blocks_promotion_and_is_listed(deployed_pipeline
     assert str(error.value) == (
         f"envflow: master has 1 commit(s) that {promotion['new'][:10]} from stage lacks: "
         f"{hotfix[:10]} 'urgent hotfix'; "
-        "bring them into develop and promote them through the pipeline from test, or remove them from master"
+        "bring them into develop with salt-run envflow.backport prod and promote them through the pipeline from test, "
+        "or remove them from master"
     )
     assert remote.refs() == before
 
@@ -222,5 +224,8 @@ def test_a_branch_that_holds_the_commit_gets_its_directory_deployed(deployed_pip
     before = remote.refs()
     done = pipeline.promote(deployed_pipeline, mirror, "stage")
     assert done.moved is False and done.deployed["changed"] is True
-    assert remote.refs() == before
+    after = remote.refs()
+    assert after.pop(HISTORY) and after == {ref: commit for ref, commit in before.items() if ref != HISTORY}
+    [entry] = history.entries(mirror, "stage")
+    assert (entry["action"], entry["to"]) == ("deployed", tested)
     assert ServedDir(deployed_pipeline.environment("stage").path).deployed()["id"] == tested

@@ -649,3 +649,30 @@ def test_a_large_change_writes_the_index_file_whole(served, mirror, remote):
     with open(os.path.join(served.path, "many", "file7.sls"), "w", encoding="utf-8") as handle:
         handle.write("# by hand\n")
     assert served.drift(mirror.objects)["modified"] == ["many/file7.sls"]
+
+
+def test_a_lost_standby_is_made_again_from_a_served_tree_whose_index_has_changes(served, mirror, remote):
+    """The standby's record is gone (lost, or made by an older envflow) while the served slot's index differs from
+    its index file: the standby is linked again from the served tree, with the served index's changes applied."""
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v3\n", "new.sls": "# new\n"})
+    deploy(served, mirror, "stage")
+    layout = served.layout
+    assert layout.record(layout.served_slot()).index_changes  # what this test is about
+    layout.drop_record(layout.other(layout.served_slot()))
+    v4 = remote.commit("stage", {"web/init.sls": "# web v4\n", "top.sls": None, "other.sls": "# other\n"})
+    result = deploy(served, mirror, "stage")
+    assert result["new"]["id"] == v4
+    assert tree_files(served.path) == {"web/init.sls": "# web v4\n", "new.sls": "# new\n", "other.sls": "# other\n"}
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+    # Both slots are sound afterwards: a hand edit shows, and later deploys in either direction are exact.
+    with open(os.path.join(served.path, "new.sls"), "a", encoding="utf-8") as handle:
+        handle.write("# by hand\n")
+    assert served.drift(mirror.objects)["modified"] == ["new.sls"]
+    deploy(served, mirror, "stage", force=True)
+    remote.commit("stage", {"new.sls": None})
+    deploy(served, mirror, "stage")
+    assert tree_files(served.path) == {"web/init.sls": "# web v4\n", "other.sls": "# other\n"}
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
