@@ -10,7 +10,7 @@ import sys
 
 import pygit2
 
-from envflow import pipeline
+from envflow import history, holds, pipeline
 from envflow.errors import Diverged, EnvflowError
 from envflow.served import ServedDir
 from envflow.text import short
@@ -107,9 +107,11 @@ def promotion(config, mirror, name, patch=False):
     deployed in the environment before ``name``). A promotion that
     :func:`~envflow.pipeline.plan` refuses because the branch diverged is
     still compared: ``dropped`` lists the commits only the branch has, and
-    ``blocked`` holds the refusal's one-line reason. Its other refusals (the
-    first environment, nothing deployed upstream) are raised. The mirror must
-    be freshly fetched.
+    ``blocked`` holds the refusal's one-line reason. ``holds`` lists the pin
+    and freeze that would hold the promotion back (as ``promote ...
+    dry_run=True`` does), when there are any. Its other refusals (the first
+    environment, nothing deployed upstream) are raised. The mirror must be
+    freshly fetched.
     """
     blocked = None
     try:
@@ -121,6 +123,9 @@ def promotion(config, mirror, name, patch=False):
     report = {"env": env.name, "branch": env.branch, "upstream": upstream.name, **compare(mirror, old, new, patch)}
     if blocked:
         report["blocked"] = blocked
+    held = [line for _hold, line, _lift in holds.in_the_way(history.holds(mirror), env.name, pinned_too=True)]
+    if held:
+        report["holds"] = held
     return report
 
 

@@ -86,7 +86,7 @@ def _gates(entry):
     gates = entry.get("gates")
     if gates is None:
         return "-"
-    return ", ".join(line.split(":", 1)[0] for line in gates) if gates else "open"
+    return ", ".join(line.split(":", 1)[0] for line in gates) if gates else "none"
 
 
 def status_table(report, now=None):
@@ -156,6 +156,7 @@ def diff_text(report):
     lines = [head]
     if report.get("blocked"):
         lines.append(f"blocked: {cell(report['blocked'])}")
+    lines.extend(f"held back: {cell(line.partition(': ')[2] or line)}" for line in report.get("holds") or [])
     totals = report.get("totals") or {}
     sections = (
         ("commits", f"commits ({totals.get('commits', 0)}):"),

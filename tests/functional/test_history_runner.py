@@ -139,3 +139,17 @@ def test_status_shows_what_is_served_and_the_holds(runners, envflow_block, remot
     assert prod["pin"] == {"commit": served, "by": "alice", "reason": "bad release"}
     assert prod["gates"] is None  # master was pushed to directly: no promotion into prod is possible now
     assert report["environments"]["stage"]["gates"] == []
+
+
+def test_after_a_rollback_status_shows_the_pin_and_the_branch_ahead_and_history_the_change(runners, remote):
+    runners["envflow.refresh"]()
+    before = remote.tip("develop")
+    tip = remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+    runners["envflow.refresh"]("test")
+    rolled_back = runners["envflow.rollback"]("test", reason="web v2 breaks the login")
+    assert "retcode" not in rolled_back, rolled_back
+    test = runners["envflow.status"]("test")["environments"]["test"]
+    assert (test["served"]["id"], test["remote"], test["in_sync"], test["ahead"]) == (before, tip, False, 1)
+    assert (test["pin"]["commit"], test["pin"]["reason"]) == (before, "web v2 breaks the login")
+    newest = runners["envflow.history"]("test", limit=1)["history"]
+    assert [(entry["action"], entry["from"], entry["to"]) for entry in newest] == [("rolled_back", tip, before)]

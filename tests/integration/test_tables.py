@@ -83,7 +83,7 @@ def test_status_prints_one_row_per_environment_and_json_the_dict(master):
         "HOLDS",
         "GATES",
     ]
-    expected = (("test", "develop", "-", "-"), ("stage", "stage", "0", "open"), ("prod", "master", "0", "open"))
+    expected = (("test", "develop", "-", "-"), ("stage", "stage", "0", "none"), ("prod", "master", "0", "none"))
     for row, (env, branch, waiting, gates) in zip(rows[1:4], expected, strict=True):
         cells = re.split(r"\s{2,}", row)
         assert cells[:3] == [env, branch, f"{served[:10]} initial states"], row

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from envflow import diffs, pipeline
+from envflow import diffs, holds, pipeline
 from envflow.errors import Diverged, EnvflowError
 from envflow.served import ServedDir
 from tests.gitrepo import git
@@ -209,3 +209,16 @@ def test_a_patch_of_long_lines_is_cut_at_its_size_cap(deployed_pipeline, mirror,
     assert len(shown.encode()) <= diffs.PATCH_BYTES
     assert len(patch.splitlines()) < 100
     assert note.startswith("... ") and " more lines (" in note
+
+
+def test_a_freeze_or_pin_in_the_way_of_the_promotion_is_listed(deployed_pipeline, mirror, remote):
+    config = deployed_pipeline
+    remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+    deploy(mirror, config.environment("test"))
+    holds.freeze(config, mirror, "stage", reason="launch week", by="bob")
+    before = remote.refs()
+    report = diffs.promotion(config, mirror, "stage")
+    (line,) = report["holds"]
+    assert line.startswith("freeze: stage is frozen by bob since ") and line.endswith(" until thawed: launch week")
+    assert report["commits"] and "blocked" not in report
+    assert remote.refs() == before

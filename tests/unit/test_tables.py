@@ -55,7 +55,7 @@ def test_the_status_table_has_one_row_per_environment():
         "test   develop  aaaaaaaaaa web v2                          2h10m  no             -        0      "
         "-                                         -",
         "stage  stage    bbbbbbbbbb a summary far longer than t...  -      yes            3        2      "
-        "frozen by bob until 2026-01-05 18:00:...  open",
+        "frozen by bob until 2026-01-05 18:00:...  none",
         "prod   master   aaaaaaaaaa web v2                          2h10m  no, branch +2  0        0      "
         "pinned by alice: bad release              verified, soak",
         "warning: file_roots:base: serves symlinks",
@@ -136,11 +136,13 @@ def test_the_diff_text_reads_like_git_show_stat():
         "files": ["M web/init.sls (+1 -1)", "A logo.png (binary)"],
         "totals": {"commits": 1, "dropped": 1, "files": 2, "added": 1, "removed": 1},
         "blocked": "envflow: master has 1 commit(s) that bbbbbbbbbb from stage lacks: cccccccccc 'hotfix'; ...",
+        "holds": ["freeze: prod is frozen by bob since 2026-01-05T14:00:00+00:00 until thawed: launch"],
         "patch": "diff --git a/web/init.sls b/web/init.sls\n-# web v1\n+# web v2\n",
     }
     assert tables.diff_text(report).splitlines() == [
         "promote prod (master): stage serves bbbbbbbbbb, master is at aaaaaaaaaa",
         "blocked: envflow: master has 1 commit(s) that bbbbbbbbbb from stage lacks: cccccccccc 'hotfix'; ...",
+        "held back: prod is frozen by bob since 2026-01-05T14:00:00+00:00 until thawed: launch",
         "commits (1):",
         "  bbbbbbbbbb web v2",
         "dropped, not in bbbbbbbbbb (1):",
