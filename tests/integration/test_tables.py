@@ -125,17 +125,22 @@ def test_history_prints_one_row_per_entry_and_json_the_entries(master, tmp_path)
         )
     tip = remote.tip("stage")[:10]
     rows = [re.split(r"\s{2,}", line) for line in master.salt_run("envflow.history").stdout.splitlines()]
-    assert rows == [
+    # Newest first: the two entries just recorded, then the first deploys the module's refresh recorded.
+    assert rows[:3] == [
         ["WHEN (UTC)", "ACTION", "ENV", "FROM -> TO", "BY", "REASON", "MASTER"],
         ["2026-01-05 16:00", "frozen", "prod", "-", "bob", "launch week", "m2"],
         ["2026-01-05 14:03", "promoted", "stage", f"{tip} -> {tip}", "sudo_alice", "-", "m1"],
     ]
-    assert json.loads(master.salt_run("envflow.history", "--out=json").stdout) == {
-        "history": [frozen, promoted],
-        "outputter": "envflow",
-    }
-    only_prod = master.salt_run("envflow.history", "prod", "limit=5").stdout
-    assert "frozen" in only_prod and "promoted" not in only_prod
+    assert [row[1:4] for row in rows[3:]] == [["deployed", env, f"- -> {tip}"] for env in ("prod", "stage", "test")]
+    structured = json.loads(master.salt_run("envflow.history", "--out=json").stdout)
+    assert structured["outputter"] == "envflow"
+    assert structured["history"][:2] == [frozen, promoted]
+    assert [entry["action"] for entry in structured["history"][2:]] == ["deployed"] * 3
+    only_prod = [
+        re.split(r"\s{2,}", line)[1:3]
+        for line in master.salt_run("envflow.history", "prod", "limit=1").stdout.splitlines()
+    ]
+    assert only_prod == [["ACTION", "ENV"], ["frozen", "prod"]]
 
 
 def test_diff_prints_the_commits_and_files(master):
