@@ -25,8 +25,7 @@ import pygit2
 
 from envflow import history
 from envflow.errors import BranchMoved, EnvflowError
-from envflow.pipeline import _capped
-from envflow.text import echo, short
+from envflow.text import capped, echo, short
 
 FAST_FORWARD = "fast-forward"
 MERGE = "merge"
@@ -130,8 +129,8 @@ def _conflicted(merge):
         f"conflicts in {len(paths)} file(s): {listed}{more}; nothing changed: merge {env.branch} into "
         f"{first.branch} by hand, resolve them, push {first.branch} and promote it through the pipeline from "
         f"{first.name}",
-        _capped(paths),
-        _capped(_lines(merge.commits)),
+        capped(paths),
+        capped(_lines(merge.commits)),
     )
 
 
@@ -145,7 +144,7 @@ def _operator(by):
 def _merge_commit(mirror, merge, by):
     """Write the merge commit of ``merge`` (planned, without conflicts) into the mirror; return its id."""
     env, first = merge.env, merge.first
-    listed = "\n".join(f"- {line}" for line in _capped(_lines(merge.commits), _RECORDED))
+    listed = "\n".join(f"- {line}" for line in capped(_lines(merge.commits), _RECORDED))
     message = (
         f"Back-merge {len(merge.commits)} commit(s) of {env.branch} ({env.name}) into {first.branch}\n\n"
         f"{listed}\n\nMade by salt-run envflow.backport {env.name}, so that promotions from {first.name} "
@@ -196,7 +195,7 @@ def backport(config, mirror, name, by=None, dry_run=False):
         "old": old,
         "new": old,
         "kind": merge.kind,
-        "commits": _capped(_lines(merge.commits)),
+        "commits": capped(_lines(merge.commits)),
         "files": [],
     }
     ids = [cid for cid, _summary in merge.commits][:50]  # enough for an event; the count is in the comment
@@ -210,7 +209,7 @@ def backport(config, mirror, name, by=None, dry_run=False):
     else:
         new, tree = None if dry_run else _merge_commit(mirror, merge, by), merge.tree
         done = f"merge{'' if dry_run else 'd'} {count} commit(s) of {env.branch} ({env.name}) into {first.branch}"
-    report["files"] = _capped([f"{status} {path}" for status, path in mirror.changed_files(merge.old, tree)])
+    report["files"] = capped([f"{status} {path}" for status, path in mirror.changed_files(merge.old, tree)])
     warnings = _still_diverged(config, mirror, merge, new)
     report["comment"] = (
         f"would {done}" if dry_run else f"{done}; now promote them through the pipeline from {first.name}"
@@ -235,7 +234,7 @@ def backport(config, mirror, name, by=None, dry_run=False):
         "to": str(new),
         "into": first.name,
         "branch": first.branch,
-        "commits": _capped(_lines(merge.commits), _RECORDED),
+        "commits": capped(_lines(merge.commits), _RECORDED),
         "merge": merge.kind == MERGE,
     }
     try:

@@ -13,7 +13,7 @@ import pygit2
 from envflow import history, holds, pipeline
 from envflow.errors import Diverged, EnvflowError
 from envflow.served import ServedDir
-from envflow.text import short
+from envflow.text import capped, short
 
 COMMITS_SHOWN = 50
 FILES_SHOWN = 200
@@ -35,11 +35,18 @@ def _file_line(patch):
 class _Capped:
     """The unified diff, up to :data:`PATCH_LINES` lines and :data:`PATCH_BYTES` bytes; counts what it cut."""
 
-    def __init__(self):
+    def __init__(self, private=()):
         self.lines, self.size, self.cut_lines, self.cut_bytes = [], 0, 0, 0
+        self.private = tuple(f"{directory.rstrip('/')}/" for directory in private)
 
     def add(self, patch):
-        for line in patch.data.decode("utf-8", "replace").splitlines(keepends=True):
+        path = patch.delta.new_file.path or patch.delta.old_file.path
+        if path.startswith(self.private):
+            # Pillar often holds secrets, and a runner's return lands in the job cache and on the event bus.
+            text = f"--- {path}: pillar, not shown here (it may hold secrets); git diff shows it\n"
+        else:
+            text = patch.data.decode("utf-8", "replace")
+        for line in text.splitlines(keepends=True):
             size = len(line.encode("utf-8"))
             if not self.cut_lines and len(self.lines) < PATCH_LINES and self.size + size <= PATCH_BYTES:
                 self.lines.append(line)
@@ -58,7 +65,7 @@ class _Capped:
         return text
 
 
-def compare(mirror, old, new, patch=False):
+def compare(mirror, old, new, patch=False, private=()):
     """Compare commit ``old`` (``None``: nothing) with ``new``, both commit ids of the mirror.
 
     Returns ``from`` and ``to`` (the ids), ``commits`` (``<short id> <summary>``
@@ -66,7 +73,9 @@ def compare(mirror, old, new, patch=False):
     in ``old`` and not in ``new``), ``files`` (``<status> <path> (+added
     -removed)``, or ``(binary)``), ``totals`` (whole counts: the lists stop at
     :data:`COMMITS_SHOWN` and :data:`FILES_SHOWN` entries, and then end with
-    ``... and N more``) and, with ``patch``, the unified diff as ``patch``.
+    ``... and N more``) and, with ``patch``, the unified diff as ``patch``,
+    where the files under the ``private`` directories (the pillar) are named
+    but not shown.
     """
     repo = mirror.repo
     everything = sys.maxsize
@@ -74,19 +83,19 @@ def compare(mirror, old, new, patch=False):
     dropped = mirror.commits(old, new, limit=everything) if old is not None else []
     new_tree = repo[new].peel(pygit2.Tree)
     diff = new_tree.diff_to_tree(swap=True) if old is None else repo.diff(repo[old].peel(pygit2.Tree), new_tree)
-    files, added, removed, capped = [], 0, 0, _Capped()
+    files, added, removed, shown = [], 0, 0, _Capped(private)
     for changed in diff:
         line, (plus, minus) = _file_line(changed)
         files.append(line)
         added, removed = added + plus, removed + minus
         if patch:
-            capped.add(changed)
+            shown.add(changed)
     report = {
         "from": old,
         "to": new,
-        "commits": pipeline._capped([f"{short(cid)} {summary}" for cid, summary in commits], COMMITS_SHOWN),
-        "dropped": pipeline._capped([f"{short(cid)} {summary}" for cid, summary in dropped], COMMITS_SHOWN),
-        "files": pipeline._capped(files, FILES_SHOWN),
+        "commits": capped([f"{short(cid)} {summary}" for cid, summary in commits], COMMITS_SHOWN),
+        "dropped": capped([f"{short(cid)} {summary}" for cid, summary in dropped], COMMITS_SHOWN),
+        "files": capped(files, FILES_SHOWN),
         "totals": {
             "commits": len(commits),
             "dropped": len(dropped),
@@ -96,7 +105,7 @@ def compare(mirror, old, new, patch=False):
         },
     }
     if patch:
-        report["patch"] = capped.text(old and short(old), short(new))
+        report["patch"] = shown.text(old and short(old), short(new))
     return report
 
 
@@ -120,7 +129,8 @@ def promotion(config, mirror, name, patch=False):
     except Diverged as exc:
         env, upstream = config.environment(name), config.upstream(name)
         old, new, blocked = str(mirror.tip(env.branch)), pipeline.deployed_id(upstream), str(exc)
-    report = {"env": env.name, "branch": env.branch, "upstream": upstream.name, **compare(mirror, old, new, patch)}
+    compared = compare(mirror, old, new, patch, private=_pillar_dirs(env))
+    report = {"env": env.name, "branch": env.branch, "upstream": upstream.name, **compared}
     if blocked:
         report["blocked"] = blocked
     held = [line for _hold, line, _lift in holds.in_the_way(history.holds(mirror), env.name, pinned_too=True)]
@@ -152,4 +162,10 @@ def served(config, mirror, first, second, patch=False):
     """
     envs = config.environment(first), config.environment(second)
     old, new = (_served_commit(mirror, env) for env in envs)
-    return {"from_env": envs[0].name, "to_env": envs[1].name, **compare(mirror, old, new, patch)}
+    compared = compare(mirror, old, new, patch, private=_pillar_dirs(*envs))
+    return {"from_env": envs[0].name, "to_env": envs[1].name, **compared}
+
+
+def _pillar_dirs(*envs):
+    """The pillar directories of ``envs`` in the repository, whose patches are never shown."""
+    return sorted({env.pillar for env in envs if env.pillar})

@@ -80,8 +80,15 @@ def freeze_of(found, env, at=None):
     if not freeze:
         return None
     until = freeze.get("until")
-    if until and datetime.datetime.fromisoformat(until) <= (at or now()):
-        return None  # ended by itself
+    if until:
+        try:
+            ends = datetime.datetime.fromisoformat(str(until))
+        except ValueError:
+            return freeze  # an end nobody can read (holds.json edited by hand): frozen until thawed
+        if ends.tzinfo is None:
+            ends = ends.replace(tzinfo=datetime.timezone.utc)
+        if ends <= (at or now()):
+            return None  # ended by itself
     return freeze
 
 

@@ -12,12 +12,8 @@ from envflow import history, holds, records
 from envflow.errors import Diverged, EnvflowError, GateBlocked, Held, RevisionError
 from envflow.remote import commit_info
 from envflow.served import ServedDir
-from envflow.text import echo
+from envflow.text import capped, echo, span
 from envflow.text import short as _short
-
-
-def _capped(items, limit=50):
-    return items[:limit] + ([f"... and {len(items) - limit} more"] if len(items) > limit else [])
 
 
 @dataclass
@@ -39,8 +35,8 @@ class Promotion:
             "from": self.upstream.name,
             "old": self.old,
             "new": self.new,
-            "commits": _capped([f"{_short(cid)} {summary}" for cid, summary in self.commits]),
-            "files": _capped([f"{status} {path}" for status, path in self.files]),
+            "commits": capped([f"{_short(cid)} {summary}" for cid, summary in self.commits]),
+            "files": capped([f"{status} {path}" for status, path in self.files]),
         }
 
 
@@ -110,16 +106,6 @@ def plan(config, mirror, name, rev=None):
     )
 
 
-def _span(seconds):
-    """``5400`` -> ``1h30m``: the two largest units."""
-    seconds, parts = max(0, int(seconds)), []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size or (unit == "s" and not parts):
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(parts[:2])
-
-
 def _people(count):
     return "1 more person" if count == 1 else f"{count} more people"
 
@@ -147,8 +133,8 @@ def blocking_gates(promotion, mirror, now=None):
         age = (now - datetime.datetime.fromisoformat(since)).total_seconds() if since else 0
         if age < gates.soak:
             blocked.append(
-                f"soak: {upstream.name} has served it for {_span(age)} of the {_span(gates.soak)} required; "
-                f"promote again in {_span(gates.soak - age)}"
+                f"soak: {upstream.name} has served it for {span(age)} of the {span(gates.soak)} required; "
+                f"promote again in {span(gates.soak - age)}"
             )
     if gates.approvals:
         people = sorted({entry["by"] for entry in records.entries(found, "approved", env.name)})

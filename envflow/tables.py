@@ -10,8 +10,7 @@ terminal.
 
 import datetime
 
-from envflow.pipeline import _span as span
-from envflow.text import short
+from envflow.text import short, span
 
 SUMMARY_WIDTH = 30
 HOLD_WIDTH = 40

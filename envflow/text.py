@@ -17,3 +17,19 @@ def echo(value, quoted=True, limit=_ECHO_LIMIT):
     if len(text) <= limit:
         return text
     return f"{text[: limit - 3]}... ({len(str(value))} characters)"
+
+
+def capped(items, limit=50):
+    """``items`` as a list of at most ``limit``, then ``... and N more``: long lists stay small in returns."""
+    items = list(items)
+    return items[:limit] + ([f"... and {len(items) - limit} more"] if len(items) > limit else [])
+
+
+def span(seconds):
+    """``5400`` -> ``1h30m``: a length of time in its two largest units."""
+    seconds, parts = max(0, int(seconds)), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts[:2])

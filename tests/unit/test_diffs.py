@@ -5,9 +5,11 @@ import os
 import pytest
 
 from envflow import diffs, holds, pipeline
+from envflow.config import parse
 from envflow.errors import Diverged, EnvflowError
+from envflow.remote import Mirror
 from envflow.served import ServedDir
-from tests.gitrepo import git
+from tests.gitrepo import config, git
 
 
 def deploy(mirror, env, rev=None):
@@ -222,3 +224,19 @@ def test_a_freeze_or_pin_in_the_way_of_the_promotion_is_listed(deployed_pipeline
     assert line.startswith("freeze: stage is frozen by bob since ") and line.endswith(" until thawed: launch week")
     assert report["commits"] and "blocked" not in report
     assert remote.refs() == before
+
+
+def test_a_patch_names_pillar_files_but_never_shows_them(remote, tmp_path):
+    """Pillar often holds secrets, and a runner's return lands in the job cache and on the event bus."""
+    raw = config(remote.path, tmp_path / "srv")
+    raw.update(states="salt", pillar="pillar")
+    parsed = parse(raw)
+    old = remote.tip("develop")
+    new = remote.commit("develop", {"pillar/db.sls": "password: hunter2-secret\n", "salt/web.sls": "# web v2\n"})
+    with Mirror(remote.path, str(tmp_path / "cache")) as mirror:
+        mirror.fetch()
+        compared = diffs.compare(mirror, old, new, patch=True, private=diffs._pillar_dirs(*parsed.environments))
+    assert "A pillar/db.sls (+1 -0)" in compared["files"]
+    assert "hunter2-secret" not in compared["patch"]
+    assert "--- pillar/db.sls: pillar, not shown here (it may hold secrets); git diff shows it\n" in compared["patch"]
+    assert "+# web v2" in compared["patch"]

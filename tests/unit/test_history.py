@@ -130,3 +130,10 @@ def test_over_https_the_history_is_fetched_pushed_and_merged(remote, git_http, t
         "frozen stage by bob",
         "frozen prod by alice",
     ]
+
+
+def test_a_freeze_whose_end_was_written_by_hand_still_reads():
+    """holds.json edited by hand: an end without a time zone is UTC, one nobody can read leaves the freeze on."""
+    found = {"prod": {"freeze": {"by": "a", "until": "2001-01-01T00:00:00"}}, "stage": {"freeze": {"until": "soon"}}}
+    assert history.freeze_of(found, "prod") is None
+    assert history.freeze_of(found, "stage") == {"until": "soon"}
