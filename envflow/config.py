@@ -14,6 +14,7 @@ import pygit2
 
 from envflow.access import DEFAULT_TIMEOUT, Credentials, endpoint
 from envflow.errors import ConfigError, UnknownEnvironment
+from envflow.layout import Layout
 from envflow.remote import is_local, redact
 from envflow.text import echo
 
@@ -23,7 +24,9 @@ _SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _SHARED_KEYS = {"states", "pillar", "sync_minions"}
 _TOP_KEYS = {"repo", "environments", "master_config", "credentials", "timeout", *_SHARED_KEYS}
 _ENV_KEYS = {"name", "branch", "path"}
-_OPTIONAL_ENV_KEYS = {"target", "gates", *_SHARED_KEYS}
+_OPTIONAL_ENV_KEYS = {"target", "gates", "preview_path", *_SHARED_KEYS}
+# The saltenv of an environment's preview directory is its name with this suffix.
+PREVIEW_SUFFIX = "_preview"
 _GATE_KEYS = {"verified", "soak", "approvals"}
 _SSH_KEYS = ("ssh_key", "ssh_passphrase", "ssh_agent", "known_hosts", "accept_unknown_host_key")
 _HTTP_KEYS = ("password", "ca_bundle", "allow_http")
@@ -56,6 +59,31 @@ class Environment:
     states: str = "."
     pillar: str = None
     sync_minions: bool = False
+    preview_path: str = None
+
+    @property
+    def preview_saltenv(self):
+        """The saltenv of the environment's preview directory: ``<name>_preview``."""
+        return f"{self.name}{PREVIEW_SUFFIX}"
+
+    @property
+    def preview(self):
+        """The preview directory as an environment of its own (saltenv ``<name>_preview``); ``None`` without one.
+
+        It has the same ``states`` and ``pillar`` layout, so ``states_dir`` and
+        ``pillar_dir`` name what ``file_roots`` and ``pillar_roots`` list for
+        the preview saltenv; it has no branch of its own, target or gates.
+        """
+        if self.preview_path is None:
+            return None
+        return dataclasses.replace(
+            self,
+            name=self.preview_saltenv,
+            path=self.preview_path,
+            preview_path=None,
+            gates=Gates(),
+            sync_minions=False,
+        )
 
     @property
     def states_dir(self):
@@ -185,7 +213,7 @@ def _environment(raw, index, shared):
         _fail(
             key,
             f"unknown key {echo(unknown[0])}; an environment has name, branch, path, and optionally "
-            "target, gates, states, pillar and sync_minions",
+            "target, gates, states, pillar, sync_minions and preview_path",
         )
     for field in sorted(_ENV_KEYS):
         if field not in raw:
@@ -196,10 +224,16 @@ def _environment(raw, index, shared):
     target = raw.get("target")
     if target is not None:
         target = _string(target, f"{key}:target", "G@env:stage")
+    path = _path(raw["path"], f"{key}:path")
+    preview_path = raw.get("preview_path")
+    if preview_path is not None:
+        example = os.path.join(os.path.dirname(path), f"{name}{PREVIEW_SUFFIX}")
+        preview_path = _path(preview_path, f"{key}:preview_path", example)
     return Environment(
         name=name,
         branch=_branch(raw["branch"], f"{key}:branch"),
-        path=_path(raw["path"], f"{key}:path"),
+        path=path,
+        preview_path=preview_path,
         target=target,
         gates=_gates(raw.get("gates"), f"{key}:gates", first=index == 0, name=name),
         **_layout({**raw, "name": name, "target": target}, shared, key),
@@ -332,6 +366,45 @@ def _inside(path, other):
     return os.path.commonpath([path, other]) == other
 
 
+def _directories(environments):
+    """Every directory envflow deploys: ``(key, path, what it is)`` for each path and preview path."""
+    for index, env in enumerate(environments):
+        key = f"envflow:environments:{index}"
+        yield f"{key}:path", env.path, f"the directory of environment {env.name!r}"
+        if env.preview_path is not None:
+            yield f"{key}:preview_path", env.preview_path, f"the preview directory of environment {env.name!r}"
+
+
+def _check_directories(environments):
+    """No directory envflow deploys may be another, lie inside another, or inside another's own bookkeeping."""
+    directories = list(_directories(environments))
+    for key, path, _what in directories:
+        for other_key, other, what in directories:
+            if other_key == key:
+                continue
+            if path == other and key.endswith(":preview_path"):
+                _fail(key, f"{path} is already {what}; give the preview a directory of its own")
+            if path != other and _inside(path, other):
+                _fail(key, f"{path} is inside {other}, {what}; give each environment a separate directory")
+            home = Layout(other).home
+            if _inside(path, home):
+                _fail(
+                    key, f"{path} is inside {home}, envflow's own directory beside {other}; use a directory outside it"
+                )
+
+
+def _check_preview_saltenvs(environments):
+    """A preview's saltenv (``<name>_preview``) must not be the name of an environment."""
+    names = {env.name: index for index, env in enumerate(environments)}
+    for index, env in enumerate(environments):
+        if env.preview_path is not None and env.preview_saltenv in names:
+            _fail(
+                f"envflow:environments:{index}:preview_path",
+                f"the preview of {env.name} is served as saltenv {env.preview_saltenv}, which is the name of "
+                f"environment {names[env.preview_saltenv]}; rename that environment",
+            )
+
+
 def parse(raw, resolve=None):
     """Validate the ``envflow`` configuration block ``raw`` and return a :class:`Config`.
 
@@ -371,14 +444,8 @@ def parse(raw, resolve=None):
                     f"each environment needs its own {field}",
                 )
             seen[value] = index
-    for index, env in enumerate(environments):
-        for other in environments:
-            if other is not env and _inside(env.path, other.path):
-                _fail(
-                    f"envflow:environments:{index}:path",
-                    f"{env.path} is inside {other.path}, the directory of environment {other.name!r}; "
-                    "give each environment a separate directory",
-                )
+    _check_directories(environments)
+    _check_preview_saltenvs(environments)
     master_config = raw.get("master_config")
     if master_config is not None:
         master_config = _path(master_config, "envflow:master_config", "/etc/salt/master")
