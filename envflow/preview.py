@@ -17,6 +17,8 @@ candidate's top files need a ``<env>_preview`` section equal to their
 
 import contextlib
 import os
+import posixpath
+import re
 from dataclasses import dataclass
 
 from envflow import pipeline
@@ -24,11 +26,42 @@ from envflow.errors import Drift, EnvflowError
 from envflow.layout import Layout
 from envflow.locking import held
 from envflow.served import ServedDir, drift_message
+from envflow.text import short
 
 # How long a preview waits for another preview of the same environment to end, in seconds.
 WAIT = 120.0
 # The minion's cache of the compiled highstate the preview writes, beside (never over) the highstate's own.
 CACHE_NAME = "envflow_preview"
+# The directories of a saltenv that every highstate, test=True too, copies to the minion it runs on
+# (salt/state.py HighState.load_dynamic calls saltutil.sync_all for the run's saltenv unless the minion sets
+# autoload_dynamic_modules: False; Salt 3006 and 3008), and the files it copies (salt/utils/extmods.py).
+SYNCED_DIRS = frozenset(
+    f"_{form}"
+    for form in [
+        "beacons",
+        "clouds",
+        "engines",
+        "executors",
+        "grains",
+        "log_handlers",
+        "matchers",
+        "modules",
+        "output",
+        "pillar",
+        "proxy",
+        "renderers",
+        "resources",
+        "returners",
+        "sdb",
+        "serializers",
+        "states",
+        "thorium",
+        "tops",
+        "utils",
+        "wrapper",
+    ]
+)
+_SYNCED_FILE = re.compile(r"\.(pyx?|so|zip)$")
 
 
 @dataclass
@@ -84,8 +117,27 @@ def preview_of(config, name):
     return env.preview
 
 
+def synced_changes(mirror, env, commit):
+    """The custom module files that differ between what ``env`` serves and ``commit``, sorted.
+
+    Those are the files a highstate of ``commit`` copies to a minion whose
+    modules came from ``env`` (:data:`SYNCED_DIRS` of the states directory),
+    and leaves there.
+    """
+    served = pipeline.deployed_id(env)
+    states = "" if env.states == "." else f"{env.states}/"
+    changed = set()
+    for _status, path in mirror.changed_files(served if served in mirror.repo else None, commit):
+        if not path.startswith(states):
+            continue
+        top = path[len(states) :].split("/", 1)[0]
+        if top in SYNCED_DIRS and "/" in path[len(states) :] and _SYNCED_FILE.search(posixpath.basename(path)):
+            changed.add(path)
+    return sorted(changed)
+
+
 @contextlib.contextmanager
-def previewing(config, mirror, name, rev=None, force=False, wait=WAIT):
+def previewing(config, mirror, name, rev=None, force=False, autoload=True, wait=WAIT):
     """Deploy into ``name``'s preview directory the commit ``promote name`` would bring; yield a :class:`Preview`.
 
     The commit is the one :func:`envflow.pipeline.plan` chooses (the commit
@@ -95,9 +147,24 @@ def previewing(config, mirror, name, rev=None, force=False, wait=WAIT):
     lock is held until the block ends: run the minions' test in it. Hand edits
     in the preview directory refuse the deploy unless ``force``. Nothing of
     ``name``'s branch or directory changes. The mirror must be freshly fetched.
+
+    A highstate copies the custom modules of its saltenv to the minion and
+    leaves them there, in test mode too: unless ``autoload`` is false (the
+    minions set ``autoload_dynamic_modules: False``), a commit that changes
+    them is refused before anything is deployed.
     """
     preview = preview_of(config, name)
     promotion = pipeline.plan(config, mirror, name, rev=rev)
+    if autoload:
+        synced = synced_changes(mirror, promotion.env, promotion.new)
+        if synced:
+            more = f" and {len(synced) - 5} more" if len(synced) > 5 else ""
+            raise EnvflowError(
+                f"envflow: {short(promotion.new)} changes custom modules ({', '.join(synced[:5])}{more}), which "
+                f"the preview's test run would copy to {name}'s minions and leave there before any promotion; "
+                f"set autoload_dynamic_modules: False on them (sync_minions: true syncs modules after each "
+                f"deploy) and preview with autoload=False"
+            )
     commit = mirror.commit(promotion.new)
     served = ServedDir(preview.path)
     lock = os.path.join(Layout(preview.path).home, "preview.lock")
@@ -117,7 +184,7 @@ def previewing(config, mirror, name, rev=None, force=False, wait=WAIT):
         )
 
 
-def deploy(config, mirror, name, rev=None, force=False, wait=WAIT):
+def deploy(config, mirror, name, rev=None, force=False, autoload=True, wait=WAIT):
     """Deploy the preview of a promotion into ``name`` (see :func:`previewing`) and return its :class:`Preview`."""
-    with previewing(config, mirror, name, rev=rev, force=force, wait=wait) as preview:
+    with previewing(config, mirror, name, rev=rev, force=force, autoload=autoload, wait=wait) as preview:
         return preview

@@ -246,3 +246,61 @@ def test_the_preview_holds_its_lock_while_the_minions_test_runs(deployed, mirror
         release.set()
         worker.join(30)
     assert preview.deploy(config, mirror, "stage", wait=0.2).deployed["changed"] is False
+
+
+def test_a_commit_changing_custom_modules_is_refused_unless_the_minions_do_not_autoload(deployed, mirror, remote):
+    config = deployed
+    candidate = remote.commit(
+        "develop",
+        {"_modules/greet.py": "def hello():\n    return 1\n", "_grains/role.py": "def role():\n    return {}\n"},
+        message="custom modules",
+    )
+    deploy(mirror, config.environment("test"))
+    before = untouched(config, remote)
+    with pytest.raises(EnvflowError) as error:
+        preview.deploy(config, mirror, "stage")
+    assert str(error.value) == (
+        f"envflow: {candidate[:10]} changes custom modules (_grains/role.py, _modules/greet.py), which the "
+        "preview's test run would copy to stage's minions and leave there before any promotion; set "
+        "autoload_dynamic_modules: False on them (sync_minions: true syncs modules after each deploy) and "
+        "preview with autoload=False"
+    )
+    assert untouched(config, remote) == before
+    assert not os.path.lexists(config.environment("stage").preview_path)
+    assert preview.deploy(config, mirror, "stage", autoload=False).commit == candidate
+
+
+def test_only_loader_files_of_the_synced_directories_that_changed_count(remote, tmp_path, mirror):
+    raw = dict(config(remote.path, tmp_path / "srv"), states="salt")
+    raw["environments"][1]["preview_path"] = str(tmp_path / "srv" / "stage_preview")
+    layout = parse(raw)
+    served = remote.commit("develop", {"salt/top.sls": "stage: {}\n", "salt/_modules/kept.py": "x = 1\n"})
+    for env in layout.environments:
+        deploy(mirror, env, rev=served)
+    stage = layout.environment("stage")
+    candidate = remote.commit(
+        "develop",
+        {
+            "salt/_modules/README.md": "not a module\n",  # Salt copies .py, .pyx, .so and .zip only
+            "salt/_modules/kept.py": "x = 1\n",  # unchanged
+            "salt/_unknown/thing.py": "x = 1\n",  # not a directory Salt syncs
+            "salt/web/_modules.py": "x = 1\n",
+            "_modules/outside.py": "x = 1\n",  # outside the states directory: never served
+        },
+    )
+    mirror.fetch()
+    assert preview.synced_changes(mirror, stage, candidate) == []
+    changed = remote.commit(
+        "develop",
+        {"salt/_modules/kept.py": "x = 2\n", "salt/_states/new.py": "x = 1\n", "salt/_utils/lib/deep.so": "bin"},
+    )
+    mirror.fetch()
+    assert preview.synced_changes(mirror, stage, changed) == [
+        "salt/_modules/kept.py",
+        "salt/_states/new.py",
+        "salt/_utils/lib/deep.so",
+    ]
+    # A removed module is removed from the minions too (clean_dynamic_modules).
+    removed = remote.commit("develop", {"salt/_modules/kept.py": None})
+    mirror.fetch()
+    assert "salt/_modules/kept.py" in preview.synced_changes(mirror, stage, removed)
