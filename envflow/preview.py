@@ -188,3 +188,141 @@ def deploy(config, mirror, name, rev=None, force=False, autoload=True, wait=WAIT
     """Deploy the preview of a promotion into ``name`` (see :func:`previewing`) and return its :class:`Preview`."""
     with previewing(config, mirror, name, rev=rev, force=force, autoload=autoload, wait=wait) as preview:
         return preview
+
+
+# -- the report ------------------------------------------------------------------
+
+# Caps that keep a report small enough for a job return, an event and a terminal.
+STATES_SHOWN = 100  # states listed per minion (those that would change or fail), in run order
+COMMENT_LINES, COMMENT_CHARS = 10, 2000
+DIFF_LINES, DIFF_CHARS = 100, 8000
+ITEMS_SHOWN = 50  # keys of a changes mapping, items of a list
+DEPTH = 4  # levels of a changes mapping shown as data; deeper ones as their text
+# The one result a highstate gives a minion that no top file section matches (salt/state.py, call_highstate).
+NO_STATES = "no_|-states_|-states_|-None"
+
+
+def _text(value, lines, chars):
+    """``value`` as text, cut to ``lines`` lines and ``chars`` characters, saying how much was left out."""
+    text = "\n".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    kept = text.splitlines()
+    if len(kept) > lines:
+        text = "\n".join(kept[:lines]) + f"\n... and {len(kept) - lines} more lines"
+    if len(text) > chars:
+        text = text[:chars] + f"... ({len(text) - chars} more characters)"
+    return text
+
+
+def _shown(value, depth=0):
+    """A state's ``changes`` made small: long texts (diffs) cut, long mappings and lists cut, deep ones as text."""
+    if isinstance(value, str):
+        return _text(value, DIFF_LINES, DIFF_CHARS)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth >= DEPTH:
+        return _text(repr(value), DIFF_LINES, DIFF_CHARS)
+    if isinstance(value, dict):
+        keys = list(value)
+        shown = {str(key): _shown(value[key], depth + 1) for key in keys[:ITEMS_SHOWN]}
+        if len(keys) > ITEMS_SHOWN:
+            shown["..."] = f"and {len(keys) - ITEMS_SHOWN} more"
+        return shown
+    if isinstance(value, (list, tuple, set)):
+        items = list(value)
+        shown = [_shown(item, depth + 1) for item in items[:ITEMS_SHOWN]]
+        return shown + ([f"... and {len(items) - ITEMS_SHOWN} more"] if len(items) > ITEMS_SHOWN else [])
+    return _text(repr(value), DIFF_LINES, DIFF_CHARS)
+
+
+def _state(key, ret):
+    """One state's entry: its id, function, name, sls, result, comment and changes (capped)."""
+    parts = key.split("_|-")
+    module, fun = (parts[0], parts[-1]) if len(parts) >= 4 else (key, "")
+    return {
+        "id": str(ret.get("__id__", parts[1] if len(parts) >= 4 else key)),
+        "function": f"{module}.{fun}" if fun else module,
+        "name": str(ret.get("name", "_|-".join(parts[2:-1]) if len(parts) >= 4 else "")),
+        "sls": ret.get("__sls__"),
+        "result": ret.get("result"),
+        "comment": _text(ret.get("comment") or "", COMMENT_LINES, COMMENT_CHARS),
+        "changes": _shown(ret.get("changes") or {}),
+    }
+
+
+def _outcome(ret):
+    """``failed``, ``change`` or ``None`` (nothing to do) for one state of a ``test=True`` run."""
+    result = ret.get("result")
+    if result is False:
+        return "failed"
+    # In test mode a state that would act returns None (file.managed, cmd.run, service.running, ...);
+    # a few report their changes with True.
+    if result is None or ret.get("changes"):
+        return "change"
+    return None
+
+
+def _minion(answer, env, saltenv):
+    """One minion's part of the report, from what its ``state.apply test=True`` returned."""
+    if isinstance(answer, dict) and answer and all(isinstance(ret, dict) for ret in answer.values()):
+        if list(answer) == [NO_STATES]:
+            comment = str(answer[NO_STATES].get("comment") or "").strip()
+            return {
+                "changes": 0,
+                "failed": 1,
+                "states": [],
+                "error": _text(
+                    f"{comment} (a run in saltenv {saltenv} takes the {saltenv} section of the top file, and "
+                    f"Salt ignores its {env} section: give the top file a {saltenv} section equal to {env}'s, "
+                    f"such as {saltenv}: *{env} with an anchor &{env})",
+                    COMMENT_LINES,
+                    COMMENT_CHARS,
+                ),
+            }
+        ordered = sorted(answer.items(), key=lambda item: item[1].get("__run_num__", 0))
+        outcomes = [(key, ret, _outcome(ret)) for key, ret in ordered]
+        listed = [_state(key, ret) for key, ret, outcome in outcomes if outcome]
+        report = {
+            "changes": sum(outcome == "change" for _key, _ret, outcome in outcomes),
+            "failed": sum(outcome == "failed" for _key, _ret, outcome in outcomes),
+            "states": listed[:STATES_SHOWN],
+        }
+        if len(listed) > STATES_SHOWN:
+            report["more"] = len(listed) - STATES_SHOWN
+        return report
+    # A list of strings: the run could not start (a render error, pillar errors, a conflicting run);
+    # a string: the minion's function raised (lock_saltenv, a missing module).
+    return {"changes": 0, "failed": 1, "states": [], "error": _text(answer, COMMENT_LINES, COMMENT_CHARS)}
+
+
+def report(env, commit, saltenv, answers, expected=()):
+    """The preview's report from the minions' ``answers`` to ``state.apply test=True`` (minion id -> what it returned).
+
+    ``{"env", "commit", "minions": {id: {"changes", "failed", "states"}}, "no_answer"}``:
+    per minion the number of states that would change and that would fail,
+    and those states in run order (``id``, ``function``, ``name``, ``sls``,
+    ``result``, ``comment``, ``changes``; comments and diffs capped, at most
+    :data:`STATES_SHOWN`, ``more`` counting the rest). A run that could not
+    start (a render error, a failed pillar, a run in the way) counts as one
+    failure, explained in ``error``. ``no_answer`` lists the ``expected``
+    minions that did not answer.
+    """
+    return {
+        "env": env,
+        "commit": commit,
+        "minions": {str(minion): _minion(answers[minion], env, saltenv) for minion in sorted(answers, key=str)},
+        "no_answer": sorted(set(map(str, expected)) - set(map(str, answers))),
+    }
+
+
+def failing(found):
+    """Whether a :func:`report` fails the preview: a state would fail, or a minion did not answer."""
+    return bool(found["no_answer"]) or any(minion["failed"] for minion in found["minions"].values())
+
+
+def summary(found):
+    """One line per minion, as a person reads the report: ``web-01: 3 to change, 0 failing``."""
+    lines = [
+        f"{minion}: {entry['changes']} to change, {entry['failed']} failing"
+        for minion, entry in found["minions"].items()
+    ]
+    return lines + [f"{minion}: did not answer" for minion in found["no_answer"]]
