@@ -90,8 +90,8 @@ def make_site(tmp_path_factory, minion_base_opts, **minion_config):
         top_file_merging_strategy="same",
         saltenv="prod",
         pillarenv_from_saltenv=True,
-        **minion_config,
     )
+    opts.update(minion_config)
     loaders = Loaders(opts)
     with Mirror(remote.path, str(root / "mirror")) as mirror:
         mirror.fetch()
@@ -190,3 +190,22 @@ def test_a_minion_that_does_not_autoload_keeps_its_modules(tmp_path_factory, min
         _done, _answer, found = quiet.preview(changes, autoload=False)
         assert found["minions"]["web-01"]["failed"] == 0, found
         assert not os.path.exists(os.path.join(modules, "candidate_two.py"))
+
+
+@pytest.mark.parametrize(
+    "minion_config, sections",
+    [
+        # Each saltenv's own top file gives its own section: the preview's too, applied for real.
+        ({"saltenv": None}, {"prod": ["web"], "prod_preview": ["web"]}),
+        ({"saltenv": None, "top_file_merging_strategy": "merge"}, {"prod": ["web"], "prod_preview": ["web"]}),
+        # env_order leaves out of such a run the saltenvs it does not list.
+        ({"saltenv": None, "env_order": ["base", "test", "stage", "prod"]}, {"prod": ["web"]}),
+    ],
+)
+def test_a_highstate_without_saltenv_reads_the_previews_top_file_unless_env_order_leaves_it_out(
+    tmp_path_factory, minion_base_opts, minion_config, sections
+):
+    """Why the minions must name their saltenv, or the master set env_order, once a preview saltenv exists."""
+    with make_site(tmp_path_factory, minion_base_opts, **minion_config) as made:
+        made.preview({"salt/web/motd.txt": "candidate motd\n"}, autoload=False)
+        assert dict(made.loaders.modules.state.show_top()) == sections
