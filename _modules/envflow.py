@@ -361,5 +361,6 @@ def rollback(env, to=None, reason=None, force=False, by=None, dry_run=False):
     if done["changed"]:
         pin = done["pin"]
         data = {"env": env, "old": done["from"], "new": done["to"], "by": pin["by"], "reason": pin["reason"]}
+        data["commit"] = pin["commit"]  # as in every pinned event, the runner's envflow.pin's too
         _fire(env, "rolled_back" if done["rolled_back"] else "pinned", data)
     return done
