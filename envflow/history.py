@@ -15,8 +15,8 @@ An entry has ``action`` (``promoted``, ``deployed``, ``rolled_back``,
 ``by``, ``at``, ``from``, ``to``, ``reason`` and ``master`` (the host that
 made the change), and what the action adds (``bypassed``: the holds and gates
 a forced action overrode). ``holds.json`` maps each environment to its
-``pin`` (``commit``, ``by``, ``at``, ``reason``, ``master``) and ``freeze``
-(``by``, ``at``, ``reason``, ``until``, ``master``).
+``pin`` (``commit``, ``by``, ``at``, ``reason``) and ``freeze`` (``by``,
+``at``, ``reason``, ``until``); the entry that set one names its ``master``.
 
 Writing is a compare-and-swap of the reference on the remote, retried after
 a fetch when another master wrote first: the entry is then applied on top of
