@@ -120,12 +120,21 @@ def _short_or_dash(commit_id):
 
 
 def headline(entry):
-    """The entry as ``git log --oneline`` shows it: ``rolled_back prod 3f2c9a1b2c -> 1a2b3c4d5e by alice: why``."""
-    moved = ""
-    if entry.get("from") or entry.get("to"):
-        moved = f" {_short_or_dash(entry.get('from'))} -> {_short_or_dash(entry.get('to'))}"
+    """The entry as ``git log --oneline`` shows it: ``rolled_back prod 3f2c9a1b2c -> 1a2b3c4d5e by alice: why``.
+
+    Holds read ``pinned prod to 1a2b3c4d5e``, ``unpinned prod (was 1a2b3c4d5e)`` and ``frozen prod until <time>``.
+    """
+    action, where = entry["action"], entry.get("env", "")
+    if action == "pinned" and entry.get("to"):
+        where += f" to {short(entry['to'])}"
+    elif action == "unpinned" and entry.get("from"):
+        where += f" (was {short(entry['from'])})"
+    elif action == "frozen" and entry.get("until"):
+        where += f" until {entry['until']}"
+    elif entry.get("from") or entry.get("to"):
+        where += f" {_short_or_dash(entry.get('from'))} -> {_short_or_dash(entry.get('to'))}"
     reason = f": {entry['reason']}" if entry.get("reason") else ""
-    return " ".join(f"{entry['action']} {entry.get('env', '')}{moved} by {entry.get('by')}{reason}".split())
+    return " ".join(f"{action} {where} by {entry.get('by')}{reason}".split())
 
 
 def _user():
