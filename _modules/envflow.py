@@ -252,19 +252,22 @@ def promote(env, rev=None, dry_run=False, force=False, reason=None, by=None):
         salt-call envflow.promote prod dry_run=True
         salt-call envflow.promote prod force=True reason="security fix, approved by phone"
     """
+    by = by or _operator()
     try:
         config = _config()
         with _mirror(config) as mirror:
-            done = pipeline.promote(
-                config, mirror, env, rev=rev, force=force, reason=reason, by=by or _operator(), dry_run=dry_run
-            )
+            done = pipeline.promote(config, mirror, env, rev=rev, force=force, reason=reason, by=by, dry_run=dry_run)
     except EnvflowError as exc:
         raise _salt_error(exc) from None
     report = done.report
     if done.deployed is not None:
         report["deployed"] = pipeline.deploy_summary(_after_deploy(config, env, done.deployed))
     if done.moved:
-        _fire(env, "promoted", {"env": env, "branch": report["branch"], "old": report["old"], "new": report["new"]})
+        data = {"env": env, "branch": report["branch"], "old": report["old"], "new": report["new"], "by": by}
+        if report.get("bypassed"):
+            # A forced promotion says what it overrode, and why, as its history entry does.
+            data.update(bypassed=report["bypassed"], reason=holds.reason_text(reason, "a forced promotion"))
+        _fire(env, "promoted", data)
     return report
 
 
@@ -361,5 +364,6 @@ def rollback(env, to=None, reason=None, force=False, by=None, dry_run=False):
     if done["changed"]:
         pin = done["pin"]
         data = {"env": env, "old": done["from"], "new": done["to"], "by": pin["by"], "reason": pin["reason"]}
+        data["commit"] = pin["commit"]  # as in every pinned event, the runner's envflow.pin's too
         _fire(env, "rolled_back" if done["rolled_back"] else "pinned", data)
     return done

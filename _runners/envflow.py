@@ -295,7 +295,12 @@ def rollback(env, to=None, reason=None, force=False, dry_run=False):
 
 
 def _hold(operation, env, event, **kwargs):
-    """Run the :mod:`envflow.holds` ``operation`` on ``env`` as this runner's user; fire ``event`` on a change."""
+    """Run the :mod:`envflow.holds` ``operation`` on ``env`` as this runner's user; fire ``event`` on a change.
+
+    The event's ``reason`` is the one given to this call (``None`` for an unpin
+    or thaw without one), not that of the hold it lifts; ``commit`` is the
+    pinned commit (set or lifted), ``until`` the end of the freeze set.
+    """
     try:
         config = _config()
         with _mirror(config) as mirror:
@@ -303,9 +308,14 @@ def _hold(operation, env, event, **kwargs):
     except EnvflowError as exc:
         return _failure(str(exc))
     if done["changed"]:
-        held = done.get("pin") or done.get("freeze") or {}
-        data = {"env": env, "by": _user(), "reason": kwargs.get("reason") or held.get("reason")}
-        data.update((key, held[key]) for key in ("commit", "until") if held.get(key))
+        held = done.get("pin") or done.get("freeze")
+        lifted = event in ("unpinned", "thawed")
+        reason = holds.reason_text(kwargs.get("reason"), event, required=False) if lifted else held["reason"]
+        data = {"env": env, "by": _user(), "reason": reason}
+        if done.get("pin"):
+            data["commit"] = held["commit"]
+        if event == "frozen":
+            data["until"] = held.get("until")
         saltbus.fire_on_master(__opts__, f"salt/envflow/{env}/{event}", data)
     return done
 

@@ -15,8 +15,8 @@ An entry has ``action`` (``promoted``, ``deployed``, ``rolled_back``,
 ``by``, ``at``, ``from``, ``to``, ``reason`` and ``master`` (the host that
 made the change), and what the action adds (``bypassed``: the holds and gates
 a forced action overrode). ``holds.json`` maps each environment to its
-``pin`` (``commit``, ``by``, ``at``, ``reason``, ``master``) and ``freeze``
-(``by``, ``at``, ``reason``, ``until``, ``master``).
+``pin`` (``commit``, ``by``, ``at``, ``reason``) and ``freeze`` (``by``,
+``at``, ``reason``, ``until``); the entry that set one names its ``master``.
 
 Writing is a compare-and-swap of the reference on the remote, retried after
 a fetch when another master wrote first: the entry is then applied on top of
@@ -120,12 +120,21 @@ def _short_or_dash(commit_id):
 
 
 def headline(entry):
-    """The entry as ``git log --oneline`` shows it: ``rolled_back prod 3f2c9a1b2c -> 1a2b3c4d5e by alice: why``."""
-    moved = ""
-    if entry.get("from") or entry.get("to"):
-        moved = f" {_short_or_dash(entry.get('from'))} -> {_short_or_dash(entry.get('to'))}"
+    """The entry as ``git log --oneline`` shows it: ``rolled_back prod 3f2c9a1b2c -> 1a2b3c4d5e by alice: why``.
+
+    Holds read ``pinned prod to 1a2b3c4d5e``, ``unpinned prod (was 1a2b3c4d5e)`` and ``frozen prod until <time>``.
+    """
+    action, where = entry["action"], entry.get("env", "")
+    if action == "pinned" and entry.get("to"):
+        where += f" to {short(entry['to'])}"
+    elif action == "unpinned" and entry.get("from"):
+        where += f" (was {short(entry['from'])})"
+    elif action == "frozen" and entry.get("until"):
+        where += f" until {entry['until']}"
+    elif entry.get("from") or entry.get("to"):
+        where += f" {_short_or_dash(entry.get('from'))} -> {_short_or_dash(entry.get('to'))}"
     reason = f": {entry['reason']}" if entry.get("reason") else ""
-    return " ".join(f"{entry['action']} {entry.get('env', '')}{moved} by {entry.get('by')}{reason}".split())
+    return " ".join(f"{action} {where} by {entry.get('by')}{reason}".split())
 
 
 def _user():

@@ -5,6 +5,7 @@ under the cache directory, fetched with pygit2, and moves branches on the
 remote with a compare-and-swap push.
 """
 
+import contextlib
 import datetime
 import hashlib
 import logging
@@ -83,6 +84,34 @@ def _clear_stale_ref_lock(gitdir, refname):
             os.unlink(lock)
     except FileNotFoundError:
         pass
+
+
+def _create_local_ref(repo, refname, target):
+    """Create ``refname`` at ``target`` in ``repo``, refusing (:class:`BranchMoved`) if another writer made it first.
+
+    libgit2 checks that a reference is absent before it takes the reference's
+    lock, so two processes creating it at once would both succeed, the second
+    overwriting the first. This takes git's own lock (``<ref>.lock``, created
+    exclusively) first, checks under it, and renames it into place, as git does.
+    """
+    path = os.path.join(repo.path, refname)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        descriptor = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise _moved(refname) from None  # another writer holds it right now
+    try:
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            if repo.references.get(refname) is not None:
+                raise _moved(refname)
+            handle.write(f"{target}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(path + ".lock", path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + ".lock")
+        raise
 
 
 def _copy_objects(source, target, oid):
@@ -443,7 +472,7 @@ class Mirror:
             _clear_stale_ref_lock(remote.path, refname)
             try:
                 if current is None:
-                    remote.references.create(refname, new, force=False)
+                    _create_local_ref(remote, refname, new)
                 else:
                     current.set_target(new, f"envflow: {_shown_ref(refname)} {short(old)} -> {short(new)}")
             except pygit2.AlreadyExistsError:

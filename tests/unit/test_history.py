@@ -2,9 +2,14 @@
 
 import json
 import multiprocessing
+import os
+
+import pygit2
+import pytest
 
 from envflow import history
-from envflow.remote import HISTORY, Mirror
+from envflow.errors import BranchMoved
+from envflow.remote import HISTORY, Mirror, _create_local_ref
 from tests.gitrepo import git
 
 
@@ -95,14 +100,34 @@ def _write(remote_path, cachedir, number, barrier):
 
 
 def test_eight_masters_at_once_lose_no_entry(remote, tmp_path):
+    """Eight masters write at once, starting from no history at all (its creation is the tightest race), 4 times."""
     context = multiprocessing.get_context("spawn")
     writers = 8
     barrier = context.Manager().Barrier(writers)
     with context.Pool(writers) as pool:
-        pool.starmap(_write, [(remote.path, str(tmp_path / f"master{n}"), n, barrier) for n in range(writers)])
-    listed = git("log", "--format=%s", HISTORY, cwd=remote.path).splitlines()
-    assert sorted(listed) == sorted(f"frozen env{n} by master{n}" for n in range(writers))
-    assert git("rev-list", "--merges", "--count", HISTORY, cwd=remote.path) == "0"  # one straight chain
+        for round_number in range(4):
+            git("update-ref", "-d", HISTORY, cwd=remote.path)
+            caches = [str(tmp_path / f"round{round_number}" / f"master{n}") for n in range(writers)]
+            pool.starmap(_write, [(remote.path, caches[n], n, barrier) for n in range(writers)])
+            listed = git("log", "--format=%s", HISTORY, cwd=remote.path).splitlines()
+            assert sorted(listed) == sorted(f"frozen env{n} by master{n}" for n in range(writers))
+            assert git("rev-list", "--merges", "--count", HISTORY, cwd=remote.path) == "0"  # one straight chain
+
+
+def test_a_reference_made_meanwhile_or_locked_is_not_overwritten(remote):
+    """Creating a reference in a local remote takes git's lock first (libgit2 checks for it before locking)."""
+    repo = pygit2.Repository(remote.path)
+    develop, master = repo.references["refs/heads/develop"].target, repo.references["refs/heads/master"].target
+    _create_local_ref(repo, "refs/envflow/made", develop)
+    with pytest.raises(BranchMoved):
+        _create_local_ref(repo, "refs/envflow/made", master)
+    assert repo.references["refs/envflow/made"].target == develop
+    lock = os.path.join(remote.path, "refs/envflow/locked.lock")
+    with open(lock, "w", encoding="ascii"):
+        pass
+    with pytest.raises(BranchMoved):
+        _create_local_ref(repo, "refs/envflow/locked", master)
+    assert repo.references.get("refs/envflow/locked") is None and os.path.exists(lock)  # the holder's lock stays
 
 
 def test_over_https_the_history_is_fetched_pushed_and_merged(remote, git_http, tmp_path):
