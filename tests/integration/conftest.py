@@ -16,6 +16,7 @@ CLI gets :data:`CLI_TIMEOUT`, and whatever happens in the background (events,
 the reactor) is waited for as a condition, never with a fixed sleep.
 """
 
+import concurrent.futures
 import contextlib
 import itertools
 import os
@@ -90,6 +91,32 @@ def ok(ret):
     """Assert a CLI run succeeded and return its parsed output."""
     assert ret.returncode == 0, f"{ret.cmdline} failed ({ret.returncode}):\n{ret.stdout}\n{ret.stderr}"
     return ret.data
+
+
+def _at_once(calls):
+    """Run each of ``calls`` in a thread of its own and wait for all; raise the first error, once all are done."""
+    if not calls:
+        return
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+    for future in futures:
+        future.result()
+
+
+@contextlib.contextmanager
+def running(master, *minions):
+    """Run ``master`` and ``minions`` for the ``with`` block.
+
+    The minions start together once the master is up, and all stop together:
+    most of a daemon's start and stop is waiting (for its start event, for
+    its processes to be gone), which one daemon need not spend after another.
+    """
+    try:
+        master.start()
+        _at_once([minion.start for minion in minions])
+        yield
+    finally:
+        _at_once([daemon.terminate for daemon in (*minions, master)])
 
 
 class Site:
@@ -202,7 +229,7 @@ def site(salt_factories, tmp_path_factory, site_options):
         overrides={"envflow": {**envflow, "master_config": master.config_file}},
     )
     fits_unix_sockets(minion)
-    with master.started(), minion.started():
+    with running(master, minion):
         test_site = Site(master, minion, remote, envflow, base, out)
         deployed = ok(test_site.run("envflow.refresh"))
         assert sorted(deployed["environments"]) == ["prod", "stage", "test"], deployed
@@ -290,7 +317,7 @@ def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False):
         )
         for env in ("stage", "prod")
     }
-    with master.started(), minions["stage"].started(), minions["prod"].started():
+    with running(master, minions["stage"], minions["prod"]):
         site = ReleaseSite(master, minions, remote, envflow, out_dir)
         assert sorted(ok(site.run("envflow.refresh"))["environments"]) == ["prod", "stage", "test"]
         yield site

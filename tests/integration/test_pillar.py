@@ -19,7 +19,7 @@ import yaml
 from saltfactories.utils import random_string
 
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, fits_unix_sockets, ok
+from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, fits_unix_sockets, ok, running
 
 ENVS = ("test", "stage", "prod")
 # Salt 3008 masks pillar values in pillar.items unless asked not to.
@@ -115,7 +115,7 @@ def site(salt_factories, tmp_path_factory):
         )
         for env in ("stage", "prod")
     }
-    with master.started(), minions["stage"].started(), minions["prod"].started():
+    with running(master, minions["stage"], minions["prod"]):
         started = PillarSite(master, minions, remote, envflow, out_dir)
         assert sorted(ok(started.run("envflow.refresh"))["environments"]) == list(sorted(ENVS))
         yield started

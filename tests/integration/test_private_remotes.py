@@ -13,7 +13,7 @@ import yaml
 from saltfactories.utils import random_string
 
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, fits_unix_sockets, ok
+from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, fits_unix_sockets, ok, running
 from tests.servers import SSHD, SshServer, keygen
 
 PASSPHRASE = "integrati0n-passphrase"
@@ -82,7 +82,7 @@ def ssh_site(salt_factories, tmp_path_factory):
             )
         )
         paths = {env["name"]: env["path"] for env in envflow["environments"]}
-        with master.started(), minion.started():
+        with running(master, minion):
             yield SshSite(master, minion, remote, sshd, known_hosts, paths)
     finally:
         sshd.stop()
