@@ -22,6 +22,7 @@ import itertools
 import os
 import pathlib
 import shutil
+import sys
 import time
 
 import pytest
@@ -43,6 +44,8 @@ CLI_TIMEOUT = 180
 # docs/pipelines files too, run by the reactor as well) use the master's values, and so does ``salt``
 # for gather_job_timeout; a busy machine needs more. A job that is done returns at once all the same.
 MASTER_TIMEOUTS = {"timeout": 60, "gather_job_timeout": 60}
+# The virtualenv's own salt-run, for what a user sees without --out (salt-factories' CLI objects add --out=json).
+SALT_RUN = os.path.join(sys.prefix, "bin", "salt-run")
 # salt-factories has every daemon, and every CLI run with its config, write its log file at debug level:
 # about a tenth of a site's time here. Info keeps what a failure's diagnosis usually needs (jobs, auth, errors).
 LOG_FILE_LEVEL = {"log_level_logfile": "info"}
