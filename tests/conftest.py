@@ -91,7 +91,9 @@ def salt_factories_config():
     """
     root = short_root()
     # salt-factories gives a daemon 60 seconds to start (then tries twice more); a busy machine needs more.
-    yield {"root_dir": root, "start_timeout": 120}
+    # slow_stop=False: daemons are killed at teardown instead of being asked to stop and waited for
+    # (about 3 seconds a daemon); no test looks at a daemon after its site is torn down.
+    yield {"root_dir": root, "start_timeout": 120, "slow_stop": False}
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -106,7 +108,8 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
     salt._logging.impl.shutdown_temp_handler()  # pylint: disable=protected-access
 
 
-# Real git servers on loopback (tests/servers.py), each stopped when its test ends.
+# Real git servers on loopback (tests/servers.py). One sshd serves a whole test module (a test only
+# reads its log, from where its own connections begin); each git HTTP server is stopped when its test ends.
 
 
 def _need_sshd():
@@ -116,15 +119,17 @@ def _need_sshd():
         pytest.fail("OpenSSH's sshd is not installed: install openssh-server (tests/run.py does, as root)")
 
 
-@pytest.fixture
-def ssh_keys(tmp_path):
-    """Key pairs for the ssh tests: ``plain``, ``protected`` (with ``passphrase``) and ``stranger`` (not let in)."""
+@pytest.fixture(scope="module")
+def ssh_keys(tmp_path_factory):
+    """Key pairs for the ssh tests: ``plain``, ``protected`` (with ``passphrase``) and ``stranger`` (not let in).
+
+    Shared by the module's tests: a test that changes a key file's mode puts it back.
+    """
     from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
 
     from tests.servers import keygen  # pylint: disable=import-outside-toplevel
 
-    keys = tmp_path / "keys"
-    keys.mkdir()
+    keys = tmp_path_factory.mktemp("keys")
     passphrase = "c0rrect-h0rse-passphrase"
     return SimpleNamespace(
         plain=keygen(keys / "id_plain"),
@@ -134,13 +139,12 @@ def ssh_keys(tmp_path):
     )
 
 
-@pytest.fixture
-def sshd(tmp_path, ssh_keys):
-    """OpenSSH's sshd on loopback, letting the current user in with ``plain`` or ``protected``, running git-shell."""
+@pytest.fixture(scope="module")
+def _module_sshd(tmp_path_factory, ssh_keys):
     _need_sshd()
     from tests.servers import SshServer  # pylint: disable=import-outside-toplevel
 
-    server = SshServer(tmp_path / "sshd", authorize=[ssh_keys.plain, ssh_keys.protected]).start()
+    server = SshServer(tmp_path_factory.mktemp("sshd"), authorize=[ssh_keys.plain, ssh_keys.protected]).start()
     try:
         yield server
     finally:
@@ -148,10 +152,20 @@ def sshd(tmp_path, ssh_keys):
 
 
 @pytest.fixture
-def known_hosts(tmp_path, sshd):
-    """A known_hosts file listing ``sshd``'s host key."""
-    path = tmp_path / "known_hosts"
-    path.write_text(sshd.known_hosts_line(), encoding="utf-8")
+def sshd(_module_sshd):
+    """OpenSSH's sshd on loopback, letting the current user in with ``plain`` or ``protected``, running git-shell.
+
+    One server for the module; ``read_log()`` gives what it logged from this test's start on.
+    """
+    _module_sshd.mark_log()
+    return _module_sshd
+
+
+@pytest.fixture(scope="module")
+def known_hosts(tmp_path_factory, _module_sshd):
+    """A known_hosts file listing ``sshd``'s host key (no test writes to it)."""
+    path = tmp_path_factory.mktemp("known-hosts") / "known_hosts"
+    path.write_text(_module_sshd.known_hosts_line(), encoding="utf-8")
     return str(path)
 
 

@@ -36,8 +36,7 @@ class Remote:
         self.write(files or {"top.sls": "base:\n  '*':\n    - web\n", "web/init.sls": "# web v1\n"})
         git("add", "-A", cwd=self.work)
         git("commit", "-q", "-m", "initial states", cwd=self.work)
-        for branch in BRANCHES:
-            git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=self.work)
+        git("push", "-q", "origin", *(f"HEAD:refs/heads/{branch}" for branch in BRANCHES), cwd=self.work)
 
     def write(self, files):
         for rel, content in files.items():

@@ -1,6 +1,6 @@
 """Real git servers on loopback for the tests: OpenSSH's sshd, git's smart HTTP, and a server that never answers.
 
-Each is started by a fixture and stopped after the test; none needs root, and
+Each is started by a fixture (tests/conftest.py) and stopped after the test or module; none needs root, and
 each also runs as root (sshd then lets the current user, root, in with a key only).
 """
 
@@ -100,6 +100,7 @@ class SshServer:
             handle.writelines(public_key(key) + "\n" for key in authorize)
         os.chmod(self.authorized, 0o600)
         self.log = os.path.join(self.root, "sshd.log")
+        self._log_from = 0
         self.process = None
 
     @property
@@ -174,9 +175,15 @@ class SshServer:
                 self.process.wait()
         self.process = None
 
+    def mark_log(self):
+        """Make :meth:`read_log` start from what the server logs from now on (a shared server, a new test)."""
+        self._log_from = os.path.getsize(self.log) if os.path.exists(self.log) else 0
+
     def read_log(self):
-        with open(self.log, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
+        """What the server logged since it started, or since the last :meth:`mark_log`."""
+        with open(self.log, "rb") as handle:
+            handle.seek(self._log_from)
+            return handle.read().decode("utf-8", errors="replace")
 
 
 def _current_user():
@@ -297,7 +304,8 @@ class GitHttpServer:
         return self.server.requests
 
     def start(self):
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for the serving loop's next poll (0.5 s by default).
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
         wait_for(lambda: _accepts(self.port), "the git http server to listen")
         return self

@@ -20,18 +20,37 @@ def everything(block):
     return {env["name"]: tree_files(env["path"]) for env in block["environments"]}
 
 
-@pytest.fixture
-def ssh_block(envflow_block, remote, sshd, ssh_keys, known_hosts, monkeypatch):
-    """The ``envflow`` block for ``remote`` served by sshd: the protected key, its passphrase from sdb."""
-    monkeypatch.setenv(PASSPHRASE_VAR, ssh_keys.passphrase)
+@pytest.fixture(scope="module")
+def _module_ssh_block(envflow_block, _module_sshd, ssh_keys, known_hosts):
+    # The module's sshd, keys and known_hosts, and the fixed path of each test's ``remote``: one block for all.
     block = copy.deepcopy(envflow_block)
-    block["repo"] = sshd.url(remote.path)
+    block["repo"] = _module_sshd.url(envflow_block["repo"])
     block["credentials"] = {
         "ssh_key": ssh_keys.protected,
         "ssh_passphrase": f"sdb://envflow_secrets/{PASSPHRASE_VAR}",
         "known_hosts": known_hosts,
     }
     return block
+
+
+@pytest.fixture
+def ssh_block(_module_ssh_block, remote, sshd, ssh_keys, monkeypatch):
+    """The ``envflow`` block for ``remote`` served by sshd: the protected key, its passphrase from sdb."""
+    assert _module_ssh_block["repo"] == sshd.url(remote.path)
+    monkeypatch.setenv(PASSPHRASE_VAR, ssh_keys.passphrase)
+    return _module_ssh_block
+
+
+@pytest.fixture(scope="module")
+def _module_ssh_loaders(minion_base_opts, _module_ssh_block):
+    # Building Salt's loaders costs seconds; each test resets their state (context and cache) when done.
+    return Loaders(dict(minion_base_opts, envflow=_module_ssh_block, **SDB))
+
+
+@pytest.fixture
+def ssh_loaders(_module_ssh_loaders, ssh_block):
+    """Salt's loaders for ``ssh_block``, as :func:`execution_module` would build them."""
+    return _module_ssh_loaders
 
 
 @pytest.fixture
@@ -63,11 +82,9 @@ def runner_functions(master_base_opts, block):
     return functions
 
 
-def test_deploy_and_promote_over_ssh_with_the_passphrase_from_sdb(
-    minion_base_opts, ssh_block, ssh_keys, remote, caplog
-):
+def test_deploy_and_promote_over_ssh_with_the_passphrase_from_sdb(ssh_loaders, ssh_block, ssh_keys, remote, caplog):
     caplog.set_level(logging.DEBUG)
-    loaders, envflow = execution_module(minion_base_opts, ssh_block)
+    loaders, envflow = ssh_loaders, ssh_loaders.modules.envflow
     try:
         assert envflow.deploy("test")["new"]["id"] == remote.tip("develop")
         assert envflow.deploy("stage")["new"]["id"] == remote.tip("stage")
@@ -109,10 +126,10 @@ def test_deploy_and_promote_over_http_with_the_token_from_sdb(minion_base_opts, 
     ],
 )
 def test_ssh_refusals_are_one_line_and_change_nothing(
-    minion_base_opts, ssh_block, ssh_keys, remote, tmp_path, credentials, message, caplog
+    minion_base_opts, ssh_loaders, ssh_block, ssh_keys, remote, tmp_path, credentials, message, caplog
 ):
     caplog.set_level(logging.DEBUG)
-    loaders, envflow = execution_module(minion_base_opts, ssh_block)
+    loaders, envflow = ssh_loaders, ssh_loaders.modules.envflow
     try:
         envflow.deploy("stage")
     finally:

@@ -16,11 +16,13 @@ CLI gets :data:`CLI_TIMEOUT`, and whatever happens in the background (events,
 the reactor) is waited for as a condition, never with a fixed sleep.
 """
 
+import concurrent.futures
 import contextlib
 import itertools
 import os
 import pathlib
 import shutil
+import sys
 import time
 
 import pytest
@@ -42,6 +44,11 @@ CLI_TIMEOUT = 180
 # docs/pipelines files too, run by the reactor as well) use the master's values, and so does ``salt``
 # for gather_job_timeout; a busy machine needs more. A job that is done returns at once all the same.
 MASTER_TIMEOUTS = {"timeout": 60, "gather_job_timeout": 60}
+# The virtualenv's own salt-run, for what a user sees without --out (salt-factories' CLI objects add --out=json).
+SALT_RUN = os.path.join(sys.prefix, "bin", "salt-run")
+# salt-factories has every daemon, and every CLI run with its config, write its log file at debug level:
+# about a tenth of a site's time here. Info keeps what a failure's diagnosis usually needs (jobs, auth, errors).
+LOG_FILE_LEVEL = {"log_level_logfile": "info"}
 # Salt's longest socket name in a sock_dir (a minion's event pull socket; a master's are shorter).
 LONGEST_SOCKET = "minion_event_0123456789_pull.ipc"
 # The file the minion's highstate writes, from salt://web/motd.txt of its saltenv.
@@ -90,6 +97,32 @@ def ok(ret):
     """Assert a CLI run succeeded and return its parsed output."""
     assert ret.returncode == 0, f"{ret.cmdline} failed ({ret.returncode}):\n{ret.stdout}\n{ret.stderr}"
     return ret.data
+
+
+def _at_once(calls):
+    """Run each of ``calls`` in a thread of its own and wait for all; raise the first error, once all are done."""
+    if not calls:
+        return
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+    for future in futures:
+        future.result()
+
+
+@contextlib.contextmanager
+def running(master, *minions):
+    """Run ``master`` and ``minions`` for the ``with`` block.
+
+    The minions start together once the master is up, and all stop together:
+    most of a daemon's start and stop is waiting (for its start event, for
+    its processes to be gone), which one daemon need not spend after another.
+    """
+    try:
+        master.start()
+        _at_once([minion.start for minion in minions])
+        yield
+    finally:
+        _at_once([daemon.terminate for daemon in (*minions, master)])
 
 
 class Site:
@@ -181,6 +214,7 @@ def site(salt_factories, tmp_path_factory, site_options):
         defaults={"root_dir": str(master_root), "file_roots": file_roots},
         overrides={
             **MASTER_TIMEOUTS,
+            **LOG_FILE_LEVEL,
             "envflow": envflow,
             # salt-factories turns the file list cache off (0); envflow must work with Salt's
             # default, which salt/fileserver/__init__.py applies when the key is absent.
@@ -199,10 +233,10 @@ def site(salt_factories, tmp_path_factory, site_options):
     minion = master.salt_minion_daemon(
         minion_id,
         # The execution module clears the master's file server caches through the master's config.
-        overrides={"envflow": {**envflow, "master_config": master.config_file}},
+        overrides={**LOG_FILE_LEVEL, "envflow": {**envflow, "master_config": master.config_file}},
     )
     fits_unix_sockets(minion)
-    with master.started(), minion.started():
+    with running(master, minion):
         test_site = Site(master, minion, remote, envflow, base, out)
         deployed = ok(test_site.run("envflow.refresh"))
         assert sorted(deployed["environments"]) == ["prod", "stage", "test"], deployed
@@ -268,7 +302,12 @@ def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False):
     base = state_tree / "base"
     shutil.copytree(PIPELINES / "orch", base / "orch")
     file_roots = {"base": [str(base)], **{env["name"]: [env["path"]] for env in envflow["environments"]}}
-    overrides = {**MASTER_TIMEOUTS, "envflow": envflow, "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME}
+    overrides = {
+        **MASTER_TIMEOUTS,
+        **LOG_FILE_LEVEL,
+        "envflow": envflow,
+        "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME,
+    }
     if reactor:
         # The shipped reactor config, with the reactor SLS where this test copied it.
         shutil.copytree(PIPELINES / "reactor", work / "reactor")
@@ -286,11 +325,13 @@ def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False):
     )
     minions = {
         env: fits_unix_sockets(
-            master.salt_minion_daemon(random_string(f"{env}-", uppercase=False), overrides={"grains": {"env": env}})
+            master.salt_minion_daemon(
+                random_string(f"{env}-", uppercase=False), overrides={**LOG_FILE_LEVEL, "grains": {"env": env}}
+            )
         )
         for env in ("stage", "prod")
     }
-    with master.started(), minions["stage"].started(), minions["prod"].started():
+    with running(master, minions["stage"], minions["prod"]):
         site = ReleaseSite(master, minions, remote, envflow, out_dir)
         assert sorted(ok(site.run("envflow.refresh"))["environments"]) == ["prod", "stage", "test"]
         yield site

@@ -4,10 +4,12 @@ One test, on the module's own site: starting a site costs more than the checks.
 """
 
 import json
+import re
+import subprocess
 import time
 
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, MOTD, fresh_motd, ok
+from tests.integration.conftest import CLI_TIMEOUT, MOTD, SALT_RUN, fresh_motd, ok
 
 HOTFIX = "web/hotfix.txt"
 
@@ -82,6 +84,15 @@ def test_a_hotfix_on_master_is_back_merged_then_promoted_to_every_environment(si
         "git log --format=%s refs/envflow/history:\n"
         + gitrepo.git("log", "--format=%s", "refs/envflow/history", cwd=site.remote.path)
     )
-    # What envflow.history shows after the back-merge, where that runner exists (printed, not asserted).
-    shown = site.run("envflow.history")
-    print(f"salt-run envflow.history (exit {shown.returncode}):\n{shown.stdout}{shown.stderr}")
+    # What an operator sees: the real salt-run (salt-factories' CLI adds --out=json) prints the history table.
+    shown = subprocess.run(
+        [SALT_RUN, "-c", site.master.config_dir, "--log-level=quiet", "envflow.history"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert re.search(rf"\bbackported\s+prod\s+{work[:10]} -> {merged[:10]}\s+{operator}\b", shown.stdout), shown.stdout
+    print(f"salt-run envflow.history:\n{shown.stdout}")

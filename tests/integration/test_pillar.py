@@ -19,7 +19,7 @@ import yaml
 from saltfactories.utils import random_string
 
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, fits_unix_sockets, ok
+from tests.integration.conftest import CLI_TIMEOUT, LOG_FILE_LEVEL, MASTER_TIMEOUTS, fits_unix_sockets, ok, running
 
 ENVS = ("test", "stage", "prod")
 # Salt 3008 masks pillar values in pillar.items unless asked not to.
@@ -98,7 +98,9 @@ def site(salt_factories, tmp_path_factory):
     config = master_config(envflow, base)
     master = fits_unix_sockets(
         salt_factories.salt_master_daemon(
-            master_id, defaults={"root_dir": str(master_root)}, overrides={**MASTER_TIMEOUTS, **config}
+            master_id,
+            defaults={"root_dir": str(master_root)},
+            overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **config},
         )
     )
     # salt-factories adds directories of its own to file_roots and pillar_roots (it merges lists):
@@ -110,12 +112,12 @@ def site(salt_factories, tmp_path_factory):
         env: fits_unix_sockets(
             master.salt_minion_daemon(
                 random_string(f"{env}-", uppercase=False),
-                overrides={"grains": {"env": env}, "saltenv": env, "pillarenv_from_saltenv": True},
+                overrides={**LOG_FILE_LEVEL, "grains": {"env": env}, "saltenv": env, "pillarenv_from_saltenv": True},
             )
         )
         for env in ("stage", "prod")
     }
-    with master.started(), minions["stage"].started(), minions["prod"].started():
+    with running(master, minions["stage"], minions["prod"]):
         started = PillarSite(master, minions, remote, envflow, out_dir)
         assert sorted(ok(started.run("envflow.refresh"))["environments"]) == list(sorted(ENVS))
         yield started

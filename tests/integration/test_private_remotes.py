@@ -13,7 +13,7 @@ import yaml
 from saltfactories.utils import random_string
 
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, fits_unix_sockets, ok
+from tests.integration.conftest import CLI_TIMEOUT, LOG_FILE_LEVEL, MASTER_TIMEOUTS, fits_unix_sockets, ok, running
 from tests.servers import SSHD, SshServer, keygen
 
 PASSPHRASE = "integrati0n-passphrase"
@@ -72,17 +72,17 @@ def ssh_site(salt_factories, tmp_path_factory):
             salt_factories.salt_master_daemon(
                 master_id,
                 defaults={"root_dir": str(master_root), "file_roots": file_roots},
-                overrides={**MASTER_TIMEOUTS, **profile, "envflow": envflow},
+                overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **profile, "envflow": envflow},
             )
         )
         minion = fits_unix_sockets(
             master.salt_minion_daemon(
                 random_string("n-", uppercase=False),
-                overrides={**profile, "envflow": {**envflow, "master_config": master.config_file}},
+                overrides={**LOG_FILE_LEVEL, **profile, "envflow": {**envflow, "master_config": master.config_file}},
             )
         )
         paths = {env["name"]: env["path"] for env in envflow["environments"]}
-        with master.started(), minion.started():
+        with running(master, minion):
             yield SshSite(master, minion, remote, sshd, known_hosts, paths)
     finally:
         sshd.stop()

@@ -6,11 +6,9 @@ started by salt-factories.
 """
 
 import json
-import os
 import pathlib
 import re
 import subprocess
-import sys
 
 import pytest
 from saltfactories.utils import random_string
@@ -18,9 +16,7 @@ from saltfactories.utils import random_string
 from envflow import history
 from envflow.remote import Mirror
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, fits_unix_sockets, ok
-
-SALT_RUN = os.path.join(sys.prefix, "bin", "salt-run")
+from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, SALT_RUN, fits_unix_sockets, ok
 
 
 class Master:

@@ -146,16 +146,19 @@ def test_a_protected_key_without_its_passphrase_says_so(remote, sshd, ssh_keys, 
 
 
 def test_a_key_file_others_can_read_is_refused(remote, sshd, ssh_keys, known_hosts, tmp_path):
-    os.chmod(ssh_keys.plain, 0o644)
-    with mirror_for(sshd.url(remote.path), tmp_path, {"ssh_key": ssh_keys.plain, "known_hosts": known_hosts}) as m:
-        assert fails(m) == (
-            f"envflow:credentials:ssh_key: {ssh_keys.plain} can be read by users other than its owner (mode 0644); "
-            f"make it private: chmod 600 {ssh_keys.plain}"
-        )
-        assert mirror_refs(m) == {}
-    os.chmod(ssh_keys.plain, 0o640)
-    with mirror_for(sshd.url(remote.path), tmp_path, {"ssh_key": ssh_keys.plain, "known_hosts": known_hosts}) as m:
-        assert "(mode 0640)" in fails(m)
+    try:
+        os.chmod(ssh_keys.plain, 0o644)
+        with mirror_for(sshd.url(remote.path), tmp_path, {"ssh_key": ssh_keys.plain, "known_hosts": known_hosts}) as m:
+            assert fails(m) == (
+                f"envflow:credentials:ssh_key: {ssh_keys.plain} can be read by users other than its owner "
+                f"(mode 0644); make it private: chmod 600 {ssh_keys.plain}"
+            )
+            assert mirror_refs(m) == {}
+        os.chmod(ssh_keys.plain, 0o640)
+        with mirror_for(sshd.url(remote.path), tmp_path, {"ssh_key": ssh_keys.plain, "known_hosts": known_hosts}) as m:
+            assert "(mode 0640)" in fails(m)
+    finally:
+        os.chmod(ssh_keys.plain, 0o600)  # the module's other tests share the key
 
 
 def test_an_unknown_host_key_is_refused_naming_host_and_fingerprint(remote, sshd, ssh_keys, tmp_path):
