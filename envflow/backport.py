@@ -17,14 +17,13 @@ The merge is computed in memory on envflow's bare mirror (no working tree),
 recorded in the history (:mod:`envflow.history`).
 """
 
-import re
-import socket
 from dataclasses import dataclass, field
 
 import pygit2
 
 from envflow import history
 from envflow.errors import BranchMoved, EnvflowError
+from envflow.remote import signature
 from envflow.text import capped, echo, short
 
 FAST_FORWARD = "fast-forward"
@@ -134,13 +133,6 @@ def _conflicted(merge):
     )
 
 
-def _operator(by):
-    """The signature of the operator ``by``: that name (without what git refuses in one), ``<name>@<this host>``."""
-    name = " ".join(re.sub(r"[<>]", "", str(by or "")).split())[:200] or "unknown"
-    local = re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
-    return pygit2.Signature(name, f"{local}@{socket.gethostname()}")
-
-
 def _merge_commit(mirror, merge, by):
     """Write the merge commit of ``merge`` (planned, without conflicts) into the mirror; return its id."""
     env, first = merge.env, merge.first
@@ -150,7 +142,7 @@ def _merge_commit(mirror, merge, by):
         f"{listed}\n\nMade by salt-run envflow.backport {env.name}, so that promotions from {first.name} "
         f"fast-forward {env.branch} again.\n"
     )
-    who = _operator(by)
+    who = signature(by)
     return mirror.repo.create_commit(None, who, who, message, merge.tree, [merge.old, merge.theirs])
 
 

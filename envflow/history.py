@@ -33,7 +33,7 @@ import time
 import pygit2
 
 from envflow.errors import BranchMoved, RemoteError
-from envflow.remote import HISTORY
+from envflow.remote import HISTORY, signature
 from envflow.text import short
 
 _HOLDS = "holds.json"
@@ -174,7 +174,7 @@ def record(mirror, entry, change=None, dry_run=False):
             text = json.dumps(after, indent=1, sort_keys=True) + "\n"
             builder = repo.TreeBuilder()
             builder.insert(_HOLDS, repo.create_blob(text.encode()), pygit2.enums.FileMode.BLOB)
-            who = pygit2.Signature(str(entry["by"])[:200] or "unknown", _SIGNATURE_EMAIL)
+            who = signature(entry["by"], _SIGNATURE_EMAIL)
             message = f"{headline(entry)}\n\n{json.dumps(entry, indent=1, sort_keys=True)}\n"
             new = repo.create_commit(None, who, who, message, builder.write(), [old] if old is not None else [])
         try:

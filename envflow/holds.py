@@ -186,39 +186,15 @@ def rollback(config, mirror, name, to=None, reason=None, force=False, by=None, d
     env = config.environment(name)
     reason = reason_text(reason, f"rolling back {env.name}")
     served = ServedDir(env.path)
-    with served.locked():
-        current = served.deployed()
-        if current is None:
-            raise EnvflowError(f"envflow: nothing is deployed in {env.name}, so there is nothing to roll back")
-        if to is None:
-            target_id = _previous(mirror, env.name, served.layout, current["id"])
-            if target_id is None:
-                raise EnvflowError(
-                    f"envflow: no commit {env.name} served before {short(current['id'])} is known; "
-                    "give to=<commit> it served before"
-                )
-        else:
-            target_id = str(mirror.commit(to).id)
-            if target_id != current["id"] and target_id not in _served_commits(mirror, env.name, served.layout):
-                known = ", ".join(short(c) for c in _served_commits(mirror, env.name, served.layout)[:5]) or "none"
-                raise RevisionError(
-                    f"envflow: {echo(to, quoted=False)} was never served in {env.name}; a rollback serves only a "
-                    f"commit it served before (the latest: {known})"
-                )
     if dry_run:
+        with served.locked():
+            current, target_id = _rollback_target(mirror, env, served, to)
         report = {"env": env.name, "from": current["id"], "to": target_id, "changed": False, "dry_run": True}
-        return {**report, "drift": served.drift(mirror.objects)}
-    commit = mirror.commit(target_id)
-    with served.deploying(mirror.objects, commit) as deployment:
-        now_served = served.deployed()
-        if now_served is None or now_served["id"] != current["id"]:
-            raise EnvflowError(
-                f"envflow: {env.name} changed while the rollback was being prepared; nothing was changed, "
-                "run the rollback again"
-            )
-        found = history.holds(mirror)
-        pin = history.pin_of(found, env.name)
-        if pin and pin["commit"] == target_id and target_id == current["id"]:
+        return {**report, "drift": served.drift(mirror.objects)}  # drift takes the lock itself
+    with served.deploying(mirror.objects) as deployment:
+        current, target_id = _rollback_target(mirror, env, served, to)
+        pin = history.pin_of(history.holds(mirror), env.name)
+        if pin and pin["commit"] == target_id == current["id"]:
             return {
                 "env": env.name,
                 "from": current["id"],
@@ -228,15 +204,40 @@ def rollback(config, mirror, name, to=None, reason=None, force=False, by=None, d
                 "pin": pin,
                 "comment": f"{describe_pin(env.name, pin)} already",
             }
+        deployment.commit = mirror.commit(target_id)
         result = deployment.switch(deployment.prepare(force=force, remedy="roll back with force=True"))
         pin = {"commit": target_id, "by": by, "at": history.now().isoformat(), "reason": reason}
         action = "rolled_back" if result["changed"] else "pinned"
         entry = {"action": action, "env": env.name, "by": by, "from": current["id"], "to": target_id}
         warning = record_after(mirror, {**entry, "reason": reason}, lambda held: _pinned(held, env.name, pin))
     report = {"env": env.name, "from": current["id"], "to": target_id, "changed": True}
-    report.update(rolled_back=result["changed"], pin=pin)
-    report["deployed"] = result
+    report.update(rolled_back=result["changed"], pin=pin, deployed=result)
     return {**report, "warning": warning} if warning else report
+
+
+def _rollback_target(mirror, env, served, to):
+    """What ``env`` serves (its description) and the commit id a rollback serves instead; the lock must be held."""
+    current = served.deployed()
+    if current is None:
+        raise EnvflowError(f"envflow: nothing is deployed in {env.name}, so there is nothing to roll back")
+    if to is None:
+        target_id = _previous(mirror, env.name, served.layout, current["id"])
+        if target_id is None:
+            raise EnvflowError(
+                f"envflow: no commit {env.name} served before {short(current['id'])} is known; "
+                "give to=<commit> it served before"
+            )
+        return current, target_id
+    target_id = str(mirror.commit(to).id)
+    if target_id != current["id"]:
+        served_before = _served_commits(mirror, env.name, served.layout)
+        if target_id not in served_before:
+            known = ", ".join(short(commit_id) for commit_id in served_before[:5]) or "none"
+            raise RevisionError(
+                f"envflow: {echo(to, quoted=False)} was never served in {env.name}; a rollback serves only a "
+                f"commit it served before (the latest: {known})"
+            )
+    return current, target_id
 
 
 def pin(config, mirror, name, reason=None, by=None, dry_run=False):
@@ -262,20 +263,7 @@ def pin(config, mirror, name, reason=None, by=None, dry_run=False):
 
 def unpin(config, mirror, name, reason=None, by=None, dry_run=False):
     """Lift the pin of ``name``: the next refresh serves its branch again. ``changed`` is false if it had none."""
-    env = config.environment(name)
-    reason = reason_text(reason, f"unpinning {env.name}", required=False)
-
-    def change(found):
-        if not history.pin_of(found, env.name):
-            return None
-        found[env.name].pop("pin")
-        return found
-
-    with ServedDir(env.path).locked():
-        old = history.pin_of(history.holds(mirror), env.name)
-        entry = {"action": "unpinned", "env": env.name, "by": by, "from": old["commit"] if old else None}
-        done = history.record(mirror, {**entry, "reason": reason}, change, dry_run=dry_run)
-    return _hold_report(env.name, "pin", old, done, dry_run)
+    return _lift(config, mirror, name, "pin", reason, by, dry_run)
 
 
 def freeze(config, mirror, name, reason=None, until=None, by=None, dry_run=False):
@@ -298,20 +286,29 @@ def freeze(config, mirror, name, reason=None, until=None, by=None, dry_run=False
 
 def thaw(config, mirror, name, reason=None, by=None, dry_run=False):
     """End the freeze of ``name``; ``changed`` is false if it was not frozen (or its freeze had ended)."""
+    return _lift(config, mirror, name, "freeze", reason, by, dry_run)
+
+
+def _lift(config, mirror, name, kind, reason, by, dry_run):
+    """End ``name``'s hold of ``kind`` (``pin`` or ``freeze``) if one is in force; the :func:`_hold_report`."""
     env = config.environment(name)
-    reason = reason_text(reason, f"thawing {env.name}", required=False)
+    doing, action = {"pin": ("unpinning", "unpinned"), "freeze": ("thawing", "thawed")}[kind]
+    reason = reason_text(reason, f"{doing} {env.name}", required=False)
+    in_force = history.pin_of if kind == "pin" else history.freeze_of
 
     def change(found):
-        if not history.freeze_of(found, env.name):
+        if not in_force(found, env.name):
             return None
-        found[env.name].pop("freeze")
+        found[env.name].pop(kind)
         return found
 
     with ServedDir(env.path).locked():
-        old = history.freeze_of(history.holds(mirror), env.name)
-        entry = {"action": "thawed", "env": env.name, "by": by, "reason": reason}
+        old = in_force(history.holds(mirror), env.name)
+        entry = {"action": action, "env": env.name, "by": by, "reason": reason}
+        if kind == "pin" and old:
+            entry["from"] = old["commit"]  # the commit that was pinned
         done = history.record(mirror, entry, change, dry_run=dry_run)
-    return _hold_report(env.name, "freeze", old, done, dry_run)
+    return _hold_report(env.name, kind, old, done, dry_run)
 
 
 def _hold_report(env, kind, hold, entry, dry_run=False):

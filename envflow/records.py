@@ -20,10 +20,8 @@ fetch: records only ever grow, so a retry merges, never overwrites.
 import datetime
 import json
 
-import pygit2
-
 from envflow.errors import BranchMoved, RemoteError
-from envflow.remote import NOTES
+from envflow.remote import NOTES, signature
 
 _ATTEMPTS = 5
 
@@ -79,7 +77,7 @@ def add(mirror, commit_id, kind, env, entry):
             records = read(mirror, commit_id)
             listed = [item for item in entries(records, kind, env) if kind == "forced" or item.get("by") != entry["by"]]
             records.setdefault(kind, {})[env] = [*listed, entry]
-            who = pygit2.Signature(str(entry["by"]), "envflow@localhost")
+            who = signature(entry["by"], "envflow@localhost")
             text = json.dumps(records, indent=1, sort_keys=True) + "\n"
             repo.create_note(text, who, who, str(commit_id), NOTES, True)
             new = repo.references[NOTES].target

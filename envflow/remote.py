@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 import urllib.parse
 
@@ -152,6 +153,17 @@ class _Callbacks(access.Callbacks):
 def summary(commit):
     """The first line of ``commit``'s message."""
     return commit.message.splitlines()[0] if commit.message else ""
+
+
+def signature(by, email=None):
+    """A git signature for the person ``by``: the name without what git refuses in one (``<``, ``>``, newlines).
+
+    ``email`` defaults to ``<name>@<this host>``.
+    """
+    name = " ".join(re.sub(r"[<>]", "", str(by or "")).split())[:200] or "unknown"
+    if email is None:
+        email = f"{re.sub(r'[^A-Za-z0-9._+-]+', '_', name)}@{socket.gethostname()}"
+    return pygit2.Signature(name, email)
 
 
 def commit_info(commit):

@@ -127,22 +127,22 @@ class ServedDir:
             yield
 
     @contextlib.contextmanager
-    def deploying(self, objects, commit):
+    def deploying(self, objects, commit=None):
         """Hold the directory's lock for one deploy of ``commit``; yield its :class:`Deployment`.
 
         What an interrupted run left is tidied first. Errors of the file
         system or of git become one-line :class:`EnvflowError` messages.
-        The deployment's ``commit`` may still be changed before it is prepared.
+        The deployment's ``commit`` may be set or changed, under the lock,
+        before it is prepared.
         """
-        deployment = None
+        deployment = Deployment(self, objects, commit)
         try:
             with self.locked():
                 switch.tidy(self.layout)
-                deployment = Deployment(self, objects, commit)
                 yield deployment
         except (OSError, pygit2.GitError) as exc:
-            commit = deployment.commit if deployment is not None else commit
-            raise EnvflowError(f"envflow: cannot deploy {short(commit.id)} to {self.path}: {exc}") from None
+            what = f" {short(deployment.commit.id)}" if deployment.commit is not None else ""
+            raise EnvflowError(f"envflow: cannot deploy{what} to {self.path}: {exc}") from None
 
     def deploy(self, objects, commit, force=False):
         """Make ``path`` serve exactly the tree of ``commit`` (a :class:`pygit2.Commit`).

@@ -162,3 +162,17 @@ def test_a_freeze_whose_end_was_written_by_hand_still_reads():
     found = {"prod": {"freeze": {"by": "a", "until": "2001-01-01T00:00:00"}}, "stage": {"freeze": {"until": "soon"}}}
     assert history.freeze_of(found, "prod") is None
     assert history.freeze_of(found, "stage") == {"until": "soon"}
+
+
+def test_a_name_git_would_refuse_is_recorded_without_what_git_refuses(remote, mirror):
+    """``by`` comes from the caller (salt-call envflow.promote by=...): angle brackets or newlines are no traceback."""
+    from envflow import records  # pylint: disable=import-outside-toplevel
+
+    entry = history.record(mirror, {"action": "frozen", "env": "prod", "by": "Eve <eve@example.com>\nagain"})
+    assert entry["by"] == "Eve <eve@example.com>\nagain"  # the entry keeps what was given
+    assert (
+        git("log", "-1", "--format=%an <%ae>", HISTORY, cwd=remote.path)
+        == "Eve eve@example.com again <envflow@localhost>"
+    )
+    records.add(mirror, remote.tip("master"), "approved", "prod", {"by": "Mallory <m>"})
+    assert records.entries(records.read(mirror, remote.tip("master")), "approved", "prod")[0]["by"] == "Mallory <m>"
