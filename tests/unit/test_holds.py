@@ -414,3 +414,17 @@ def test_history_has_one_entry_per_change(released, mirror, remote):
     lines = git("log", "--format=%s", HISTORY, cwd=remote.path).splitlines()
     assert lines[0] == f"deployed prod {v1[:10]} -> {v2[:10]} by ci" and len(lines) == len(history.entries(mirror))
     assert lines[2] == f"rolled_back prod {v2[:10]} -> {v1[:10]} by a: r"
+
+
+def test_a_deploy_or_promotion_whose_history_cannot_be_written_is_done_and_warns(released, mirror, remote):
+    """The change stands (it is served, the branch moved); only its entry is missing, said as a one-line warning."""
+    config, _v1, _v2 = released
+    open(os.path.join(remote.path, HISTORY + ".lock"), "w", encoding="utf-8").close()  # held by another writer
+    v3 = remote.commit("develop", {"web/init.sls": "# web v3\n"})
+    deployed = refresh(config, mirror, "test")
+    assert deployed["changed"] is True and served_id(config, "test") == v3
+    assert deployed["warning"].startswith("envflow: test changed, but its history could not be written: ")
+    done = pipeline.promote(config, mirror, "stage", by="ci")
+    assert done.moved and remote.tip("stage") == v3 and served_id(config, "stage") == v3
+    assert done.report["warning"].startswith("envflow: stage changed, but its history could not be written: ")
+    assert "\n" not in done.report["warning"] + deployed["warning"]
