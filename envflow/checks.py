@@ -116,6 +116,46 @@ def _top_merging(config, opts):
     ]
 
 
+def _previews_highstated(config, opts):
+    """Preview saltenvs a highstate reads top files from, for a minion that sets no saltenv.
+
+    Such a highstate reads the top file of ``state_top_saltenv`` alone, else of
+    every saltenv ``env_order`` lists, else of every saltenv; a preview's top
+    file assigns its own saltenv (``prod_preview: *prod``), so reading it
+    applies the candidate for real. Minions take both settings from the master.
+    """
+    previews = {env.preview_saltenv: env for env in config.environments if env.preview is not None}
+    if not previews:
+        return []
+    top_saltenv = opts.get("state_top_saltenv")
+    if top_saltenv:
+        owner = previews.get(str(top_saltenv))
+        if owner is None:
+            return []
+        return [
+            f"state_top_saltenv: {top_saltenv} makes a minion that sets no saltenv read that top file alone in a "
+            f"highstate, and so apply for real the candidate salt-run envflow.preview {owner.name} deploys there; "
+            "set state_top_saltenv to an environment, or remove it"
+        ]
+    order = [str(saltenv) for saltenv in opts.get("env_order") or []]
+    saltenvs = [saltenv for saltenv in order or _roots(opts, "file_roots") if saltenv not in previews]
+    fix = f"set env_order: [{', '.join(saltenvs or (env.name for env in config.environments))}] on the master"
+    if not order:
+        return [
+            f"env_order: not set, so a minion that sets no saltenv reads the top file of every saltenv in a "
+            f"highstate, preview saltenvs ({', '.join(previews)}) included, and applies for real the candidates "
+            f"salt-run envflow.preview deploys there; {fix} (minions take the master's)"
+        ]
+    listed = [saltenv for saltenv in previews if saltenv in order]
+    if not listed:
+        return []
+    return [
+        f"env_order: lists preview saltenvs ({', '.join(listed)}), so a minion that sets no saltenv reads their "
+        f"top files in a highstate and applies for real the candidates salt-run envflow.preview deploys there; "
+        f"{fix} (minions take the master's)"
+    ]
+
+
 def _followed_links(config, opts):
     """With ``fileserver_followsymlinks`` on, a root envflow does not deploy serves whatever its links lead to."""
     if not opts.get("fileserver_followsymlinks", True):
@@ -177,6 +217,7 @@ def problems(config, opts):
         *_envflow_homes(config, opts),
         *_pillar_served_as_files(config, opts),
         *_top_merging(config, opts),
+        *_previews_highstated(config, opts),
         *_followed_links(config, opts),
         *_targets(config),
         *_pillarenv(config, opts),
