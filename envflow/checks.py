@@ -24,19 +24,46 @@ def _within(path, directory):
     return os.path.commonpath([path, directory]) == directory
 
 
+def _deployed(config):
+    """Every directory envflow deploys, as ``(environment, owner)``: each environment, then its preview.
+
+    ``owner`` is the configured environment a preview belongs to, ``None`` for
+    the environment itself.
+    """
+    for env in config.environments:
+        yield env, None
+        if env.preview is not None:
+            yield env.preview, env
+
+
+def _described(env, owner):
+    """How a message names what ``env`` is: ``stage`` or ``prod's preview``."""
+    return env.name if owner is None else f"{owner.name}'s preview"
+
+
 def _serving(config, opts, key, attribute):
-    """The environment's directory missing from its own saltenv's roots, one line each."""
+    """A deployed directory missing from its own saltenv's roots, one line each."""
     roots = _roots(opts, key)
     what = "states" if key == "file_roots" else "pillar"
     lines = []
-    for env in config.environments:
+    for env, owner in _deployed(config):
         wanted = getattr(env, attribute)
         if wanted is None or wanted in roots.get(env.name, []):
             continue
-        which = "path" if wanted == env.path else f"{what} directory"
+        fix = f"set {key}: {{{env.name}: [{wanted}]}}"
+        if owner is None:
+            which = "path" if wanted == env.path else f"{what} directory"
+            lines.append(
+                f"{key}:{env.name}: does not list {wanted} ({env.name}'s {which}), so Salt does not serve what "
+                f"envflow deploys in {env.name}; {fix}"
+            )
+            continue
+        which = "preview directory" if wanted == env.path else f"{what} directory of the preview directory"
+        candidate = "the candidate" if key == "file_roots" else "the candidate's pillar"
         lines.append(
-            f"{key}:{env.name}: does not list {wanted} ({env.name}'s {which}), so Salt does not serve what envflow "
-            f"deploys in {env.name}; set {key}: {{{env.name}: [{wanted}]}}"
+            f"{key}:{env.name}: does not list {wanted} (the {which} of {owner.name}), which salt-run "
+            f"envflow.preview {owner.name} needs: without it the preview's test run reads nothing of {candidate}; "
+            f"{fix}"
         )
     return lines
 
@@ -47,7 +74,7 @@ def _envflow_homes(config, opts):
     for key in ("file_roots", "pillar_roots"):
         for saltenv, roots in _roots(opts, key).items():
             for root in roots:
-                for env in config.environments:
+                for env, owner in _deployed(config):
                     home = Layout(env.path).home
                     served = env.states_dir if key == "file_roots" else env.pillar_dir or env.path
                     if _within(root, home):
@@ -58,7 +85,8 @@ def _envflow_homes(config, opts):
                     elif _within(home, root):
                         lines.append(
                             f"{key}:{saltenv}: {root} holds {home}, envflow's own directory (both trees of "
-                            f"{env.name} and their repositories); list only the environments' directories"
+                            f"{_described(env, owner)} and their repositories); list only the environments' "
+                            "directories"
                         )
     return lines
 
@@ -68,10 +96,10 @@ def _pillar_served_as_files(config, opts):
     lines = []
     for saltenv, roots in _roots(opts, "file_roots").items():
         for root in roots:
-            for env in config.environments:
+            for env, owner in _deployed(config):
                 if env.pillar_dir and _within(env.pillar_dir, root):
                     lines.append(
-                        f"file_roots:{saltenv}: {root} holds {env.pillar_dir}, the pillar of {env.name}, "
+                        f"file_roots:{saltenv}: {root} holds {env.pillar_dir}, the pillar of {_described(env, owner)}, "
                         f"so every minion can read it through salt://; list {env.states_dir} instead"
                     )
     return lines
@@ -88,12 +116,52 @@ def _top_merging(config, opts):
     ]
 
 
+def _previews_highstated(config, opts):
+    """Preview saltenvs a highstate reads top files from, for a minion that sets no saltenv.
+
+    Such a highstate reads the top file of ``state_top_saltenv`` alone, else of
+    every saltenv ``env_order`` lists, else of every saltenv; a preview's top
+    file assigns its own saltenv (``prod_preview: *prod``), so reading it
+    applies the candidate for real. Minions take both settings from the master.
+    """
+    previews = {env.preview_saltenv: env for env in config.environments if env.preview is not None}
+    if not previews:
+        return []
+    top_saltenv = opts.get("state_top_saltenv")
+    if top_saltenv:
+        owner = previews.get(str(top_saltenv))
+        if owner is None:
+            return []
+        return [
+            f"state_top_saltenv: {top_saltenv} makes a minion that sets no saltenv read that top file alone in a "
+            f"highstate, and so apply for real the candidate salt-run envflow.preview {owner.name} deploys there; "
+            "set state_top_saltenv to an environment, or remove it"
+        ]
+    order = [str(saltenv) for saltenv in opts.get("env_order") or []]
+    saltenvs = [saltenv for saltenv in order or _roots(opts, "file_roots") if saltenv not in previews]
+    fix = f"set env_order: [{', '.join(saltenvs or (env.name for env in config.environments))}] on the master"
+    if not order:
+        return [
+            f"env_order: not set, so a minion that sets no saltenv reads the top file of every saltenv in a "
+            f"highstate, preview saltenvs ({', '.join(previews)}) included, and applies for real the candidates "
+            f"salt-run envflow.preview deploys there; {fix} (minions take the master's)"
+        ]
+    listed = [saltenv for saltenv in previews if saltenv in order]
+    if not listed:
+        return []
+    return [
+        f"env_order: lists preview saltenvs ({', '.join(listed)}), so a minion that sets no saltenv reads their "
+        f"top files in a highstate and applies for real the candidates salt-run envflow.preview deploys there; "
+        f"{fix} (minions take the master's)"
+    ]
+
+
 def _followed_links(config, opts):
     """With ``fileserver_followsymlinks`` on, a root envflow does not deploy serves whatever its links lead to."""
     if not opts.get("fileserver_followsymlinks", True):
         return []
     # Inside an environment's path envflow refuses such links; its own directory is reported apart.
-    managed = [directory for env in config.environments for directory in (env.path, Layout(env.path).home)]
+    managed = [directory for env, _owner in _deployed(config) for directory in (env.path, Layout(env.path).home)]
     return [
         f"fileserver_followsymlinks is on and file_roots:{saltenv} lists {root}, which envflow does not deploy: "
         "a symlink in it leading out of it is served to every minion; set fileserver_followsymlinks: False, "
@@ -149,6 +217,7 @@ def problems(config, opts):
         *_envflow_homes(config, opts),
         *_pillar_served_as_files(config, opts),
         *_top_merging(config, opts),
+        *_previews_highstated(config, opts),
         *_followed_links(config, opts),
         *_targets(config),
         *_pillarenv(config, opts),

@@ -123,3 +123,151 @@ def test_a_verified_gate_needs_the_upstream_target():
         "envflow:environments:1:target: not set, but prod has the verified gate: envflow.verify stage jid=last "
         "and the release pipeline need stage's minions; add a compound target such as G@env:stage"
     ]
+
+
+# Previews of stage and prod, served as saltenvs stage_preview and prod_preview; env_order keeps them out of the
+# highstate of a minion that sets no saltenv.
+PREVIEW_BLOCK = copy.deepcopy(BLOCK)
+PREVIEW_BLOCK["environments"][1]["preview_path"] = "/srv/salt/stage_preview"
+PREVIEW_BLOCK["environments"][2]["preview_path"] = "/srv/salt/prod_preview"
+PREVIEW_GOOD = {
+    **GOOD,
+    "env_order": ["test", "stage", "prod"],
+    "file_roots": {
+        **GOOD["file_roots"],
+        **{f"{env}_preview": [f"/srv/salt/{env}_preview/salt"] for env in ("stage", "prod")},
+    },
+    "pillar_roots": {
+        **GOOD["pillar_roots"],
+        **{f"{env}_preview": [f"/srv/salt/{env}_preview/pillar"] for env in ("stage", "prod")},
+    },
+}
+
+
+def preview_opts(**changes):
+    found = copy.deepcopy(PREVIEW_GOOD)
+    found.update(changes)
+    return found
+
+
+def test_a_configuration_with_previews_served_has_no_problem():
+    assert problems(parse(PREVIEW_BLOCK), PREVIEW_GOOD) == []
+
+
+def test_without_states_and_pillar_the_preview_directory_itself_is_served():
+    block = {key: value for key, value in PREVIEW_BLOCK.items() if key not in ("states", "pillar")}
+    saltenvs = ("test", "stage", "prod", "stage_preview", "prod_preview")
+    found = preview_opts(file_roots={env: [f"/srv/salt/{env}"] for env in saltenvs}, pillar_roots={})
+    del found["pillarenv_from_saltenv"]
+    assert problems(parse(block), found) == []
+    del found["file_roots"]["prod_preview"]
+    assert problems(parse(block), found) == [
+        "file_roots:prod_preview: does not list /srv/salt/prod_preview (the preview directory of prod), which "
+        "salt-run envflow.preview prod needs: without it the preview's test run reads nothing of the candidate; "
+        "set file_roots: {prod_preview: [/srv/salt/prod_preview]}"
+    ]
+
+
+@pytest.mark.parametrize(
+    "master, line",
+    [
+        (
+            preview_opts(file_roots={**PREVIEW_GOOD["file_roots"], "prod_preview": ["/srv/salt/prod/salt"]}),
+            "file_roots:prod_preview: does not list /srv/salt/prod_preview/salt (the states directory of the preview "
+            "directory of prod), which salt-run envflow.preview prod needs: without it the preview's test run reads "
+            "nothing of the candidate; set file_roots: {prod_preview: [/srv/salt/prod_preview/salt]}",
+        ),
+        (
+            preview_opts(pillar_roots={k: v for k, v in PREVIEW_GOOD["pillar_roots"].items() if k != "stage_preview"}),
+            "pillar_roots:stage_preview: does not list /srv/salt/stage_preview/pillar (the pillar directory of the "
+            "preview directory of stage), which salt-run envflow.preview stage needs: without it the preview's test "
+            "run reads nothing of the candidate's pillar; set pillar_roots: {stage_preview: "
+            "[/srv/salt/stage_preview/pillar]}",
+        ),
+        (
+            preview_opts(
+                file_roots={
+                    **PREVIEW_GOOD["file_roots"],
+                    "prod_preview": ["/srv/salt/prod_preview/salt", "/srv/salt/.prod_preview.envflow/b/salt"],
+                }
+            ),
+            "file_roots:prod_preview: /srv/salt/.prod_preview.envflow/b/salt is inside "
+            "/srv/salt/.prod_preview.envflow, envflow's own directory, whose trees are replaced at every deploy; "
+            "list /srv/salt/prod_preview/salt, under the symlink envflow switches",
+        ),
+        (
+            preview_opts(
+                file_roots={
+                    **PREVIEW_GOOD["file_roots"],
+                    "stage_preview": ["/srv/salt/stage_preview/salt", "/srv/salt/stage_preview"],
+                }
+            ),
+            "file_roots:stage_preview: /srv/salt/stage_preview holds /srv/salt/stage_preview/pillar, the pillar of "
+            "stage's preview, so every minion can read it through salt://; list /srv/salt/stage_preview/salt instead",
+        ),
+    ],
+)
+def test_each_preview_mistake_is_one_line(master, line):
+    assert problems(parse(PREVIEW_BLOCK), master) == [line]
+
+
+def test_a_root_holding_a_previews_own_directory():
+    master = preview_opts(
+        file_roots={**PREVIEW_GOOD["file_roots"], "base": ["/srv/salt"]}, fileserver_followsymlinks=False
+    )
+    found = problems(parse(PREVIEW_BLOCK), master)
+    assert (
+        "file_roots:base: /srv/salt holds /srv/salt/.prod_preview.envflow, envflow's own directory (both trees of "
+        "prod's preview and their repositories); list only the environments' directories"
+    ) in found
+    assert all("\n" not in line for line in found)
+
+
+def test_links_in_a_preview_directory_are_envflows_to_refuse():
+    # The preview directory and its own directory are deployed by envflow, which refuses links leaving the tree.
+    master = preview_opts(
+        file_roots={**PREVIEW_GOOD["file_roots"], "prod_preview": ["/srv/salt/prod_preview/salt"]},
+        fileserver_followsymlinks=True,
+    )
+    assert problems(parse(PREVIEW_BLOCK), master) == []
+    master["file_roots"]["base"] = ["/srv/salt/prod_preview_formulas"]
+    assert problems(parse(PREVIEW_BLOCK), master) == [
+        "fileserver_followsymlinks is on and file_roots:base lists /srv/salt/prod_preview_formulas, which envflow "
+        "does not deploy: a symlink in it leading out of it is served to every minion; set "
+        "fileserver_followsymlinks: False, or keep such links out of it"
+    ]
+
+
+@pytest.mark.parametrize(
+    "changes, line",
+    [
+        (
+            {"env_order": []},
+            "env_order: not set, so a minion that sets no saltenv reads the top file of every saltenv in a highstate, "
+            "preview saltenvs (stage_preview, prod_preview) included, and applies for real the candidates salt-run "
+            "envflow.preview deploys there; set env_order: [test, stage, prod] on the master (minions take the "
+            "master's)",
+        ),
+        (
+            {"env_order": ["base", "test", "stage", "prod", "prod_preview"]},
+            "env_order: lists preview saltenvs (prod_preview), so a minion that sets no saltenv reads their top files "
+            "in a highstate and applies for real the candidates salt-run envflow.preview deploys there; set "
+            "env_order: [base, test, stage, prod] on the master (minions take the master's)",
+        ),
+        (
+            {"env_order": [], "state_top_saltenv": "stage_preview"},
+            "state_top_saltenv: stage_preview makes a minion that sets no saltenv read that top file alone in a "
+            "highstate, and so apply for real the candidate salt-run envflow.preview stage deploys there; set "
+            "state_top_saltenv to an environment, or remove it",
+        ),
+    ],
+)
+def test_a_highstate_without_saltenv_that_reads_a_preview_top_file(changes, line):
+    assert problems(parse(PREVIEW_BLOCK), preview_opts(**changes)) == [line]
+
+
+def test_a_highstate_without_saltenv_is_kept_out_of_previews_by_state_top_saltenv_or_env_order():
+    assert problems(parse(PREVIEW_BLOCK), preview_opts(env_order=[], state_top_saltenv="prod")) == []
+    assert problems(parse(PREVIEW_BLOCK), preview_opts(env_order=["prod"])) == []
+    # Without previews there is nothing to keep out.
+    assert problems(parse(BLOCK), opts(env_order=[])) == []
