@@ -176,9 +176,11 @@ def check():
     envflow's own directories, that no top file merges other environments'
     (``top_file_merging_strategy``), that no ``file_roots`` directory outside
     envflow's control serves symlinks (``fileserver_followsymlinks``), that
-    environments have the ``target`` their gates need, and that pillar
+    environments have the ``target`` their gates need, that pillar
     settings let each environment's minions get their own environment's
-    pillar. Any problem returns ``retcode: 1``; ``envflow.status`` shows the
+    pillar, and that each preview saltenv (``<env>_preview``) serves its
+    preview directory and is kept out of highstates that name no saltenv
+    (``env_order``, ``state_top_saltenv``). Any problem returns ``retcode: 1``; ``envflow.status`` shows the
     same lines under ``warnings``.
 
     CLI Example:
