@@ -180,6 +180,12 @@ def _targets(config):
                 f"the verified gate: envflow.verify {upstream.name} jid=last and the release pipeline need "
                 f"{upstream.name}'s minions; add a compound target such as G@env:{upstream.name}"
             )
+        if env.preview is not None and not env.target:
+            lines.append(
+                f"envflow:environments:{config.environments.index(env)}:target: not set, but {env.name} has a "
+                f"preview_path: salt-run envflow.preview {env.name} (without tgt=) and the release pipeline's "
+                f"preview need {env.name}'s minions; add a compound target such as G@env:{env.name}"
+            )
     return lines
 
 

@@ -282,3 +282,13 @@ def test_previews_need_neither_env_order_nor_state_top_saltenv():
     assert problems(parse(PREVIEW_BLOCK), preview_opts(env_order=listed, state_top_saltenv="prod")) == []
     # Without previews there is nothing to keep out.
     assert problems(parse(BLOCK), opts(env_order=[])) == []
+
+
+def test_a_preview_needs_the_environments_target():
+    block = copy.deepcopy(PREVIEW_BLOCK)
+    del block["environments"][2]["target"]
+    assert problems(parse(block), preview_opts()) == [
+        "envflow:environments:2:target: not set, but prod has a preview_path: salt-run envflow.preview prod "
+        "(without tgt=) and the release pipeline's preview need prod's minions; add a compound target such as "
+        "G@env:prod"
+    ]
