@@ -15,6 +15,7 @@ try:
     from envflow import access, checks, diffs, holds, jobs, pipeline, records, saltbus, text
     from envflow import config as envflow_config
     from envflow import history as envflow_history
+    from envflow import preview as envflow_preview
     from envflow.errors import EnvflowError
     from envflow.remote import Mirror, redact
     from envflow.served import ServedDir
@@ -175,9 +176,11 @@ def check():
     envflow's own directories, that no top file merges other environments'
     (``top_file_merging_strategy``), that no ``file_roots`` directory outside
     envflow's control serves symlinks (``fileserver_followsymlinks``), that
-    environments have the ``target`` their gates need, and that pillar
+    environments have the ``target`` their gates need, that pillar
     settings let each environment's minions get their own environment's
-    pillar. Any problem returns ``retcode: 1``; ``envflow.status`` shows the
+    pillar, and that each preview saltenv (``<env>_preview``) serves its
+    preview directory and is kept out of highstates that name no saltenv
+    (``env_order``, ``state_top_saltenv``). Any problem returns ``retcode: 1``; ``envflow.status`` shows the
     same lines under ``warnings``.
 
     CLI Example:
@@ -391,6 +394,86 @@ def thaw(env, reason=None, dry_run=False):
         salt-run envflow.thaw prod
     """
     return _hold(holds.thaw, env, "thawed", dry_run=dry_run, reason=reason)
+
+
+@_reported
+def preview(env, rev=None, tgt=None, force=False, autoload=True, timeout=None, gather_job_timeout=None):
+    """
+    Show what promoting into ``env`` would do on its minions, before it happens: each minion runs the
+    candidate's states in test mode, and nothing changes on any minion, branch or in ``env``'s directory.
+
+    Deploys the commit :py:func:`promote` would bring (deployed in the
+    environment before ``env``, or ``rev``) into ``env``'s ``preview_path``,
+    served as the saltenv ``<env>_preview``, then runs ``state.apply
+    test=True saltenv=<env>_preview`` with the candidate's pillar on
+    ``env``'s ``target`` (or ``tgt``). Prints one line per minion (``web-01:
+    3 to change, 0 failing``), the states that would change or fail below;
+    ``--out=json`` gets ``env``, ``commit``, ``jid``, ``minions`` (per
+    minion ``changes``, ``failed`` and ``states``), ``no_answer``,
+    ``passed`` and ``outcome``. A failing state or a minion that does not
+    answer makes it ``retcode: 1``. The result is recorded on the commit for
+    the ``previewed`` gate and fires ``salt/envflow/<env>/previewed``.
+
+    The candidate's top files need a ``<env>_preview`` section equal to their
+    ``<env>`` one (``prod_preview: *prod``), and the minions must name their
+    saltenv: see the docs' "Previewing a promotion".
+
+    rev
+        An older commit to preview, contained in the commit deployed upstream.
+
+    tgt
+        A compound target to run on instead of ``env``'s ``target``.
+
+    force : False
+        Discard hand edits in the preview directory.
+
+    autoload : True
+        Set to False when ``env``'s minions set ``autoload_dynamic_modules: False``: only then is a
+        commit that changes custom modules (``_modules``, ``_states``, ...) previewed, since a test run
+        would otherwise copy them to the minions.
+
+    timeout, gather_job_timeout
+        How long to wait for the minions, as for the ``salt`` command (the master's values by default).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.preview prod
+        salt-run envflow.preview prod rev=3f2c9a1 tgt='G@role:web'
+        salt-run envflow.preview prod --out=json
+    """
+    waits = {
+        key: value
+        for key, value in (("timeout", timeout), ("gather_job_timeout", gather_job_timeout))
+        if value is not None
+    }
+    try:
+        config = _config()
+        with _mirror(config) as mirror:
+            found = envflow_preview.run(
+                config,
+                mirror,
+                env,
+                __opts__,
+                by=_user(),
+                rev=rev,
+                target=tgt,
+                force=force,
+                autoload=autoload,
+                waits=waits,
+            )
+    except EnvflowError as exc:
+        return _failure(str(exc))
+    counts = {minion: {"changes": got["changes"], "failed": got["failed"]} for minion, got in found["minions"].items()}
+    data = {key: found[key] for key in ("env", "commit", "jid", "passed", "outcome", "no_answer")}
+    saltbus.fire_on_master(__opts__, f"salt/envflow/{env}/previewed", {**data, "minions": counts, "by": _user()})
+    if not found["passed"]:
+        found = {
+            **found,
+            **_failure(f"envflow: the preview of {text.short(found['commit'])} in {env} {found['outcome']}"),
+        }
+    return {**found, **_TABLE}
 
 
 def _target_minions(environment):

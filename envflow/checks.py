@@ -24,19 +24,46 @@ def _within(path, directory):
     return os.path.commonpath([path, directory]) == directory
 
 
+def _deployed(config):
+    """Every directory envflow deploys, as ``(environment, owner)``: each environment, then its preview.
+
+    ``owner`` is the configured environment a preview belongs to, ``None`` for
+    the environment itself.
+    """
+    for env in config.environments:
+        yield env, None
+        if env.preview is not None:
+            yield env.preview, env
+
+
+def _described(env, owner):
+    """How a message names what ``env`` is: ``stage`` or ``prod's preview``."""
+    return env.name if owner is None else f"{owner.name}'s preview"
+
+
 def _serving(config, opts, key, attribute):
-    """The environment's directory missing from its own saltenv's roots, one line each."""
+    """A deployed directory missing from its own saltenv's roots, one line each."""
     roots = _roots(opts, key)
     what = "states" if key == "file_roots" else "pillar"
     lines = []
-    for env in config.environments:
+    for env, owner in _deployed(config):
         wanted = getattr(env, attribute)
         if wanted is None or wanted in roots.get(env.name, []):
             continue
-        which = "path" if wanted == env.path else f"{what} directory"
+        fix = f"set {key}: {{{env.name}: [{wanted}]}}"
+        if owner is None:
+            which = "path" if wanted == env.path else f"{what} directory"
+            lines.append(
+                f"{key}:{env.name}: does not list {wanted} ({env.name}'s {which}), so Salt does not serve what "
+                f"envflow deploys in {env.name}; {fix}"
+            )
+            continue
+        which = "preview directory" if wanted == env.path else f"{what} directory of the preview directory"
+        candidate = "the candidate" if key == "file_roots" else "the candidate's pillar"
         lines.append(
-            f"{key}:{env.name}: does not list {wanted} ({env.name}'s {which}), so Salt does not serve what envflow "
-            f"deploys in {env.name}; set {key}: {{{env.name}: [{wanted}]}}"
+            f"{key}:{env.name}: does not list {wanted} (the {which} of {owner.name}), which salt-run "
+            f"envflow.preview {owner.name} needs: without it the preview's test run reads nothing of {candidate}; "
+            f"{fix}"
         )
     return lines
 
@@ -47,7 +74,7 @@ def _envflow_homes(config, opts):
     for key in ("file_roots", "pillar_roots"):
         for saltenv, roots in _roots(opts, key).items():
             for root in roots:
-                for env in config.environments:
+                for env, owner in _deployed(config):
                     home = Layout(env.path).home
                     served = env.states_dir if key == "file_roots" else env.pillar_dir or env.path
                     if _within(root, home):
@@ -58,7 +85,8 @@ def _envflow_homes(config, opts):
                     elif _within(home, root):
                         lines.append(
                             f"{key}:{saltenv}: {root} holds {home}, envflow's own directory (both trees of "
-                            f"{env.name} and their repositories); list only the environments' directories"
+                            f"{_described(env, owner)} and their repositories); list only the environments' "
+                            "directories"
                         )
     return lines
 
@@ -68,10 +96,10 @@ def _pillar_served_as_files(config, opts):
     lines = []
     for saltenv, roots in _roots(opts, "file_roots").items():
         for root in roots:
-            for env in config.environments:
+            for env, owner in _deployed(config):
                 if env.pillar_dir and _within(env.pillar_dir, root):
                     lines.append(
-                        f"file_roots:{saltenv}: {root} holds {env.pillar_dir}, the pillar of {env.name}, "
+                        f"file_roots:{saltenv}: {root} holds {env.pillar_dir}, the pillar of {_described(env, owner)}, "
                         f"so every minion can read it through salt://; list {env.states_dir} instead"
                     )
     return lines
@@ -88,12 +116,49 @@ def _top_merging(config, opts):
     ]
 
 
+def _previews_highstated(config, opts):
+    """Master settings that break previews, or make a minion that sets no saltenv apply a preview's top file.
+
+    Minions take ``env_order`` and ``state_top_saltenv`` from the master
+    (salt/master.py ``_master_opts``). A highstate finds states only in the
+    saltenvs ``env_order`` lists, when it is set (salt/state.py ``_get_envs``):
+    leaving a preview saltenv out breaks its preview; listing it makes a
+    highstate that names no saltenv read its top file, whose section
+    (``prod_preview: *prod``) then applies the candidate for real. So does
+    ``state_top_saltenv`` set to a preview saltenv. With neither set, only the
+    minions' own ``saltenv`` keeps previews out, which the master cannot see.
+    """
+    previews = {env.preview_saltenv: env for env in config.environments if env.preview is not None}
+    order = [str(saltenv) for saltenv in opts.get("env_order") or []]
+    top_saltenv = str(opts.get("state_top_saltenv") or "")
+    fix = "remove env_order and have every minion set its saltenv"
+    lines = []
+    for saltenv, env in previews.items():
+        if order and saltenv not in order:
+            lines.append(
+                f"env_order: leaves out {saltenv}, so salt-run envflow.preview {env.name} finds no states in it "
+                f"(Salt serves a state run only the saltenvs env_order lists); {fix}"
+            )
+        elif order and not top_saltenv:
+            lines.append(
+                f"env_order: lists {saltenv}, so a minion that sets no saltenv reads its top file in a highstate "
+                f"and applies for real the candidate salt-run envflow.preview {env.name} deploys there; {fix}"
+            )
+        if top_saltenv == saltenv:
+            lines.append(
+                f"state_top_saltenv: {saltenv} makes a minion that sets no saltenv read that top file alone in a "
+                f"highstate, and so apply for real the candidate salt-run envflow.preview {env.name} deploys there; "
+                "remove state_top_saltenv and have every minion set its saltenv"
+            )
+    return lines
+
+
 def _followed_links(config, opts):
     """With ``fileserver_followsymlinks`` on, a root envflow does not deploy serves whatever its links lead to."""
     if not opts.get("fileserver_followsymlinks", True):
         return []
     # Inside an environment's path envflow refuses such links; its own directory is reported apart.
-    managed = [directory for env in config.environments for directory in (env.path, Layout(env.path).home)]
+    managed = [directory for env, _owner in _deployed(config) for directory in (env.path, Layout(env.path).home)]
     return [
         f"fileserver_followsymlinks is on and file_roots:{saltenv} lists {root}, which envflow does not deploy: "
         "a symlink in it leading out of it is served to every minion; set fileserver_followsymlinks: False, "
@@ -114,6 +179,12 @@ def _targets(config):
                 f"envflow:environments:{config.environments.index(upstream)}:target: not set, but {env.name} has "
                 f"the verified gate: envflow.verify {upstream.name} jid=last and the release pipeline need "
                 f"{upstream.name}'s minions; add a compound target such as G@env:{upstream.name}"
+            )
+        if env.preview is not None and not env.target:
+            lines.append(
+                f"envflow:environments:{config.environments.index(env)}:target: not set, but {env.name} has a "
+                f"preview_path: salt-run envflow.preview {env.name} (without tgt=) and the release pipeline's "
+                f"preview need {env.name}'s minions; add a compound target such as G@env:{env.name}"
             )
     return lines
 
@@ -149,6 +220,7 @@ def problems(config, opts):
         *_envflow_homes(config, opts),
         *_pillar_served_as_files(config, opts),
         *_top_merging(config, opts),
+        *_previews_highstated(config, opts),
         *_followed_links(config, opts),
         *_targets(config),
         *_pillarenv(config, opts),

@@ -27,7 +27,7 @@ _ENV_KEYS = {"name", "branch", "path"}
 _OPTIONAL_ENV_KEYS = {"target", "gates", "preview_path", *_SHARED_KEYS}
 # The saltenv of an environment's preview directory is its name with this suffix.
 PREVIEW_SUFFIX = "_preview"
-_GATE_KEYS = {"verified", "soak", "approvals"}
+_GATE_KEYS = {"verified", "soak", "approvals", "previewed"}
 _SSH_KEYS = ("ssh_key", "ssh_passphrase", "ssh_agent", "known_hosts", "accept_unknown_host_key")
 _HTTP_KEYS = ("password", "ca_bundle", "allow_http")
 _CREDENTIAL_KEYS = (*_SSH_KEYS, "username", *_HTTP_KEYS)
@@ -42,9 +42,10 @@ class Gates:
     verified: bool = False
     soak: int = 0
     approvals: int = 0
+    previewed: bool = False
 
     def __bool__(self):
-        return bool(self.verified or self.soak or self.approvals)
+        return bool(self.verified or self.soak or self.approvals or self.previewed)
 
 
 @dataclass(frozen=True)
@@ -229,13 +230,20 @@ def _environment(raw, index, shared):
     if preview_path is not None:
         example = os.path.join(os.path.dirname(path), f"{name}{PREVIEW_SUFFIX}")
         preview_path = _path(preview_path, f"{key}:preview_path", example)
+    gates = _gates(raw.get("gates"), f"{key}:gates", first=index == 0, name=name)
+    if gates.previewed and preview_path is None:
+        example = os.path.join(os.path.dirname(path), f"{name}{PREVIEW_SUFFIX}")
+        _fail(
+            f"{key}:gates:previewed",
+            f"{name} has no preview directory to preview in; add preview_path: {example} to {key}",
+        )
     return Environment(
         name=name,
         branch=_branch(raw["branch"], f"{key}:branch"),
         path=path,
         preview_path=preview_path,
         target=target,
-        gates=_gates(raw.get("gates"), f"{key}:gates", first=index == 0, name=name),
+        gates=gates,
         **_layout({**raw, "name": name, "target": target}, shared, key),
     )
 
@@ -252,18 +260,19 @@ def _gates(raw, key, first, name):
     if raw is None:
         return Gates()
     if not isinstance(raw, dict):
-        _fail(key, "must be a mapping with verified, soak and/or approvals")
+        _fail(key, "must be a mapping with verified, soak, approvals and/or previewed")
     unknown = sorted(set(raw) - _GATE_KEYS, key=str)
     if unknown:
-        _fail(key, f"unknown gate {echo(unknown[0])}; gates are verified, soak and approvals")
-    verified = raw.get("verified", False)
-    if not isinstance(verified, bool):
-        _fail(f"{key}:verified", f"{echo(verified)} is not true or false")
+        _fail(key, f"unknown gate {echo(unknown[0])}; gates are verified, soak, approvals and previewed")
+    verified, previewed = raw.get("verified", False), raw.get("previewed", False)
+    for gate, value in (("verified", verified), ("previewed", previewed)):
+        if not isinstance(value, bool):
+            _fail(f"{key}:{gate}", f"{echo(value)} is not true or false")
     approvals = raw.get("approvals", 0)
     if isinstance(approvals, bool) or not isinstance(approvals, int) or approvals < 0:
         _fail(f"{key}:approvals", f"{echo(approvals)} is not a number of people; give 0 or more, such as 2")
     soak = _duration(raw["soak"], f"{key}:soak") if "soak" in raw else 0
-    gates = Gates(verified=verified, soak=soak, approvals=approvals)
+    gates = Gates(verified=verified, soak=soak, approvals=approvals, previewed=previewed)
     if first and gates:
         _fail(key, f"{name} is the first environment: nothing is promoted into it, so it has no gates")
     return gates

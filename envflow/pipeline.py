@@ -144,7 +144,22 @@ def blocking_gates(promotion, mirror, now=None):
                 f"({', '.join(people) if people else 'none yet'}); "
                 f"{_people(gates.approvals - len(people))} must run salt-run envflow.approve {env.name}"
             )
+    if gates.previewed:
+        blocked.extend(_unpreviewed(records.entries(found, "previewed", env.name), env.name, commit))
     return blocked
+
+
+def _unpreviewed(previews, name, commit):
+    """Why the ``previewed`` gate of ``name`` is closed for ``commit``, given its preview records (none: open)."""
+    if not previews:
+        return [f"previewed: {_short(commit)} was not previewed in {name}; run salt-run envflow.preview {name}"]
+    newest = previews[-1]  # records.add appends: the last entry is the newest
+    if newest.get("passed") is True:
+        return []
+    return [
+        f"previewed: the last preview of {_short(commit)} in {name} (job {newest.get('jid')}, {newest.get('at')}) "
+        f"{newest.get('outcome') or 'did not pass'}; fix it and run salt-run envflow.preview {name} again"
+    ]
 
 
 def check_gates(promotion, mirror, force=False, reason=None):

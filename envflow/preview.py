@@ -21,12 +21,12 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from envflow import pipeline
-from envflow.errors import Drift, EnvflowError
+from envflow import pipeline, records, saltbus
+from envflow.errors import Drift, EnvflowError, RemoteError
 from envflow.layout import Layout
 from envflow.locking import held
 from envflow.served import ServedDir, drift_message
-from envflow.text import short
+from envflow.text import echo, short
 
 # How long a preview waits for another preview of the same environment to end, in seconds.
 WAIT = 120.0
@@ -326,3 +326,101 @@ def summary(found):
         for minion, entry in found["minions"].items()
     ]
     return lines + [f"{minion}: did not answer" for minion in found["no_answer"]]
+
+
+def outcome(found):
+    """What :func:`report` ``found``, in a few words: what fails it, else how much would change."""
+    failed = {minion: entry["failed"] for minion, entry in found["minions"].items() if entry["failed"]}
+    parts = []
+    if failed:
+        total = sum(failed.values())
+        where = ", ".join(f"{minion}: {count}" for minion, count in failed.items())
+        parts.append(f"shows {total} failing state{'s' if total != 1 else ''} ({where})")
+    if found["no_answer"]:
+        parts.append(f"got no answer from {', '.join(found['no_answer'])}")
+    if parts:
+        return " and ".join(parts)
+    changing = [minion for minion, entry in found["minions"].items() if entry["changes"]]
+    total = sum(entry["changes"] for entry in found["minions"].values())
+    plural = "s" if total != 1 else ""
+    return f"passed: {total} state{plural} to change on {len(changing)} of {len(found['minions'])} minions"
+
+
+def _target(config, name, target):
+    """The compound target the preview runs on: ``target``, else the environment's own."""
+    if target is not None:
+        if not isinstance(target, str) or not target.strip():
+            raise EnvflowError(f"envflow: tgt {echo(target)} is not a compound target; give one such as G@role:web")
+        return target
+    env = config.environment(name)
+    if not env.target:
+        index = config.environments.index(env)
+        raise EnvflowError(
+            f"envflow: {name} has no target, so the preview has no minions to run on; give tgt=<compound target> "
+            f"or set envflow:environments:{index}:target, such as G@env:{name}"
+        )
+    return env.target
+
+
+def run(config, mirror, name, master_opts, by, rev=None, target=None, force=False, autoload=True, waits=None):
+    """Preview the promotion into ``name`` on its minions; return the :func:`report` with what was run.
+
+    Deploys the candidate into the preview directory (:func:`previewing`),
+    clears the master's caches of the preview saltenv, runs ``state.apply``
+    with :meth:`Preview.state_kwargs` on ``target`` (the environment's
+    ``target`` by default) through the master whose options are
+    ``master_opts`` (``waits``: ``timeout`` and ``gather_job_timeout`` for
+    :func:`envflow.saltbus.run_on_minions`), and records the result on the
+    commit for the ``previewed`` gate, as ``by``. The report adds
+    ``upstream``, ``saltenv``, ``pillarenv``, ``target``, ``jid``,
+    ``passed``, ``outcome``, ``refused_links`` (symlinks leading out of the
+    tree, which the preview directory does not serve, as no deploy does) when
+    there are any and, when the record could not be written, ``warnings``.
+    A target that matches no minion is refused before anything is deployed.
+    The mirror must be freshly fetched.
+    """
+    for key, value in (waits or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise EnvflowError(f"envflow: {key} {echo(value)} is not a number of seconds; give one such as 30")
+    preview_of(config, name)
+    target = _target(config, name, target)
+    expected = saltbus.matched_minions(master_opts, target)
+    if not expected:
+        raise EnvflowError(f"envflow: tgt {echo(target)} matches no minion; nothing was previewed")
+    with previewing(config, mirror, name, rev=rev, force=force, autoload=autoload) as preview:
+        saltbus.refresh_caches(master_opts, config.environment(name).preview)
+        kwargs = preview.state_kwargs(master_opts.get("pillar_roots"))
+        jid, published, answers = saltbus.run_on_minions(
+            master_opts,
+            target,
+            "state.apply",
+            {key: value for key, value in kwargs.items() if value is not None},
+            **(waits or {}),
+        )
+    found = report(name, preview.commit, preview.saltenv, answers, expected=sorted({*expected, *published}))
+    found.update(
+        upstream=preview.upstream,
+        saltenv=preview.saltenv,
+        pillarenv=kwargs["pillarenv"],
+        target=target,
+        jid=jid,
+        passed=not failing(found),
+        outcome=outcome(found),
+    )
+    if preview.deployed.get("refused_links"):
+        found["refused_links"] = preview.deployed["refused_links"]
+    entry = {
+        "by": by,
+        "jid": jid,
+        "passed": found["passed"],
+        "outcome": found["outcome"],
+        "minions": {
+            minion: {"changes": got["changes"], "failed": got["failed"]} for minion, got in found["minions"].items()
+        },
+        "no_answer": found["no_answer"],
+    }
+    try:
+        records.add(mirror, preview.commit, "previewed", name, entry)
+    except RemoteError as exc:
+        found["warnings"] = [f"envflow: the preview was not recorded, so the previewed gate does not see it: {exc}"]
+    return found

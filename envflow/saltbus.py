@@ -210,3 +210,43 @@ def sync_minions(master_opts, target, saltenv):
     if report["failed"] or report["missing"]:
         log.warning("envflow: minions of %s not synced: %s", target, report["failed"] or report["missing"])
     return report
+
+
+def matched_minions(master_opts, target):
+    """The minions the compound ``target`` matches on the master whose options are ``master_opts``, sorted."""
+    import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+    return sorted(salt.utils.minions.CkMinions(master_opts).check_minions(target, "compound")["minions"])
+
+
+def run_on_minions(master_opts, target, function, kwargs, timeout=None, gather_job_timeout=None):
+    """Run ``function`` with ``kwargs`` on ``target``'s minions through the master; wait for their answers.
+
+    Returns ``(jid, minions, answers)``: the job id, the minions the job
+    was published to, and what each minion that answered returned. Waits as
+    Salt's CLI does: ``timeout`` (the master's by default) for a first answer,
+    then as long as the minions say they still run the job, each asked with
+    ``gather_job_timeout``. Raises :class:`ConfigError` when the master
+    does not run or takes no job.
+    """
+    if not _master_listens(master_opts):
+        raise ConfigError(f"envflow: the salt-master is not running, so {function} cannot run on {target}")
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    waits = {"gather_job_timeout": gather_job_timeout} if gather_job_timeout else {}
+    jid, published, answers = None, [], {}
+    with salt.client.LocalClient(mopts=master_opts) as client:
+        returns = client.cmd_iter(
+            target, function, kwarg=kwargs, tgt_type="compound", timeout=timeout, yield_pub_data=True, **waits
+        )
+        for item in returns:
+            if not item:
+                continue
+            if "jid" in item and "minions" in item:
+                jid, published = str(item["jid"]), sorted(item["minions"])
+                continue
+            for minion, answer in item.items():
+                answers[str(minion)] = answer.get("ret") if isinstance(answer, dict) else answer
+    if jid is None:
+        raise ConfigError(f"envflow: the salt-master took no job for {target}; see the master's log")
+    return jid, published, answers

@@ -173,8 +173,60 @@ def diff_text(report):
     return "\n".join(lines)
 
 
+PREVIEW_STATES = 20  # states shown per minion; --out=json has them all (up to the report's own cap)
+COMMENT_SHOWN = 2  # lines of a state's comment shown
+DIFF_SHOWN = 12  # lines of a state's diff (or changes) shown
+
+
+def _preview_state(state):
+    """One state that would change or fail: its outcome, function, id and name, then its comment and diff."""
+    what = "fails" if state.get("result") is False else "changes"
+    name = state.get("name")
+    named = f" ({cell(name, SUMMARY_WIDTH * 2)})" if name and name != state.get("id") else ""
+    lines = [f"  {what}: {cell(state.get('function'))} {cell(state.get('id'))}{named}"]
+    comment = [line for line in str(state.get("comment") or "").splitlines() if line.strip()]
+    lines.extend(f"      {cell(line, 200)}" for line in comment[:COMMENT_SHOWN])
+    changes = state.get("changes") or {}
+    diff = changes.get("diff") if isinstance(changes, dict) else None
+    detail = diff.splitlines() if isinstance(diff, str) else ([f"changes: {cell(changes)}"] if changes else [])
+    lines.extend(f"      {cell(line, 200)}" for line in detail[:DIFF_SHOWN])
+    if len(detail) > DIFF_SHOWN:
+        lines.append(f"      ... {len(detail) - DIFF_SHOWN} more lines (--out=json)")
+    return lines
+
+
+def preview_text(report):
+    """``envflow.preview``'s return: one line per minion, then the states that would change or fail on each."""
+    head = f"preview of {report.get('env')}: {short(report.get('commit'))}"
+    if report.get("upstream"):
+        head += f" from {report['upstream']}"
+    head += f" in saltenv {report.get('saltenv')}, job {report.get('jid')}"
+    lines = [head]
+    for minion, entry in report["minions"].items():
+        lines.append(f"{minion}: {entry.get('changes', 0)} to change, {entry.get('failed', 0)} failing")
+    lines.extend(f"{minion}: did not answer" for minion in report.get("no_answer") or [])
+    for minion, entry in report["minions"].items():
+        states = entry.get("states") or []
+        if not states and not entry.get("error"):
+            continue
+        lines.append("")
+        lines.append(f"{minion}:")
+        if entry.get("error"):
+            lines.extend(f"  error: {cell(line, 200)}" for line in str(entry["error"]).splitlines()[:DIFF_SHOWN])
+        for state in states[:PREVIEW_STATES]:
+            lines.extend(_preview_state(state))
+        more = len(states) - PREVIEW_STATES + (entry.get("more") or 0)
+        if more > 0:
+            lines.append(f"  ... and {more} more states (--out=json)")
+    lines.extend(["", str(report["error"])] if report.get("error") else [])
+    lines.extend(["", *map(str, report["warnings"])] if report.get("warnings") else [])
+    return "\n".join(lines)
+
+
 def render(data):
     """The text for a runner's return, by its shape; ``None`` for a shape this module does not know."""
+    if isinstance(data, dict) and isinstance(data.get("minions"), dict) and "no_answer" in data and "jid" in data:
+        return preview_text(data)
     if not isinstance(data, dict) or "retcode" in data:
         return None
     if isinstance(data.get("history"), list):

@@ -1,4 +1,5 @@
 import copy
+import os
 import re
 
 import pytest
@@ -131,10 +132,14 @@ def test_targets_and_gates():
     [
         (
             {"verify": True},
-            "envflow:environments:2:gates: unknown gate 'verify'; gates are verified, soak and approvals",
+            "envflow:environments:2:gates: unknown gate 'verify'; gates are verified, soak, approvals and previewed",
         ),
-        ("verified", "envflow:environments:2:gates: must be a mapping with verified, soak and/or approvals"),
+        (
+            "verified",
+            "envflow:environments:2:gates: must be a mapping with verified, soak, approvals and/or previewed",
+        ),
         ({"verified": "yes"}, "envflow:environments:2:gates:verified: 'yes' is not true or false"),
+        ({"previewed": 1}, "envflow:environments:2:gates:previewed: 1 is not true or false"),
         (
             {"soak": "2 weeks"},
             "envflow:environments:2:gates:soak: '2 weeks' is not a duration; give seconds or a number",
@@ -164,6 +169,20 @@ def test_an_empty_target_is_refused():
     assert str(error.value).startswith(
         "envflow:environments:1:target: must be a non-empty string, for example G@env:stage"
     )
+
+
+def test_the_previewed_gate_needs_a_preview_directory():
+    with pytest.raises(ConfigError) as error:
+        parse(changed(env2_gates={"previewed": True}))
+    prod = VALID["environments"][2]["path"]
+    assert str(error.value) == (
+        "envflow:environments:2:gates:previewed: prod has no preview directory to preview in; add preview_path: "
+        f"{os.path.join(os.path.dirname(prod), 'prod_preview')} to envflow:environments:2"
+    )
+    raw = copy.deepcopy(VALID)
+    raw["environments"][2].update(gates={"previewed": True}, preview_path=prod + "_preview")
+    gates = parse(raw).environment("prod").gates
+    assert gates.previewed and gates and not gates.verified
 
 
 def test_the_first_environment_may_spell_out_closed_gates():

@@ -131,3 +131,38 @@ def test_a_note_written_by_hand_counts_as_no_record(gated, mirror, remote):
         assert pipeline.blocking_gates(promotion, mirror)[-1].startswith("approvals: 0 of 2")
     records.add(mirror, commit, "approved", "prod", {"by": "alice"})
     assert [entry["by"] for entry in records.entries(records.read(mirror, commit), "approved", "prod")] == ["alice"]
+
+
+def test_the_previewed_gate_opens_only_on_a_passing_preview_of_the_very_commit(remote, mirror, tmp_path):
+    raw = config(remote.path, tmp_path / "srv")
+    raw["environments"][2].update(gates={"previewed": True}, preview_path=str(tmp_path / "srv" / "prod_preview"))
+    cfg = parse(raw)
+    old = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    remote.set_branch("stage", old)
+    mirror.fetch()
+    for env in cfg.environments:
+        ServedDir(env.path).deploy(mirror.objects, mirror.commit(env.branch))
+    promotion = pipeline.plan(cfg, mirror, "prod")
+    short = promotion.new[:10]
+    assert pipeline.blocking_gates(promotion, mirror) == [
+        f"previewed: {short} was not previewed in prod; run salt-run envflow.preview prod"
+    ]
+    # A passing preview in another environment, or of another commit, does not count.
+    records.add(mirror, promotion.new, "previewed", "stage", {"by": "alice", "jid": "1", "passed": True})
+    records.add(mirror, remote.tip("master"), "previewed", "prod", {"by": "alice", "jid": "2", "passed": True})
+    assert pipeline.blocking_gates(promotion, mirror)[0].startswith(f"previewed: {short} was not previewed in prod")
+    failed = {"by": "alice", "jid": "20261202070000000000", "passed": False, "outcome": "got no answer from db-01"}
+    records.add(mirror, promotion.new, "previewed", "prod", failed)
+    (blocked,) = pipeline.blocking_gates(promotion, mirror)
+    assert re.fullmatch(
+        rf"previewed: the last preview of {short} in prod \(job 20261202070000000000, [-\d:T+]+\) got no answer "
+        r"from db-01; fix it and run salt-run envflow.preview prod again",
+        blocked,
+    )
+    records.add(mirror, promotion.new, "previewed", "prod", {"by": "bob", "jid": "3", "passed": True})
+    assert pipeline.blocking_gates(promotion, mirror) == []
+    # The newest preview decides: a failing one after a passing one closes the gate again.
+    records.add(mirror, promotion.new, "previewed", "prod", {**failed, "jid": "4"})
+    assert pipeline.blocking_gates(promotion, mirror)[0].startswith(
+        f"previewed: the last preview of {short} in prod (job 4"
+    )

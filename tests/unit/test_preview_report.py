@@ -6,7 +6,7 @@ produces them), with shorter paths, plus the other shapes Salt returns.
 
 import json
 
-from envflow import preview
+from envflow import preview, tables
 
 COMMIT = "3f2c9a1b7e" * 4
 MOTD_DIFF = "--- \n+++ \n@@ -1 +1 @@\n-live motd\n+new motd\n"
@@ -199,3 +199,48 @@ def test_a_state_without_its_bookkeeping_keys_is_read_from_its_tag():
         "/srv/www/motd.txt",
         None,
     )
+
+
+def test_the_outcome_says_what_fails_the_preview_else_how_much_would_change():
+    assert preview.outcome(report({"web-01": CHANGES, "db-01": CHANGES}, ["web-01", "db-01"])) == (
+        "passed: 6 states to change on 2 of 2 minions"
+    )
+    quiet = {"test_|-unchanged_|-unchanged_|-succeed_without_changes": CHANGES[next(iter(CHANGES))]}
+    assert preview.outcome(report({"web-01": quiet})) == "passed: 0 states to change on 0 of 1 minions"
+    assert preview.outcome(report({"web-01": CHANGES, "web-02": FAILING, "web-03": RENDER_ERROR}, ["web-04"])) == (
+        "shows 2 failing states (web-02: 1, web-03: 1) and got no answer from web-04"
+    )
+    assert preview.outcome(report({"web-02": FAILING})) == "shows 1 failing state (web-02: 1)"
+
+
+def test_the_text_has_a_line_per_minion_then_what_would_change_or_fail_on_each():
+    found = report({"web-01": CHANGES, "web-02": FAILING, "web-03": RENDER_ERROR}, ["web-04"])
+    found.update(upstream="stage", saltenv="prod_preview", jid="20261202070000000000")
+    text = tables.render({**found, "outputter": "envflow"})
+    lines = text.splitlines()
+    assert lines[:5] == [
+        "preview of prod: 3f2c9a1b7e from stage in saltenv prod_preview, job 20261202070000000000",
+        "web-01: 3 to change, 0 failing",
+        "web-02: 0 to change, 1 failing",
+        "web-03: 0 to change, 1 failing",
+        "web-04: did not answer",
+    ]
+    web1 = lines[lines.index("web-01:") : lines.index("web-02:")]
+    assert web1[:2] == ["web-01:", "  changes: file.managed motd (/srv/www/motd.txt)"]
+    assert "      The file /srv/www/motd.txt is set to be changed" in web1 and "      -live motd" in web1
+    assert "  changes: cmd.run reload (systemctl reload nginx)" in web1
+    assert "  changes: test.succeed_with_changes db-schema" in web1
+    web2 = lines[lines.index("web-02:") :]
+    assert web2[1:3] == [
+        "  fails: file.managed x (/nonexistent/dir/x)",
+        "      Source file salt://nope not found in saltenv 'prod_preview'",
+    ]
+    assert "  error: Rendering SLS 'prod_preview:web' failed: while parsing a flow node" in lines
+    # A failing preview carries the runner's error, printed last.
+    failed = tables.render({**found, "retcode": 1, "error": "envflow: the preview of 3f2c9a1b7e in prod shows 2"})
+    assert failed.splitlines()[-1] == "envflow: the preview of 3f2c9a1b7e in prod shows 2"
+    # Long diffs are cut to a few lines, and the rest is counted.
+    long = {"file_|-big_|-/big_|-managed": state(0, "big", "/big", None, "x", {"diff": "\n".join(map(str, range(50)))})}
+    big = report({"web-01": long})
+    big.update(jid="1", saltenv="prod_preview")
+    assert "      ... 38 more lines (--out=json)" in tables.render(big).splitlines()
