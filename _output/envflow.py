@@ -1,7 +1,7 @@
 """
 Print what ``salt-run envflow.status``, ``envflow.history`` and ``envflow.diff`` return as readable tables.
 
-Those runners return ``outputter: envflow``, which ``salt-run`` follows when
+Those runners (and ``envflow.preview``) return ``outputter: envflow``, which ``salt-run`` follows when
 no ``--out`` is given; ``--out=json`` (or ``yaml``, ``nested``) prints the
 structured return itself, as orchestrate gets it. Data of any other shape is
 printed by Salt's ``nested`` outputter.

@@ -1,7 +1,7 @@
 """Readable text for what the runner returns: one table row per environment or history entry.
 
 Pure functions from the structured dicts of ``envflow.status``,
-``envflow.history`` and ``envflow.diff`` to text; the ``envflow`` outputter
+``envflow.history``, ``envflow.diff`` and ``envflow.preview`` to text; the ``envflow`` outputter
 prints them, and ``--out=json`` (or orchestrate) gets the dicts themselves.
 Every cell is one short line: what users typed (reasons, summaries) is cut
 and stripped of control characters, so no entry can break the table or the
