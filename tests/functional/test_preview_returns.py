@@ -90,6 +90,8 @@ def make_site(tmp_path_factory, minion_base_opts, **minion_config):
         top_file_merging_strategy="same",
         saltenv="prod",
         pillarenv_from_saltenv=True,
+        # As salt-call --local sets it: without it every module refresh waits a second for a minion daemon's answer.
+        local=True,
     )
     opts.update(minion_config)
     loaders = Loaders(opts)
