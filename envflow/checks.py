@@ -117,43 +117,40 @@ def _top_merging(config, opts):
 
 
 def _previews_highstated(config, opts):
-    """Preview saltenvs a highstate reads top files from, for a minion that sets no saltenv.
+    """Master settings that break previews, or make a minion that sets no saltenv apply a preview's top file.
 
-    Such a highstate reads the top file of ``state_top_saltenv`` alone, else of
-    every saltenv ``env_order`` lists, else of every saltenv; a preview's top
-    file assigns its own saltenv (``prod_preview: *prod``), so reading it
-    applies the candidate for real. Minions take both settings from the master.
+    Minions take ``env_order`` and ``state_top_saltenv`` from the master
+    (salt/master.py ``_master_opts``). A highstate finds states only in the
+    saltenvs ``env_order`` lists, when it is set (salt/state.py ``_get_envs``):
+    leaving a preview saltenv out breaks its preview; listing it makes a
+    highstate that names no saltenv read its top file, whose section
+    (``prod_preview: *prod``) then applies the candidate for real. So does
+    ``state_top_saltenv`` set to a preview saltenv. With neither set, only the
+    minions' own ``saltenv`` keeps previews out, which the master cannot see.
     """
     previews = {env.preview_saltenv: env for env in config.environments if env.preview is not None}
-    if not previews:
-        return []
-    top_saltenv = opts.get("state_top_saltenv")
-    if top_saltenv:
-        owner = previews.get(str(top_saltenv))
-        if owner is None:
-            return []
-        return [
-            f"state_top_saltenv: {top_saltenv} makes a minion that sets no saltenv read that top file alone in a "
-            f"highstate, and so apply for real the candidate salt-run envflow.preview {owner.name} deploys there; "
-            "set state_top_saltenv to an environment, or remove it"
-        ]
     order = [str(saltenv) for saltenv in opts.get("env_order") or []]
-    saltenvs = [saltenv for saltenv in order or _roots(opts, "file_roots") if saltenv not in previews]
-    fix = f"set env_order: [{', '.join(saltenvs or (env.name for env in config.environments))}] on the master"
-    if not order:
-        return [
-            f"env_order: not set, so a minion that sets no saltenv reads the top file of every saltenv in a "
-            f"highstate, preview saltenvs ({', '.join(previews)}) included, and applies for real the candidates "
-            f"salt-run envflow.preview deploys there; {fix} (minions take the master's)"
-        ]
-    listed = [saltenv for saltenv in previews if saltenv in order]
-    if not listed:
-        return []
-    return [
-        f"env_order: lists preview saltenvs ({', '.join(listed)}), so a minion that sets no saltenv reads their "
-        f"top files in a highstate and applies for real the candidates salt-run envflow.preview deploys there; "
-        f"{fix} (minions take the master's)"
-    ]
+    top_saltenv = str(opts.get("state_top_saltenv") or "")
+    fix = "remove env_order and have every minion set its saltenv"
+    lines = []
+    for saltenv, env in previews.items():
+        if order and saltenv not in order:
+            lines.append(
+                f"env_order: leaves out {saltenv}, so salt-run envflow.preview {env.name} finds no states in it "
+                f"(Salt serves a state run only the saltenvs env_order lists); {fix}"
+            )
+        elif order and not top_saltenv:
+            lines.append(
+                f"env_order: lists {saltenv}, so a minion that sets no saltenv reads its top file in a highstate "
+                f"and applies for real the candidate salt-run envflow.preview {env.name} deploys there; {fix}"
+            )
+        if top_saltenv == saltenv:
+            lines.append(
+                f"state_top_saltenv: {saltenv} makes a minion that sets no saltenv read that top file alone in a "
+                f"highstate, and so apply for real the candidate salt-run envflow.preview {env.name} deploys there; "
+                "remove state_top_saltenv and have every minion set its saltenv"
+            )
+    return lines
 
 
 def _followed_links(config, opts):
@@ -182,6 +179,12 @@ def _targets(config):
                 f"envflow:environments:{config.environments.index(upstream)}:target: not set, but {env.name} has "
                 f"the verified gate: envflow.verify {upstream.name} jid=last and the release pipeline need "
                 f"{upstream.name}'s minions; add a compound target such as G@env:{upstream.name}"
+            )
+        if env.preview is not None and not env.target:
+            lines.append(
+                f"envflow:environments:{config.environments.index(env)}:target: not set, but {env.name} has a "
+                f"preview_path: salt-run envflow.preview {env.name} (without tgt=) and the release pipeline's "
+                f"preview need {env.name}'s minions; add a compound target such as G@env:{env.name}"
             )
     return lines
 

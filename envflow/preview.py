@@ -373,9 +373,11 @@ def run(config, mirror, name, master_opts, by, rev=None, target=None, force=Fals
     :func:`envflow.saltbus.run_on_minions`), and records the result on the
     commit for the ``previewed`` gate, as ``by``. The report adds
     ``upstream``, ``saltenv``, ``pillarenv``, ``target``, ``jid``,
-    ``passed``, ``outcome`` and, when the record could not be written,
-    ``warnings``. A target that matches no minion is refused before anything
-    is deployed. The mirror must be freshly fetched.
+    ``passed``, ``outcome``, ``refused_links`` (symlinks leading out of the
+    tree, which the preview directory does not serve, as no deploy does) when
+    there are any and, when the record could not be written, ``warnings``.
+    A target that matches no minion is refused before anything is deployed.
+    The mirror must be freshly fetched.
     """
     for key, value in (waits or {}).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -405,6 +407,8 @@ def run(config, mirror, name, master_opts, by, rev=None, target=None, force=Fals
         passed=not failing(found),
         outcome=outcome(found),
     )
+    if preview.deployed.get("refused_links"):
+        found["refused_links"] = preview.deployed["refused_links"]
     entry = {
         "by": by,
         "jid": jid,

@@ -4,7 +4,7 @@
 A script, not a test (pytest does not collect it: no ``test_`` prefix). Run it with the
 Python of a virtualenv holding Salt, pygit2 and envflow::
 
-    python tests/bench_deploy.py [--sizes 200,20000] [--repeat 5] [--salt-call PATH]
+    python tests/bench_deploy.py [--sizes 200,20000] [--repeat 5] [--salt-call PATH] [--no-preview]
 
 For each size it builds a bare repository of that many files (``git fast-import``,
 about 50 files per directory in a states-like layout) in a temporary directory, then
@@ -48,9 +48,22 @@ no-op deploy at least 1.5x faster than git.latest's; the first deploy within 1.5
 git.latest's first clone; the peak memory of the deploying process (the package-level
 child above) under 64 MiB at the largest size. The script prints PASS or MISS for each
 and never fails on them: speed is measured here, not asserted by tests.
+
+The preview section (issue 10; ``--no-preview`` leaves it out) measures, in a child
+process per size (see :func:`preview_child`), what a preview of prod costs beyond its
+``state.apply test=True saltenv=prod_preview``: a repository of that many files whose
+top file (``prod: &prod`` and ``prod_preview: *prod``) applies 50 ``file.managed``
+states sourcing files of the tree, previewed first and then after each of ``--repeat``
+one-file changes. The overhead is :func:`envflow.preview.previewing` (plan and deploy
+into the preview directory), :func:`envflow.saltbus.refresh_caches` and the report and
+``previewed`` record; the baseline is the test run itself, on a masterless minion in
+the same process (salt-factories' ``Loaders``). Aim: a later preview's overhead at most
+25% of its test run at every size. The first preview writes the whole tree, as a
+first deploy does (aimed above), once per preview directory: it is reported, with no aim.
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -162,6 +175,12 @@ class BenchRepo:
                 made += 1
             directory += 1
 
+    def _file(self, path, number):
+        return b"base:\n  '*':\n    - states\n" if path == "top.sls" else self._content(path, number)
+
+    def _changeable(self):
+        return sorted(p for p in self.contents if p != "top.sls")
+
     def _build(self):
         stream = [
             b"commit refs/heads/%s\n" % BRANCH.encode(),
@@ -169,7 +188,7 @@ class BenchRepo:
             _data(b"initial states"),
         ]
         for number, path in enumerate(self._paths()):
-            content = b"base:\n  '*':\n    - states\n" if path == "top.sls" else self._content(path, number)
+            content = self._file(path, number)
             self.contents[path] = content
             stream.append(b"M 100644 inline %s\n" % path.encode())
             stream.append(_data(content))
@@ -179,7 +198,7 @@ class BenchRepo:
     def change_one_file(self):
         """Commit a one-line change to one file (a different one each time) on the branch; return the commit id."""
         self.commits += 1
-        path = self.random.choice(sorted(p for p in self.contents if p != "top.sls"))
+        path = self.random.choice(self._changeable())
         content = self.contents[path] + b"# change %d\n" % self.commits
         self.contents[path] = content
         stream = b"".join(
@@ -379,6 +398,8 @@ def measure_size(size, args, workdir):
 
     results["rollback"] = measure_rollback(repo, root, clone, args.repeat)
     results["memory"] = measure_memory(repo, root)
+    if args.preview:
+        results["preview"] = measure_preview(root, size, args.repeat)
     return results
 
 
@@ -509,6 +530,228 @@ def measure_memory(repo, root):
     repo.change_one_file()
     found["fourth (one-file change)"] = child()
     found["already served"] = child()
+    return found
+
+
+# -- preview ----------------------------------------------------------------
+
+PROD_BRANCH = "master"
+MANAGED = 50  # file.managed states of the preview's highstate, each sourcing one file of the tree
+PREVIEW_TOP = b"prod: &prod\n  '*':\n    - preview\nprod_preview: *prod\n"
+AIM_PREVIEW_OVERHEAD = 0.25
+
+
+class PreviewRepo(BenchRepo):
+    """The bench's repository with a highstate for prod and its preview, ``size`` files in all.
+
+    The top file maps ``prod`` and ``prod_preview`` (``prod_preview: *prod``)
+    to ``preview.sls``: :data:`MANAGED` ``file.managed`` states writing into
+    ``out``, each from a ``salt://`` file of the tree; the other files are
+    data. The one-file changes change one of those sources. ``develop`` is
+    stage's branch; prod's branch ``master`` stays at the first commit.
+    """
+
+    def __init__(self, root, size, out, seed=0):
+        self.out = out
+        super().__init__(root, size, seed)
+        git("branch", PROD_BRANCH, BRANCH, cwd=self.path)
+
+    def _paths(self):
+        paths = super()._paths()
+        yield next(paths)  # top.sls
+        yield "preview.sls"
+        yield from itertools.islice(paths, max(self.size - 2, 1))
+
+    @property
+    def sourced(self):
+        """The files the highstate's states source, in state order."""
+        return list(itertools.islice(self._paths(), 2, MANAGED + 2))
+
+    def managed(self, source):
+        return os.path.join(self.out, source.replace("/", "-"))
+
+    def _file(self, path, number):
+        if path == "top.sls":
+            return PREVIEW_TOP
+        if path == "preview.sls":
+            return "".join(
+                f"managed-{index:02d}:\n  file.managed:\n    - name: {self.managed(source)}\n"
+                f"    - source: salt://{source}\n"
+                for index, source in enumerate(self.sourced)
+            ).encode()
+        return super()._file(path, number)
+
+    def _changeable(self):
+        return self.sourced
+
+
+def preview_child(root, size, repeat):
+    """In a child process importing this checkout: time previews of prod and their test runs; print them as JSON.
+
+    Untimed: the repository, the first deploys of stage and prod, the minion's
+    loaders, one ``test=True`` run in ``prod`` to warm Salt up. Then the first
+    preview and ``repeat`` later ones, each after a one-file change of a
+    sourced file committed to stage's branch, fetched (timed apart) and
+    deployed in stage (untimed). Each preview is timed in its parts:
+    :func:`envflow.preview.previewing` (plan + deploy into the preview
+    directory, under its lock), :func:`envflow.saltbus.refresh_caches`, the
+    report and :func:`envflow.records.add` (a git note pushed to the remote),
+    and apart from them the ``state.apply test=True saltenv=prod_preview`` run
+    in the ``previewing`` block, as the runner runs it.
+    """
+    # pylint: disable=import-outside-toplevel
+    import salt.config
+    from saltfactories.utils.functional import Loaders
+
+    from envflow import preview, records, saltbus
+    from envflow.config import parse
+    from envflow.remote import Mirror
+    from envflow.served import ServedDir
+
+    size, repeat = int(size), int(repeat)
+    out = os.path.join(root, "out")
+    os.makedirs(out)
+    repo = PreviewRepo(root, size, out)
+
+    def converge():
+        # What prod's last highstate wrote: each preview then shows the one file changed since.
+        for source in repo.sourced:
+            with open(repo.managed(source), "wb") as handle:
+                handle.write(repo.contents[source])
+
+    converge()
+    srv = os.path.join(root, "srv")
+    config = parse(
+        {
+            "repo": repo.path,
+            "environments": [
+                {"name": "stage", "branch": BRANCH, "path": os.path.join(srv, "stage")},
+                {
+                    "name": "prod",
+                    "branch": PROD_BRANCH,
+                    "path": os.path.join(srv, "prod"),
+                    "preview_path": os.path.join(srv, "prod_preview"),
+                },
+            ],
+        }
+    )
+    stage, prod = config.environment("stage"), config.environment("prod")
+    conf = os.path.join(root, "minion")
+    with open(conf, "w", encoding="utf-8") as handle:
+        json.dump(
+            {
+                "id": "web-01",
+                "root_dir": os.path.join(root, "salt"),
+                "file_client": "local",
+                "file_roots": {"prod": [prod.states_dir], "prod_preview": [prod.preview.states_dir]},
+                "pillar_roots": {},
+                "top_file_merging_strategy": "same",
+                "saltenv": "prod",
+                "log_level_logfile": "warning",
+            },
+            handle,
+        )
+    # As salt-call --local sets it: without it every highstate's module refresh fires an event at a minion
+    # daemon's bus that is not there and waits a second for it (salt/state.py State.module_refresh).
+    opts = dict(salt.config.minion_config(conf), local=True)
+    found = {"first": {}, "later": [], "checks": []}
+    with Mirror(repo.path, os.path.join(root, "preview-mirror")) as mirror:
+        mirror.fetch()
+        ServedDir(stage.path).deploy(mirror.objects, mirror.commit(BRANCH))
+        start = time.perf_counter()
+        ServedDir(prod.path).deploy(mirror.objects, mirror.commit(PROD_BRANCH))
+        found["prod_first_deploy"] = (time.perf_counter() - start) * 1000
+        loaders = Loaders(opts)
+        warm = loaders.modules.state.apply(test=True, saltenv="prod")
+        if not isinstance(getattr(warm, "raw", warm), dict):
+            raise RuntimeError(f"the warm-up run in prod failed: {warm}")
+
+        def one_preview(number):
+            timing = {}
+            start = time.perf_counter()
+            with preview.previewing(config, mirror, "prod") as done:
+                timing["deploy"] = (time.perf_counter() - start) * 1000
+                start = time.perf_counter()
+                saltbus.refresh_caches(loaders.opts, prod.preview)
+                timing["refresh"] = (time.perf_counter() - start) * 1000
+                start = time.perf_counter()
+                ran = loaders.modules.state.apply(**done.state_kwargs(loaders.opts["pillar_roots"]))
+                timing["test"] = (time.perf_counter() - start) * 1000
+                if number:
+                    # The same run again with the caches the test run filled: what is left of the test run's
+                    # cost when Salt does not rebuild the preview saltenv's file list and hashes after the refresh.
+                    start = time.perf_counter()
+                    loaders.modules.state.apply(**done.state_kwargs(loaders.opts["pillar_roots"]))
+                    timing["warm"] = (time.perf_counter() - start) * 1000
+                start = time.perf_counter()
+            timing["deploy"] += (time.perf_counter() - start) * 1000  # leaving the block: the lock released
+            start = time.perf_counter()
+            report = preview.report("prod", done.commit, done.saltenv, {"web-01": getattr(ran, "raw", ran)})
+            entry = {
+                "by": "bench",
+                "jid": f"2026010100000{number:07d}",
+                "passed": not preview.failing(report),
+                "minions": {m: {"changes": e["changes"], "failed": e["failed"]} for m, e in report["minions"].items()},
+                "no_answer": report["no_answer"],
+            }
+            records.add(mirror, done.commit, "previewed", "prod", entry)
+            timing["record"] = (time.perf_counter() - start) * 1000
+            timing["overhead"] = timing["deploy"] + timing["refresh"] + timing["record"]
+            shown = report["minions"]["web-01"]
+            found["checks"].append(
+                {
+                    "commit": done.commit,
+                    "stage": repo.tip,
+                    "changed": done.deployed["changed"],
+                    "files": sum(done.deployed["files"].values()),
+                    "changes": shown["changes"],
+                    "failed": shown["failed"],
+                    "names": [state["name"] for state in shown["states"]],
+                    "recorded": len(records.entries(records.read(mirror, done.commit), "previewed", "prod")),
+                }
+            )
+            return timing
+
+        found["first"] = one_preview(0)
+        for number in range(1, repeat + 1):
+            repo.change_one_file()
+            start = time.perf_counter()
+            mirror.fetch()
+            fetch = (time.perf_counter() - start) * 1000
+            ServedDir(stage.path).deploy(mirror.objects, mirror.commit(BRANCH))
+            timing = one_preview(number)
+            timing["fetch"] = fetch
+            timing["expected"] = repo.managed(repo.changed)
+            found["later"].append(timing)
+            converge()
+        loaders.reset_state()
+    print(json.dumps(found))
+
+
+def measure_preview(root, size, repeat):
+    """Run :func:`preview_child` in a child process; check each preview did what it says; return its timings."""
+    root = os.path.join(root, "preview")
+    os.makedirs(root)
+    command = "import sys; from tests.bench_deploy import preview_child; preview_child(*sys.argv[1:])"
+    proc = subprocess.run(
+        [sys.executable, "-c", command, root, str(size), str(repeat)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode:
+        raise RuntimeError(f"preview child failed: {proc.stderr[-3000:]}")
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = [[]] + [[timing["expected"]] for timing in found["later"]]
+    for number, (check, names) in enumerate(zip(found["checks"], expected, strict=True)):
+        # The first preview writes the whole tree, a later one the one file changed; the test run then shows
+        # that file alone (the rest matches what the last highstate wrote), and the record is on the commit.
+        files = size if number == 0 else 1
+        wanted = (check["stage"], True, files, len(names), 0, names, 1)
+        got = tuple(check[key] for key in ("commit", "changed", "files", "changes", "failed", "names", "recorded"))
+        if got != wanted:
+            raise RuntimeError(f"preview {number}: expected {wanted}, got {got}")
     return found
 
 
@@ -658,7 +901,75 @@ def report(all_results, args):
     for size in sizes:
         res = all_results[size]
         out(f"  ({res['files']} files: repository built in {res['built_s']:.2f} s; {res['salt_calls']} salt-call runs)")
+    if args.preview:
+        report_preview(all_results, out)
     print("\n".join(lines))
+
+
+def report_preview(all_results, out):
+    """The preview section: the overhead of a preview against its own test run, and its aims."""
+    out("")
+    out("preview of prod (package level, in a child importing this checkout; a repository of that many files whose")
+    out(
+        f"  top file maps prod and prod_preview (prod_preview: *prod) to {MANAGED} file.managed states sourcing salt://"
+    )
+    out("  files of the tree, the other files data; config stage -> prod with preview_path)")
+    out("  test run = state.apply test=True saltenv=prod_preview in process on a masterless minion (salt-factories")
+    out("    Loaders, file_client local, local: True), in the previewing block as the runner runs it;")
+    out("  overhead = previewing() (plan + deploy into the preview directory under its lock) + refresh_caches")
+    out("    + the report and records.add (a previewed note pushed to the remote);")
+    out("  fetch = the mirror's fetch that every runner call starts with, shown apart, not in the overhead;")
+    out("  later preview: a one-line change to one sourced file, committed and deployed in stage first (untimed),")
+    out("    so the test run shows that one file changing; the first preview writes the whole tree")
+    out("  the file list and hashes the refresh clears are rebuilt by Salt inside the test run (see below)")
+    out(
+        f"{'files':>6}  {'scenario':<32} {'plan+deploy':>12} {'refresh':>8} {'record':>7} {'overhead':>9} "
+        f"{'(min-max)':>10} {'test run':>9} {'(min-max)':>12} {'overhead/test':>14} {'fetch':>6}"
+    )
+    for res in all_results.values():
+        found = res["preview"]
+        later = found["later"]
+        rows = [("first preview", [found["first"]]), (f"later preview (median of {len(later)})", later)]
+        for label, timings in rows:
+            parts = {key: [timing[key] for timing in timings] for key in ("deploy", "refresh", "record", "overhead")}
+            tests = [timing["test"] for timing in timings]
+            fetch = _ms(_median([timing["fetch"] for timing in timings])) if "fetch" in timings[0] else "-"
+            out(
+                f"{res['files']:>6}  {label:<32} {_ms(_median(parts['deploy'])):>12} "
+                f"{_ms(_median(parts['refresh'])):>8} {_ms(_median(parts['record'])):>7} "
+                f"{_ms(_median(parts['overhead'])):>9} {_spread(parts['overhead']):>10} {_ms(_median(tests)):>9} "
+                f"{_spread(tests):>12} {_median(parts['overhead']) / _median(tests):>13.1%} {fetch:>6}"
+            )
+        out(f"{'':>6}  (prod's own first deploy of the same tree, untimed setup: {_ms(found['prod_first_deploy'])} ms)")
+    out("")
+    out("preview aims (PASS or MISS; ratios of medians within this run)")
+    met = missed = 0
+    for res in all_results.values():
+        found = res["preview"]
+        later = found["later"]
+        ratio = _median([t["overhead"] for t in later]) / _median([t["test"] for t in later])
+        ok = ratio <= AIM_PREVIEW_OVERHEAD
+        met, missed = met + ok, missed + (not ok)
+        out(
+            f"  {res['files']} files, later preview (one file changed): overhead/test run = {ratio:.1%} "
+            f"(aim <= {AIM_PREVIEW_OVERHEAD:.0%}): {'PASS' if ok else 'MISS'}"
+        )
+    for res in all_results.values():
+        later = res["preview"]["later"]
+        test, warm = _median([t["test"] for t in later]), _median([t["warm"] for t in later])
+        rebuilt = _median([t["overhead"] + t["test"] - t["warm"] for t in later])
+        out(
+            f"  ({res['files']} files, later preview: the same test run again, caches warm: {_ms(warm)} ms against "
+            f"{_ms(test)}; counting the difference (Salt rebuilding the preview saltenv's file list and hashes after "
+            f"the refresh) as overhead too: {rebuilt / warm:.1%} of the warm run; not an aim)"
+        )
+    for res in all_results.values():
+        first = res["preview"]["first"]
+        out(
+            f"  {res['files']} files, first preview: overhead/test run = {first['overhead'] / first['test']:.1%} "
+            "(no aim: it writes the whole tree once per preview directory, like a first deploy, whose aim is above)"
+        )
+    out(f"  {met} preview aims met, {missed} missed")
 
 
 def _salt_version():
@@ -689,6 +1000,9 @@ def main(argv=None):
         help="the salt-call to run (default: the one beside this Python)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print its path")
+    parser.add_argument(
+        "--no-preview", dest="preview", action="store_false", help="leave out the preview's overhead section"
+    )
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
     if not sizes or min(sizes) < 2 or args.repeat < 1:

@@ -247,8 +247,12 @@ PIPELINES = REPO_ROOT / "docs" / "pipelines"
 
 
 def _release_files(out_dir):
-    """A repository whose top file maps minions to environments by their ``env`` grain."""
-    top = "".join(f"{env}:\n  'G@env:{env}':\n    - match: compound\n    - web\n" for env in ("test", "stage", "prod"))
+    """A repository whose top file maps minions to environments by their ``env`` grain.
+
+    The ``prod_preview`` section is prod's (a YAML alias), for previews of prod.
+    """
+    top = "".join(f"{env}:\n  'G@env:{env}':\n    - match: compound\n    - web\n" for env in ("test", "stage"))
+    top += "prod: &prod\n  'G@env:prod':\n    - match: compound\n    - web\nprod_preview: *prod\n"
     web = (
         "envflow-motd:\n"
         "  file.managed:\n"
@@ -286,8 +290,12 @@ class ReleaseSite:
 
 
 @contextlib.contextmanager
-def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False):
-    """Start a master with the shipped orchestrate files (and, if asked, the shipped reactor) and two minions."""
+def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False, preview=False):
+    """Start a master with the shipped orchestrate files (and, if asked, the shipped reactor) and two minions.
+
+    With ``preview``, prod has a preview directory, served as ``prod_preview``,
+    and each minion names its saltenv, so that no highstate reads the preview's top file.
+    """
     master_id = random_string("m-", uppercase=False)
     work = tmp_path_factory.mktemp("release")
     out_dir = work / "out"
@@ -308,6 +316,10 @@ def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False):
         "envflow": envflow,
         "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME,
     }
+    if preview:
+        preview_path = str(state_tree / "prod_preview")
+        envflow["environments"][2]["preview_path"] = preview_path
+        file_roots["prod_preview"] = [preview_path]
     if reactor:
         # The shipped reactor config, with the reactor SLS where this test copied it.
         shutil.copytree(PIPELINES / "reactor", work / "reactor")
@@ -326,7 +338,8 @@ def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False):
     minions = {
         env: fits_unix_sockets(
             master.salt_minion_daemon(
-                random_string(f"{env}-", uppercase=False), overrides={**LOG_FILE_LEVEL, "grains": {"env": env}}
+                random_string(f"{env}-", uppercase=False),
+                overrides={**LOG_FILE_LEVEL, "grains": {"env": env}, **({"saltenv": env} if preview else {})},
             )
         )
         for env in ("stage", "prod")

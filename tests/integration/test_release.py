@@ -1,7 +1,10 @@
 """The shipped release orchestration (docs/pipelines/orch/release.sls) on a master with a stage and a prod minion.
 
 prod has the ``verified`` gate: the pipeline itself opens it, by verifying stage with its highstate job.
+prod has a preview directory too, so the pipeline previews prod before promoting it.
 """
+
+import json
 
 import pytest
 
@@ -11,7 +14,7 @@ from tests.integration.conftest import MOTD, fresh_motd, ok, release_site
 
 @pytest.fixture(scope="module")
 def site(salt_factories, tmp_path_factory):
-    with release_site(salt_factories, tmp_path_factory, gates={"verified": True}) as started:
+    with release_site(salt_factories, tmp_path_factory, gates={"verified": True}, preview=True) as started:
         yield started
 
 
@@ -36,8 +39,43 @@ def test_the_release_pipeline_brings_the_tested_commit_to_prod(site):
     assert site.written("stage") == content  # the pipeline's highstate of stage's minions
     prod = site.minions["prod"]
     assert ok(site.salt_cli.run("cp.get_file_str", f"salt://{MOTD}", "saltenv=prod", minion_tgt=prod.id)) == content
-    note = gitrepo.git("notes", "--ref=envflow", "show", tested, cwd=site.remote.path)
-    assert '"verified"' in note and '"stage"' in note
+    note = json.loads(gitrepo.git("notes", "--ref=envflow", "show", tested, cwd=site.remote.path))
+    assert [entry["by"] for entry in note["verified"]["stage"]] == ["root"]
+    # The pipeline previewed prod before promoting it: prod's minion answered, and nothing failed.
+    (previewed,) = note["previewed"]["prod"]
+    assert previewed["passed"] is True and previewed["no_answer"] == []
+    assert previewed["minions"] == {prod.id: {"changes": 1, "failed": 0}}
+    assert "preview_prod" in ret.stdout, ret.stdout
+
+
+def test_a_state_failing_on_prod_in_the_preview_stops_the_release(site):
+    prod_before = site.remote.tip("master"), site.deployed("prod"), site.served_file("prod", MOTD)
+    prod_written = site.written("prod")
+    # Fine on stage's minion, failing on prod's: its source exists only for stage.
+    web = (
+        f"envflow-motd:\n  file.managed:\n    - name: {site.out_dir}/{{{{ grains['id'] }}}}.txt\n"
+        "    - source: salt://web/{{ 'motd.txt' if grains['env'] == 'stage' else 'missing.txt' }}\n"
+        "    - makedirs: True\n"
+    )
+    content = fresh_motd("prod-only failure")
+    candidate = site.remote.commit("develop", {"web/init.sls": web, MOTD: content}, "fails on prod only")
+    ok(site.run("envflow.refresh", "test"))
+    ret = _release(site)
+    assert ret.returncode != 0, ret
+    # stage was promoted, applied and verified; the preview of prod failed; prod was not promoted.
+    assert site.remote.tip("stage") == candidate and site.written("stage") == content
+    assert (site.remote.tip("master"), site.deployed("prod"), site.served_file("prod", MOTD)) == prod_before
+    assert site.written("prod") == prod_written
+    output = ret.stdout + ret.stderr
+    assert "preview_prod" in output and "missing.txt" in output, output
+    note = json.loads(gitrepo.git("notes", "--ref=envflow", "show", candidate, cwd=site.remote.path))
+    (previewed,) = note["previewed"]["prod"]
+    assert previewed["passed"] is False
+    assert previewed["minions"] == {site.minions["prod"].id: {"changes": 0, "failed": 1}}
+    # Repair develop for whatever runs next.
+    site.remote.commit(
+        "develop", {"web/init.sls": gitrepo.git("show", f"{prod_before[0]}:web/init.sls", cwd=site.remote.path) + "\n"}
+    )
 
 
 def test_a_failing_state_on_stage_stops_the_release(site):

@@ -125,14 +125,13 @@ def test_a_verified_gate_needs_the_upstream_target():
     ]
 
 
-# Previews of stage and prod, served as saltenvs stage_preview and prod_preview; env_order keeps them out of the
-# highstate of a minion that sets no saltenv.
+# Previews of stage and prod, served as saltenvs stage_preview and prod_preview; no env_order (it would either hide
+# them from their own test runs or show their top files to highstates that name no saltenv).
 PREVIEW_BLOCK = copy.deepcopy(BLOCK)
 PREVIEW_BLOCK["environments"][1]["preview_path"] = "/srv/salt/stage_preview"
 PREVIEW_BLOCK["environments"][2]["preview_path"] = "/srv/salt/prod_preview"
 PREVIEW_GOOD = {
     **GOOD,
-    "env_order": ["test", "stage", "prod"],
     "file_roots": {
         **GOOD["file_roots"],
         **{f"{env}_preview": [f"/srv/salt/{env}_preview/salt"] for env in ("stage", "prod")},
@@ -239,35 +238,57 @@ def test_links_in_a_preview_directory_are_envflows_to_refuse():
 
 
 @pytest.mark.parametrize(
-    "changes, line",
+    "changes, lines",
     [
         (
-            {"env_order": []},
-            "env_order: not set, so a minion that sets no saltenv reads the top file of every saltenv in a highstate, "
-            "preview saltenvs (stage_preview, prod_preview) included, and applies for real the candidates salt-run "
-            "envflow.preview deploys there; set env_order: [test, stage, prod] on the master (minions take the "
-            "master's)",
+            {"env_order": ["base", "test", "stage", "prod"]},
+            [
+                f"env_order: leaves out {env}_preview, so salt-run envflow.preview {env} finds no states in it (Salt "
+                "serves a state run only the saltenvs env_order lists); remove env_order and have every minion set "
+                "its saltenv"
+                for env in ("stage", "prod")
+            ],
         ),
         (
             {"env_order": ["base", "test", "stage", "prod", "prod_preview"]},
-            "env_order: lists preview saltenvs (prod_preview), so a minion that sets no saltenv reads their top files "
-            "in a highstate and applies for real the candidates salt-run envflow.preview deploys there; set "
-            "env_order: [base, test, stage, prod] on the master (minions take the master's)",
+            [
+                "env_order: leaves out stage_preview, so salt-run envflow.preview stage finds no states in it (Salt "
+                "serves a state run only the saltenvs env_order lists); remove env_order and have every minion set "
+                "its saltenv",
+                "env_order: lists prod_preview, so a minion that sets no saltenv reads its top file in a highstate and "
+                "applies for real the candidate salt-run envflow.preview prod deploys there; remove env_order and "
+                "have every minion set its saltenv",
+            ],
         ),
         (
-            {"env_order": [], "state_top_saltenv": "stage_preview"},
-            "state_top_saltenv: stage_preview makes a minion that sets no saltenv read that top file alone in a "
-            "highstate, and so apply for real the candidate salt-run envflow.preview stage deploys there; set "
-            "state_top_saltenv to an environment, or remove it",
+            {"state_top_saltenv": "stage_preview"},
+            [
+                "state_top_saltenv: stage_preview makes a minion that sets no saltenv read that top file alone in a "
+                "highstate, and so apply for real the candidate salt-run envflow.preview stage deploys there; remove "
+                "state_top_saltenv and have every minion set its saltenv"
+            ],
         ),
     ],
 )
-def test_a_highstate_without_saltenv_that_reads_a_preview_top_file(changes, line):
-    assert problems(parse(PREVIEW_BLOCK), preview_opts(**changes)) == [line]
+def test_master_settings_that_break_previews_or_apply_them_for_real(changes, lines):
+    assert problems(parse(PREVIEW_BLOCK), preview_opts(**changes)) == lines
 
 
-def test_a_highstate_without_saltenv_is_kept_out_of_previews_by_state_top_saltenv_or_env_order():
-    assert problems(parse(PREVIEW_BLOCK), preview_opts(env_order=[], state_top_saltenv="prod")) == []
-    assert problems(parse(PREVIEW_BLOCK), preview_opts(env_order=["prod"])) == []
+def test_previews_need_neither_env_order_nor_state_top_saltenv():
+    assert problems(parse(PREVIEW_BLOCK), preview_opts()) == []
+    assert problems(parse(PREVIEW_BLOCK), preview_opts(state_top_saltenv="prod")) == []
+    # state_top_saltenv keeps highstates that name no saltenv to its own top file, whatever env_order lists.
+    listed = ["base", "test", "stage", "prod", "stage_preview", "prod_preview"]
+    assert problems(parse(PREVIEW_BLOCK), preview_opts(env_order=listed, state_top_saltenv="prod")) == []
     # Without previews there is nothing to keep out.
     assert problems(parse(BLOCK), opts(env_order=[])) == []
+
+
+def test_a_preview_needs_the_environments_target():
+    block = copy.deepcopy(PREVIEW_BLOCK)
+    del block["environments"][2]["target"]
+    assert problems(parse(block), preview_opts()) == [
+        "envflow:environments:2:target: not set, but prod has a preview_path: salt-run envflow.preview prod "
+        "(without tgt=) and the release pipeline's preview need prod's minions; add a compound target such as "
+        "G@env:prod"
+    ]

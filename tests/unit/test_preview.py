@@ -9,7 +9,7 @@ from envflow import history, preview
 from envflow.config import parse
 from envflow.errors import Busy, Diverged, Drift, EnvflowError, RevisionError
 from envflow.served import ServedDir
-from tests.gitrepo import config, tree_files
+from tests.gitrepo import Symlink, config, tree_files
 
 
 def deploy(mirror, env, rev=None):
@@ -304,3 +304,19 @@ def test_only_loader_files_of_the_synced_directories_that_changed_count(remote, 
     removed = remote.commit("develop", {"salt/_modules/kept.py": None})
     mirror.fetch()
     assert "salt/_modules/kept.py" in preview.synced_changes(mirror, stage, removed)
+
+
+def test_symlinks_leading_out_are_never_served_by_a_preview_first_or_later(deployed, mirror, remote):
+    config = deployed
+    outward = {"leak": Symlink("/etc/passwd"), "web/up": Symlink("../../outside"), "web/main.sls": Symlink("init.sls")}
+    preview_dir = config.environment("prod").preview_path
+    # The first preview builds one slot, the second the other, the third updates the first in place.
+    for round_ in range(3):
+        remote.commit("stage", {**outward, "web/init.sls": f"# web round {round_}\n"}, message=f"round {round_}")
+        deploy(mirror, config.environment("stage"))
+        done = preview.deploy(config, mirror, "prod")
+        assert done.deployed["changed"] is True
+        assert sorted(link["path"] for link in done.deployed["refused_links"]) == ["leak", "web/up"]
+        files = tree_files(preview_dir)
+        assert "leak" not in files and "web/up" not in files
+        assert files["web/main.sls"] == Symlink("init.sls") and files["web/init.sls"] == f"# web round {round_}\n"

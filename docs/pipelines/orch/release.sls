@@ -1,13 +1,22 @@
-{#- The full release: promote stage, apply stage's states, verify stage with that job, promote prod.
+{#- The full release: promote stage, apply stage's states, verify stage with that job,
+    preview prod (when prod has a preview_path), promote prod.
 
     Copy this file to orch/release.sls in your base file_roots and run:
         salt-run state.orchestrate orch.release
-    Every step requires the one before it: a failed highstate on a stage minion
-    stops the release, and prod's branch and directory stay as they are.
-    Minions are those of each environment's `target` in the envflow configuration. -#}
+        salt-run state.orchestrate orch.release pillar='{"preview": false}'   # without the preview
+    Every step requires the one before it: a failed highstate on a stage minion,
+    or a state the preview shows failing on a prod minion (or a prod minion that
+    does not answer), stops the release, and prod's branch and directory stay as
+    they are. Minions are those of each environment's `target` in the envflow
+    configuration. -#}
 {%- set environments = salt['config.get']('envflow:environments', []) %}
 {%- set targets = {} %}
-{%- for env in environments %}{% do targets.update({env['name']: env.get('target')}) %}{% endfor %}
+{%- set previews = {} %}
+{%- for env in environments %}
+{%- do targets.update({env['name']: env.get('target')}) %}
+{%- do previews.update({env['name']: env.get('preview_path') is not none}) %}
+{%- endfor %}
+{%- set preview = salt['pillar.get']('preview', previews.get('prod', False)) %}
 {%- if not targets.get('stage') %}
 
 stage_needs_a_target:
@@ -36,9 +45,22 @@ verify_stage:
     - require:
       - salt: highstate_stage
 
+{%- if preview %}
+
+preview_prod:
+  salt.runner:
+    - name: envflow.preview
+    - env: prod
+    - require:
+      - salt: verify_stage
+{%- endif %}
+
 promote_prod:
   envflow.promoted:
     - name: prod
     - require:
       - salt: verify_stage
+{%- if preview %}
+      - salt: preview_prod
+{%- endif %}
 {%- endif %}
