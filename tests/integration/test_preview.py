@@ -159,6 +159,8 @@ def site(salt_factories, tmp_path_factory):
     master_id = random_string("m-", uppercase=False)
     work = tmp_path_factory.mktemp("preview")
     out_dir = work / "out"
+    # Made here: Salt 3006's makedirs of two minions' highstates at once races on a missing parent ([Errno 17]).
+    out_dir.mkdir()
     remote = gitrepo.Remote(work / "git", files=_files(out_dir))
     master_root = pathlib.Path(salt_factories.root_dir) / master_id
     envflow = gitrepo.config(remote.path, master_root / "envs")
