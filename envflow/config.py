@@ -237,6 +237,11 @@ def _environment(raw, index, shared):
             f"{key}:gates:previewed",
             f"{name} has no preview directory to preview in; add preview_path: {example} to {key}",
         )
+    if gates.previewed and target is None:
+        _fail(
+            f"{key}:gates:previewed",
+            f"{name} has no target, the minions its previews must run on; add target: G@env:{name} to {key}",
+        )
     return Environment(
         name=name,
         branch=_branch(raw["branch"], f"{key}:branch"),

@@ -145,7 +145,11 @@ def blocking_gates(promotion, mirror, now=None):
                 f"{_people(gates.approvals - len(people))} must run salt-run envflow.approve {env.name}"
             )
     if gates.previewed:
-        blocked.extend(_unpreviewed(records.entries(found, "previewed", env.name), env.name, commit))
+        # A preview of some of the minions (tgt=) does not open the gate: only those of the environment's target.
+        previews = [
+            entry for entry in records.entries(found, "previewed", env.name) if entry.get("target") == env.target
+        ]
+        blocked.extend(_unpreviewed(previews, env.name, commit))
     return blocked
 
 

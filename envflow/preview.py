@@ -412,6 +412,7 @@ def run(config, mirror, name, master_opts, by, rev=None, target=None, force=Fals
     entry = {
         "by": by,
         "jid": jid,
+        "target": target,
         "passed": found["passed"],
         "outcome": found["outcome"],
         "minions": {

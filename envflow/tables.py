@@ -9,6 +9,7 @@ terminal.
 """
 
 import datetime
+import re
 
 from envflow.text import short, span
 
@@ -173,6 +174,8 @@ def diff_text(report):
     return "\n".join(lines)
 
 
+# What Salt's file states add to every comment in test mode; the text leaves it out (--out=json keeps it).
+_TEST_NOTE = re.compile(r"\s*Note: No changes made, actual changes may\s+be different due to other states\.")
 PREVIEW_STATES = 20  # states shown per minion; --out=json has them all (up to the report's own cap)
 COMMENT_SHOWN = 2  # lines of a state's comment shown
 DIFF_SHOWN = 12  # lines of a state's diff (or changes) shown
@@ -184,7 +187,7 @@ def _preview_state(state):
     name = state.get("name")
     named = f" ({cell(name, SUMMARY_WIDTH * 2)})" if name and name != state.get("id") else ""
     lines = [f"  {what}: {cell(state.get('function'))} {cell(state.get('id'))}{named}"]
-    comment = [line for line in str(state.get("comment") or "").splitlines() if line.strip()]
+    comment = [line for line in _TEST_NOTE.sub("", str(state.get("comment") or "")).splitlines() if line.strip()]
     lines.extend(f"      {cell(line, 200)}" for line in comment[:COMMENT_SHOWN])
     changes = state.get("changes") or {}
     diff = changes.get("diff") if isinstance(changes, dict) else None

@@ -1,7 +1,7 @@
 """The shipped release orchestration (docs/pipelines/orch/release.sls) on a master with a stage and a prod minion.
 
-prod has the ``verified`` gate: the pipeline itself opens it, by verifying stage with its highstate job.
-prod has a preview directory too, so the pipeline previews prod before promoting it.
+prod has the ``verified`` and ``previewed`` gates: the pipeline itself opens them, by verifying stage with its
+highstate job and by previewing prod (it has a preview directory) before promoting it.
 """
 
 import json
@@ -14,7 +14,8 @@ from tests.integration.conftest import MOTD, fresh_motd, ok, release_site
 
 @pytest.fixture(scope="module")
 def site(salt_factories, tmp_path_factory):
-    with release_site(salt_factories, tmp_path_factory, gates={"verified": True}, preview=True) as started:
+    gates = {"verified": True, "previewed": True}
+    with release_site(salt_factories, tmp_path_factory, gates=gates, preview=True) as started:
         yield started
 
 

@@ -171,7 +171,7 @@ def test_an_empty_target_is_refused():
     )
 
 
-def test_the_previewed_gate_needs_a_preview_directory():
+def test_the_previewed_gate_needs_a_preview_directory_and_a_target():
     with pytest.raises(ConfigError) as error:
         parse(changed(env2_gates={"previewed": True}))
     prod = VALID["environments"][2]["path"]
@@ -181,6 +181,13 @@ def test_the_previewed_gate_needs_a_preview_directory():
     )
     raw = copy.deepcopy(VALID)
     raw["environments"][2].update(gates={"previewed": True}, preview_path=prod + "_preview")
+    with pytest.raises(ConfigError) as error:
+        parse(raw)
+    assert str(error.value) == (
+        "envflow:environments:2:gates:previewed: prod has no target, the minions its previews must run on; add "
+        "target: G@env:prod to envflow:environments:2"
+    )
+    raw["environments"][2]["target"] = "G@env:prod"
     gates = parse(raw).environment("prod").gates
     assert gates.previewed and gates and not gates.verified
 

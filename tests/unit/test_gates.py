@@ -135,7 +135,9 @@ def test_a_note_written_by_hand_counts_as_no_record(gated, mirror, remote):
 
 def test_the_previewed_gate_opens_only_on_a_passing_preview_of_the_very_commit(remote, mirror, tmp_path):
     raw = config(remote.path, tmp_path / "srv")
-    raw["environments"][2].update(gates={"previewed": True}, preview_path=str(tmp_path / "srv" / "prod_preview"))
+    raw["environments"][2].update(
+        gates={"previewed": True}, preview_path=str(tmp_path / "srv" / "prod_preview"), target="G@env:prod"
+    )
     cfg = parse(raw)
     old = remote.commit("develop", {"web/init.sls": "# web v2\n"})
     remote.set_branch("stage", old)
@@ -148,10 +150,19 @@ def test_the_previewed_gate_opens_only_on_a_passing_preview_of_the_very_commit(r
         f"previewed: {short} was not previewed in prod; run salt-run envflow.preview prod"
     ]
     # A passing preview in another environment, or of another commit, does not count.
-    records.add(mirror, promotion.new, "previewed", "stage", {"by": "alice", "jid": "1", "passed": True})
-    records.add(mirror, remote.tip("master"), "previewed", "prod", {"by": "alice", "jid": "2", "passed": True})
+    full = {"target": "G@env:prod", "passed": True}
+    records.add(mirror, promotion.new, "previewed", "stage", {**full, "by": "alice", "jid": "1"})
+    records.add(mirror, remote.tip("master"), "previewed", "prod", {**full, "by": "alice", "jid": "2"})
+    # Nor does a passing preview of some of prod's minions only (tgt=).
+    records.add(mirror, promotion.new, "previewed", "prod", {**full, "by": "carol", "jid": "3", "target": "web-01"})
     assert pipeline.blocking_gates(promotion, mirror)[0].startswith(f"previewed: {short} was not previewed in prod")
-    failed = {"by": "alice", "jid": "20261202070000000000", "passed": False, "outcome": "got no answer from db-01"}
+    failed = {
+        "by": "alice",
+        "jid": "20261202070000000000",
+        "target": "G@env:prod",
+        "passed": False,
+        "outcome": "got no answer from db-01",
+    }
     records.add(mirror, promotion.new, "previewed", "prod", failed)
     (blocked,) = pipeline.blocking_gates(promotion, mirror)
     assert re.fullmatch(
@@ -159,7 +170,7 @@ def test_the_previewed_gate_opens_only_on_a_passing_preview_of_the_very_commit(r
         r"from db-01; fix it and run salt-run envflow.preview prod again",
         blocked,
     )
-    records.add(mirror, promotion.new, "previewed", "prod", {"by": "bob", "jid": "3", "passed": True})
+    records.add(mirror, promotion.new, "previewed", "prod", {**full, "by": "bob", "jid": "5"})
     assert pipeline.blocking_gates(promotion, mirror) == []
     # The newest preview decides: a failing one after a passing one closes the gate again.
     records.add(mirror, promotion.new, "previewed", "prod", {**failed, "jid": "4"})
