@@ -65,10 +65,10 @@ def _web_sls(out_dir, extra=""):
     )
 
 
-def _files(out_dir, motd="motd v1\n", schema="create table users (id int);\n", web_extra=""):
+def _files(out_dir, motd="motd v1\n", schema="create table users (id int);\n", web_extra="", greeting="hello", top=TOP):
     """The repository: a web role (a file and a file from pillar), a db role (a file), the top files."""
     return {
-        "salt/top.sls": TOP,
+        "salt/top.sls": top,
         "salt/web/init.sls": _web_sls(out_dir, web_extra),
         "salt/web/motd.txt": motd,
         "salt/db/init.sls": (
@@ -79,7 +79,8 @@ def _files(out_dir, motd="motd v1\n", schema="create table users (id int);\n", w
         ),
         "salt/db/schema.sql": schema,
         "pillar/top.sls": PILLAR_TOP,
-        "pillar/app.sls": "app:\n  greeting: hello\n",
+        "pillar/app.sls": f"app:\n  greeting: {greeting}\n",
+        "salt/backup/init.sls": "backup-job:\n  test.succeed_with_changes: []\n",
     }
 
 
@@ -105,6 +106,7 @@ class PreviewSite:
         self.out_dir, self.mirror = out_dir, mirror
         self.prod = envflow["environments"][2]
         self.run_cli = master.salt_run_cli(timeout=CLI_TIMEOUT)
+        self.salt_cli = master.salt_cli(timeout=CLI_TIMEOUT)
 
     def run(self, *args, **kwargs):
         return self.run_cli.run(*args, **kwargs)
@@ -297,3 +299,25 @@ def test_a_minion_that_is_down_is_reported_as_not_answering(site):
     assert found["minions"] == {ids["db"]: {"changes": 0, "failed": 0, "states": []}}
     newest = site.previewed(candidate)[-1]
     assert (newest["jid"], newest["passed"], newest["no_answer"]) == (found["jid"], False, [ids["web"]])
+
+
+def test_the_minions_see_the_candidates_pillar_and_top_file(site):
+    ids = site.ids()
+    # The candidate's pillar changes the web role's greeting; its top file gives the db role a new state.
+    top = TOP.replace("    - db\n", "    - db\n    - backup\n")
+    candidate = site.candidate("pillar: a new greeting; top: backups on db", greeting="good morning", top=top)
+    before = site.snapshot()
+
+    found = ok(site.run("envflow.preview", "prod"))
+
+    assert (found["commit"], found["pillarenv"], found["passed"]) == (candidate, "prod_preview", True)
+    (greeting,) = found["minions"][ids["web"]]["states"]
+    assert (greeting["id"], greeting["function"]) == ("greeting", "file.managed")
+    assert "-hello\n+good morning" in greeting["changes"]["diff"], greeting
+    (backup,) = found["minions"][ids["db"]]["states"]
+    assert (backup["id"], backup["function"], backup["sls"]) == ("backup-job", "test.succeed_with_changes", "backup")
+    # prod's minions still get prod's pillar and top file: a real test run in prod shows nothing to change.
+    for minion in site.minions.values():
+        applied = ok(site.salt_cli.run("state.apply", "test=True", minion_tgt=minion.id))
+        assert all(state["result"] is True and not state["changes"] for state in applied.values()), applied
+    assert site.snapshot() == before
