@@ -20,6 +20,7 @@ import concurrent.futures
 import os
 import pathlib
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -212,10 +213,11 @@ def _one_line(error):
     return error
 
 
-def test_a_change_to_one_role_shows_on_its_minion_alone(site):
+def test_a_change_to_one_role_shows_on_its_minion_alone(site, event_listener):
     ids = site.ids()
     candidate = site.candidate("db: a name column", schema="create table users (id int, name text);\n")
     before = site.snapshot()
+    since = time.time()
 
     found = ok(site.run("envflow.preview", "prod"))
 
@@ -240,6 +242,21 @@ def test_a_change_to_one_role_shows_on_its_minion_alone(site):
     newest = site.previewed(candidate)[-1]
     assert (newest["jid"], newest["passed"], newest["no_answer"]) == (found["jid"], True, [])
     assert newest["minions"] == {ids["db"]: {"changes": 1, "failed": 0}, ids["web"]: {"changes": 0, "failed": 0}}
+    matched = event_listener.wait_for_events(
+        [(site.master.id, "salt/envflow/prod/previewed")], after_time=since, timeout=CLI_TIMEOUT
+    )
+    assert matched.found_all_events, matched.missed
+    (event,) = list(matched)
+    assert {key: value for key, value in event.data.items() if key != "_stamp"} == {
+        "env": "prod",
+        "commit": candidate,
+        "jid": found["jid"],
+        "passed": True,
+        "outcome": "passed: 1 state to change on 1 of 2 minions",
+        "no_answer": [],
+        "minions": newest["minions"],
+        "by": newest["by"],
+    }
 
     # What a person sees: salt-run without --out, the same candidate previewed again.
     shown = site.salt_run("envflow.preview", "prod")
