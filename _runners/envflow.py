@@ -218,8 +218,10 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
         Why ``force`` overrides a freeze.
 
     dry_run : False
-        Report, per environment, the commit served, the branch tip a refresh
-        would serve and the hand edits that would block it; change nothing.
+        Report, per environment, the commit served, the commit a refresh
+        would serve (the branch tip, or the pin with ``pinned`` and
+        ``comment``), the hand edits that would block it and, for a frozen
+        environment it would change, why it would be ``refused``; change nothing.
 
     CLI Example:
 
@@ -245,6 +247,8 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
                     "old": plan["old"]["id"] if plan["old"] else None,
                     "new": plan["new"]["id"],
                     "drift": plan["drift"],
+                    # A pin it would keep serving, or the freeze that would refuse it, and why.
+                    **{key: plan[key] for key in ("pinned", "comment", "refused") if key in plan},
                 }
             else:
                 report[environment.name] = _deploy(environment.name, force=force, reason=reason, by=_user())

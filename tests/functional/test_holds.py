@@ -112,7 +112,8 @@ def test_a_rollback_serves_v1_pinned_until_unpinned(runners, envflow_block, remo
     )
     assert "retcode" not in runners.context
     dry_refresh = runners["envflow.refresh"]("prod", dry_run=True)
-    assert dry_refresh == {"dry_run": True, "environments": {"prod": {"old": v1, "new": v1, "drift": dry["drift"]}}}
+    planned = {"old": v1, "new": v1, "drift": dry["drift"], "pinned": refreshed["pinned"]}
+    assert dry_refresh == {"dry_run": True, "environments": {"prod": {**planned, "comment": refreshed["comment"]}}}
 
     # Rolling back to the commit pinned already does nothing, and says so.
     refs = remote.refs()
@@ -253,6 +254,10 @@ def test_a_freeze_refuses_promotions_and_refreshes_until_thawed(runners, envflow
             }
         },
     }
+    assert (remote.refs(), everything(envflow_block)) == before
+    # A dry run says why it would be refused, and changes nothing either.
+    dry = runners["envflow.refresh"]("stage", dry_run=True)["environments"]["stage"]
+    assert (dry["new"], dry["refused"]) == (v3, refused["environments"]["stage"]["error"])
     assert (remote.refs(), everything(envflow_block)) == before
     remote.set_branch("stage", v2)
     runners.context.clear()
