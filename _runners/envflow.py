@@ -180,8 +180,8 @@ def check():
     settings let each environment's minions get their own environment's
     pillar, and that each preview saltenv (``<env>_preview``) serves its
     preview directory and is kept out of highstates that name no saltenv
-    (``env_order``, ``state_top_saltenv``). Any problem returns ``retcode:
-    1``; ``envflow.status`` shows the same lines under ``warnings``.
+    (``env_order``, ``state_top_saltenv``). Any problem returns
+    ``retcode: 1``; ``envflow.status`` shows the same lines under ``warnings``.
 
     CLI Example:
 
