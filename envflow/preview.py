@@ -370,7 +370,8 @@ def run(config, mirror, name, master_opts, by, rev=None, target=None, force=Fals
     with :meth:`Preview.state_kwargs` on ``target`` (the environment's
     ``target`` by default) through the master whose options are
     ``master_opts`` (``waits``: ``timeout`` and ``gather_job_timeout`` for
-    :func:`envflow.saltbus.run_on_minions`), and records the result on the
+    :func:`envflow.saltbus.run_on_minions`; the master's cached pillars of
+    the minions are put back afterwards), and records the result on the
     commit for the ``previewed`` gate, as ``by``. The report adds
     ``upstream``, ``saltenv``, ``pillarenv``, ``target``, ``jid``,
     ``passed``, ``outcome``, ``refused_links`` (symlinks leading out of the
@@ -390,13 +391,14 @@ def run(config, mirror, name, master_opts, by, rev=None, target=None, force=Fals
     with previewing(config, mirror, name, rev=rev, force=force, autoload=autoload) as preview:
         saltbus.refresh_caches(master_opts, config.environment(name).preview)
         kwargs = preview.state_kwargs(master_opts.get("pillar_roots"))
-        jid, published, answers = saltbus.run_on_minions(
-            master_opts,
-            target,
-            "state.apply",
-            {key: value for key, value in kwargs.items() if value is not None},
-            **(waits or {}),
-        )
+        with saltbus.cached_pillars_kept(master_opts, expected):
+            jid, published, answers = saltbus.run_on_minions(
+                master_opts,
+                target,
+                "state.apply",
+                {key: value for key, value in kwargs.items() if value is not None},
+                **(waits or {}),
+            )
     found = report(name, preview.commit, preview.saltenv, answers, expected=sorted({*expected, *published}))
     found.update(
         upstream=preview.upstream,

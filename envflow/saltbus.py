@@ -250,3 +250,32 @@ def run_on_minions(master_opts, target, function, kwargs, timeout=None, gather_j
     if jid is None:
         raise ConfigError(f"envflow: the salt-master took no job for {target}; see the master's log")
     return jid, published, answers
+
+
+@contextlib.contextmanager
+def cached_pillars_kept(master_opts, minions):
+    """Put the master's cached data of ``minions`` back as it was before the block.
+
+    Salt 3006 (``minion_data_cache``) stores the pillar a minion last
+    compiled as that minion's, whatever pillarenv it was compiled for
+    (``minions/<id>``, key ``data``): a preview's run, compiled from the
+    candidate's pillar, would leave it there for pillar targeting and
+    ``cache.pillar`` until the minion's next refresh. Salt 3008 stores no
+    pillar there, and nothing is kept back then.
+    """
+    if not master_opts.get("minion_data_cache", True):
+        yield
+        return
+    import salt.cache  # pylint: disable=import-outside-toplevel
+
+    cache = salt.cache.factory(master_opts)
+    saved = {minion: cache.fetch(f"minions/{minion}", "data") for minion in minions}
+    try:
+        yield
+    finally:
+        for minion, data in saved.items():
+            if isinstance(data, dict) and "pillar" in data:
+                try:
+                    cache.store(f"minions/{minion}", "data", data)
+                except Exception as exc:  # pylint: disable=broad-except
+                    log.warning("envflow: the master's cached pillar of %s was not put back: %s", minion, exc)

@@ -324,6 +324,9 @@ def test_the_minions_see_the_candidates_pillar_and_top_file(site):
     top = TOP.replace("    - db\n", "    - db\n    - backup\n")
     candidate = site.candidate("pillar: a new greeting; top: backups on db", greeting="good morning", top=top)
     before = site.snapshot()
+    cached = site.run("cache.pillar", f"tgt={ids['web']}").data
+    # Salt 3006 caches the pillar of a minion's last compile; Salt 3008 none.
+    assert cached[ids["web"]] in ({"app": {"greeting": "hello"}}, {}), cached
 
     found = ok(site.run("envflow.preview", "prod"))
 
@@ -333,6 +336,9 @@ def test_the_minions_see_the_candidates_pillar_and_top_file(site):
     assert "-hello\n+good morning" in greeting["changes"]["diff"], greeting
     (backup,) = found["minions"][ids["db"]]["states"]
     assert (backup["id"], backup["function"], backup["sls"]) == ("backup-job", "test.succeed_with_changes", "backup")
+    # The master's cached pillar of each minion (pillar targeting, cache.pillar) is still prod's: Salt 3006
+    # caches the pillar of the preview's run as the minion's, and the preview puts prod's back.
+    assert site.run("cache.pillar", f"tgt={ids['web']}").data == cached
     # prod's minions still get prod's pillar and top file: a real test run in prod shows nothing to change.
     for minion in site.minions.values():
         applied = ok(site.salt_cli.run("state.apply", "test=True", minion_tgt=minion.id))
