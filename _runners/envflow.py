@@ -469,8 +469,8 @@ def preview(env, rev=None, tgt=None, force=False, autoload=True, timeout=None, g
             )
     except EnvflowError as exc:
         return _failure(str(exc))
-    counts = {minion: {"changes": got["changes"], "failed": got["failed"]} for minion, got in found["minions"].items()}
     data = {key: found[key] for key in ("env", "commit", "jid", "passed", "outcome", "no_answer")}
+    counts = envflow_preview.counts(found)
     saltbus.fire_on_master(__opts__, f"salt/envflow/{env}/previewed", {**data, "minions": counts, "by": _user()})
     if not found["passed"]:
         found = {
@@ -482,12 +482,7 @@ def preview(env, rev=None, tgt=None, force=False, autoload=True, timeout=None, g
 
 def _target_minions(environment):
     """The minions ``environment``'s compound ``target`` matches, or ``None`` when it has no target."""
-    if not environment.target:
-        return None
-    import salt.utils.minions  # pylint: disable=import-outside-toplevel
-
-    found = salt.utils.minions.CkMinions(__opts__).check_minions(environment.target, "compound")
-    return sorted(found["minions"])
+    return saltbus.matched_minions(__opts__, environment.target) if environment.target else None
 
 
 @_reported

@@ -346,6 +346,11 @@ def outcome(found):
     return f"passed: {total} state{plural} to change on {len(changing)} of {len(found['minions'])} minions"
 
 
+def counts(found):
+    """Per minion of a :func:`report`, its ``changes`` and ``failed`` alone: what the record and the event keep."""
+    return {minion: {"changes": got["changes"], "failed": got["failed"]} for minion, got in found["minions"].items()}
+
+
 def _target(config, name, target):
     """The compound target the preview runs on: ``target``, else the environment's own."""
     if target is not None:
@@ -417,9 +422,7 @@ def run(config, mirror, name, master_opts, by, rev=None, target=None, force=Fals
         "target": target,
         "passed": found["passed"],
         "outcome": found["outcome"],
-        "minions": {
-            minion: {"changes": got["changes"], "failed": got["failed"]} for minion, got in found["minions"].items()
-        },
+        "minions": counts(found),
         "no_answer": found["no_answer"],
     }
     try:

@@ -176,6 +176,13 @@ def _answers(returns, expected):
     return answered, failed, sorted(set(expected) - set(returns))
 
 
+def matched_minions(master_opts, target):
+    """The minions the compound ``target`` matches on the master whose options are ``master_opts``, sorted."""
+    import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+    return sorted(salt.utils.minions.CkMinions(master_opts).check_minions(target, "compound")["minions"])
+
+
 def sync_minions(master_opts, target, saltenv):
     """Refresh the pillar and sync custom modules (``saltutil.sync_all saltenv=<saltenv>``) on ``target``'s minions.
 
@@ -192,9 +199,8 @@ def sync_minions(master_opts, target, saltenv):
         return report
     try:
         import salt.client  # pylint: disable=import-outside-toplevel
-        import salt.utils.minions  # pylint: disable=import-outside-toplevel
 
-        expected = salt.utils.minions.CkMinions(master_opts).check_minions(target, "compound")["minions"]
+        expected = matched_minions(master_opts, target)
         with salt.client.LocalClient(mopts=master_opts) as client:
             pillar = client.cmd(target, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="compound")
             synced = client.cmd(target, "saltutil.sync_all", kwarg={"saltenv": saltenv}, tgt_type="compound")
@@ -210,13 +216,6 @@ def sync_minions(master_opts, target, saltenv):
     if report["failed"] or report["missing"]:
         log.warning("envflow: minions of %s not synced: %s", target, report["failed"] or report["missing"])
     return report
-
-
-def matched_minions(master_opts, target):
-    """The minions the compound ``target`` matches on the master whose options are ``master_opts``, sorted."""
-    import salt.utils.minions  # pylint: disable=import-outside-toplevel
-
-    return sorted(salt.utils.minions.CkMinions(master_opts).check_minions(target, "compound")["minions"])
 
 
 def run_on_minions(master_opts, target, function, kwargs, timeout=None, gather_job_timeout=None):

@@ -107,6 +107,14 @@ def _env():
     return dict(os.environ, **_GIT_ENV, PYTHONPATH=pythonpath)
 
 
+def _child(args, what):
+    """Run ``python <args>`` with this checkout importable; the JSON its last line of output holds."""
+    proc = subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{what} child failed: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _envflow_imported():
     """Where this Python, run as salt-call runs, imports envflow from."""
     return subprocess.run(
@@ -449,10 +457,7 @@ def measure_rollback(repo, root, clone, repeat):
     for _round in range(repeat):
         repo.change_one_file()
         before = git("rev-parse", f"{BRANCH}~1", cwd=repo.path)
-        proc = subprocess.run(command, env=_env(), capture_output=True, text=True, check=False)
-        if proc.returncode:
-            raise RuntimeError(f"rollback child failed: {proc.stderr[-2000:]}")
-        done = json.loads(proc.stdout)
+        done = _child(command[1:], "rollback")
         if not done["deployed"] or done["to"] != before or done["warning"]:
             raise RuntimeError(f"rollback round did not do what it says: {done}, expected a rollback to {before}")
         found["envflow"].append(done["rollback"])
@@ -511,16 +516,7 @@ def measure_memory(repo, root):
         return found
 
     def run_child(path, trace):
-        out = subprocess.run(
-            [sys.executable, "-c", _MEMORY_CHILD, repo.path, cachedir, path, BRANCH, trace],
-            env=_env(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if out.returncode:
-            raise RuntimeError(f"memory child failed: {out.stderr[-2000:]}")
-        return json.loads(out.stdout)
+        return _child(["-c", _MEMORY_CHILD, repo.path, cachedir, path, BRANCH, trace], "memory")
 
     found = {"first": child()}
     repo.change_one_file()
@@ -733,16 +729,7 @@ def measure_preview(root, size, repeat):
     root = os.path.join(root, "preview")
     os.makedirs(root)
     command = "import sys; from tests.bench_deploy import preview_child; preview_child(*sys.argv[1:])"
-    proc = subprocess.run(
-        [sys.executable, "-c", command, root, str(size), str(repeat)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode:
-        raise RuntimeError(f"preview child failed: {proc.stderr[-3000:]}")
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    found = _child(["-c", command, root, str(size), str(repeat)], "preview")
     expected = [[]] + [[timing["expected"]] for timing in found["later"]]
     for number, (check, names) in enumerate(zip(found["checks"], expected, strict=True)):
         # The first preview writes the whole tree, a later one the one file changed; the test run then shows

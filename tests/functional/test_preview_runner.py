@@ -12,6 +12,7 @@ import os
 import pytest
 import salt.loader
 
+from envflow.served import ServedDir
 from tests.gitrepo import tree_files
 
 
@@ -26,6 +27,7 @@ def preview_runners(master_base_opts, envflow_block, remote):
     functions = salt.loader.runner(opts, utils=salt.loader.utils(opts), context=context)
     functions.context = context
     functions.block = block
+    functions.opts = opts
     return functions
 
 
@@ -77,3 +79,29 @@ def test_a_preview_that_cannot_run_says_why_in_one_line_and_changes_nothing(prev
         assert preview_runners["envflow.preview"](*args, **kwargs) == {"retcode": 1, "error": error}, (args, kwargs)
         assert preview_runners.context["retcode"] == 1 and "\n" not in error
         assert (remote.refs(), everything(preview_runners.block)) == before, (args, kwargs)
+
+
+def test_a_preview_without_a_running_master_fails_in_one_line_and_records_nothing(preview_runners, remote):
+    """The runner works without the daemons (salt-run reads the config); the minions' run needs the master."""
+    assert "retcode" not in preview_runners["envflow.refresh"]()
+    candidate = remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+    assert "retcode" not in preview_runners["envflow.refresh"]("test")
+    assert "retcode" not in preview_runners["envflow.promote"]("stage")
+    # An accepted minion key, so that the target matches: the master itself is not running.
+    accepted = os.path.join(preview_runners.opts["pki_dir"], "minions")
+    os.makedirs(accepted, exist_ok=True)
+    with open(os.path.join(accepted, "web-01"), "w", encoding="utf-8") as handle:
+        handle.write("not a real key\n")
+    before = remote.refs()
+    try:
+        found = preview_runners["envflow.preview"]("prod", tgt="web-01")
+    finally:
+        os.unlink(os.path.join(accepted, "web-01"))
+    assert found == {
+        "retcode": 1,
+        "error": "envflow: the salt-master is not running, so state.apply cannot run on web-01",
+    }
+    # Nothing recorded, no branch moved; the candidate went only into the preview directory.
+    assert remote.refs() == before
+    assert ServedDir(preview_runners.block["environments"][2]["preview_path"]).deployed()["id"] == candidate
+    assert ServedDir(preview_runners.block["environments"][2]["path"]).deployed()["id"] != candidate

@@ -22,6 +22,7 @@ import itertools
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import time
 
@@ -77,6 +78,27 @@ def fits_unix_sockets(factory):
         "give the daemon a shorter id or salt-factories a shorter root (tests/conftest.py)"
     )
     return factory
+
+
+def salt_run(config_dir, *args):
+    """The real ``salt-run <args>`` with the master config in ``config_dir``, as a user types it (no ``--out``
+    unless given): the completed process. salt-factories' CLI objects add ``--out=json``."""
+    return subprocess.run(
+        [SALT_RUN, "-c", str(config_dir), "--log-level=quiet", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+
+
+def write_roots(master, file_roots, pillar_roots):
+    """Make ``master``'s config file list exactly these roots: salt-factories adds directories of its own to
+    ``file_roots`` and ``pillar_roots`` (it merges lists), so a prod saltenv would also serve its prod tree."""
+    written = yaml.safe_load(pathlib.Path(master.config_file).read_text(encoding="utf-8"))
+    written.update(file_roots=file_roots, pillar_roots=pillar_roots)
+    pathlib.Path(master.config_file).write_text(yaml.safe_dump(written), encoding="utf-8")
 
 
 def wait_for(check, timeout=CLI_TIMEOUT, interval=1.0):

@@ -5,11 +5,10 @@ One test, on the module's own site: starting a site costs more than the checks.
 
 import json
 import re
-import subprocess
 import time
 
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, MOTD, SALT_RUN, fresh_motd, ok
+from tests.integration.conftest import CLI_TIMEOUT, MOTD, fresh_motd, ok, salt_run
 
 HOTFIX = "web/hotfix.txt"
 
@@ -85,14 +84,7 @@ def test_a_hotfix_on_master_is_back_merged_then_promoted_to_every_environment(si
         + gitrepo.git("log", "--format=%s", "refs/envflow/history", cwd=site.remote.path)
     )
     # What an operator sees: the real salt-run (salt-factories' CLI adds --out=json) prints the history table.
-    shown = subprocess.run(
-        [SALT_RUN, "-c", site.master.config_dir, "--log-level=quiet", "envflow.history"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
+    shown = salt_run(site.master.config_dir, "envflow.history")
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert re.search(rf"\bbackported\s+prod\s+{work[:10]} -> {merged[:10]}\s+{operator}\b", shown.stdout), shown.stdout
     print(f"salt-run envflow.history:\n{shown.stdout}")

@@ -15,11 +15,18 @@ import time
 
 import pytest
 import salt.modules.pillar
-import yaml
 from saltfactories.utils import random_string
 
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, LOG_FILE_LEVEL, MASTER_TIMEOUTS, fits_unix_sockets, ok, running
+from tests.integration.conftest import (
+    CLI_TIMEOUT,
+    LOG_FILE_LEVEL,
+    MASTER_TIMEOUTS,
+    fits_unix_sockets,
+    ok,
+    running,
+    write_roots,
+)
 
 ENVS = ("test", "stage", "prod")
 # Salt 3008 masks pillar values in pillar.items unless asked not to.
@@ -103,11 +110,7 @@ def site(salt_factories, tmp_path_factory):
             overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **config},
         )
     )
-    # salt-factories adds directories of its own to file_roots and pillar_roots (it merges lists):
-    # write exactly the documented roots, or the prod saltenv would also serve salt-factories' prod tree.
-    written = yaml.safe_load(pathlib.Path(master.config_file).read_text(encoding="utf-8"))
-    written.update(file_roots=config["file_roots"], pillar_roots=config["pillar_roots"])
-    pathlib.Path(master.config_file).write_text(yaml.safe_dump(written), encoding="utf-8")
+    write_roots(master, config["file_roots"], config["pillar_roots"])  # exactly the documented roots
     minions = {
         env: fits_unix_sockets(
             master.salt_minion_daemon(

@@ -19,11 +19,9 @@ Each test makes its own candidate on stage's branch, from the files of
 import concurrent.futures
 import os
 import pathlib
-import subprocess
 import time
 
 import pytest
-import yaml
 from saltfactories.utils import random_string
 
 from envflow import records
@@ -35,10 +33,11 @@ from tests.integration.conftest import (
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
     SALT_FILE_LIST_CACHE_TIME,
-    SALT_RUN,
     fits_unix_sockets,
     ok,
     running,
+    salt_run,
+    write_roots,
 )
 
 ROLES = ("web", "db")
@@ -140,14 +139,7 @@ class PreviewSite:
 
     def salt_run(self, *args):
         """``salt-run <args>`` as a user types it (no ``--out``): the completed process."""
-        return subprocess.run(
-            [SALT_RUN, "-c", self.master.config_dir, "--log-level=quiet", *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-            check=False,
-        )
+        return salt_run(self.master.config_dir, *args)
 
 
 def _highstate(cli, minion):
@@ -180,11 +172,7 @@ def site(salt_factories, tmp_path_factory):
     master = fits_unix_sockets(
         salt_factories.salt_master_daemon(master_id, defaults={"root_dir": str(master_root)}, overrides=overrides)
     )
-    # salt-factories adds directories of its own to file_roots and pillar_roots (it merges lists):
-    # write exactly the documented roots, or prod would also serve salt-factories' prod tree.
-    written = yaml.safe_load(pathlib.Path(master.config_file).read_text(encoding="utf-8"))
-    written.update(file_roots=config["file_roots"], pillar_roots=config["pillar_roots"])
-    pathlib.Path(master.config_file).write_text(yaml.safe_dump(written), encoding="utf-8")
+    write_roots(master, config["file_roots"], config["pillar_roots"])  # exactly the documented roots
     minions = {
         role: fits_unix_sockets(
             master.salt_minion_daemon(

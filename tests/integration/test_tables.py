@@ -8,7 +8,6 @@ started by salt-factories.
 import json
 import pathlib
 import re
-import subprocess
 
 import pytest
 from saltfactories.utils import random_string
@@ -16,7 +15,7 @@ from saltfactories.utils import random_string
 from envflow import history
 from envflow.remote import Mirror
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, SALT_RUN, fits_unix_sockets, ok
+from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, fits_unix_sockets, ok, salt_run
 
 
 class Master:
@@ -28,14 +27,7 @@ class Master:
 
     def salt_run(self, *args):
         """``salt-run <args>`` as a user types it: no ``--out`` unless given. Returns the completed process."""
-        done = subprocess.run(
-            [SALT_RUN, "-c", self.factory.config_dir, "--log-level=quiet", *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-            check=False,
-        )
+        done = salt_run(self.factory.config_dir, *args)
         assert done.returncode == 0, f"salt-run {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
         return done
 
@@ -149,14 +141,7 @@ def test_diff_prints_the_commits_and_files(master):
 
 
 def test_a_failure_prints_as_before_and_exits_non_zero(master):
-    done = subprocess.run(
-        [SALT_RUN, "-c", master.factory.config_dir, "--log-level=quiet", "envflow.history", "limit=0"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
+    done = salt_run(master.factory.config_dir, "envflow.history", "limit=0")
     assert done.returncode == 1
     assert "envflow: limit must be a positive whole number, not 0; for example limit=50" in done.stdout
     assert "retcode:" in done.stdout  # Salt's nested output, as every failure prints

@@ -11,11 +11,11 @@ from envflow.served import ServedDir
 from tests.gitrepo import config, git
 
 
-@pytest.fixture
-def gated(remote, mirror, tmp_path):
-    """test -> stage -> prod, prod gated; every environment deployed, a new commit deployed in stage."""
+def deployed_with_gates(remote, mirror, tmp_path, gates, **prod):
+    """test -> stage -> prod, prod with ``gates`` (and ``prod``'s other keys); every environment deployed,
+    a new commit deployed in stage."""
     raw = config(remote.path, tmp_path / "srv")
-    raw["environments"][2]["gates"] = {"verified": True, "soak": "1h", "approvals": 2}
+    raw["environments"][2].update(gates=gates, **prod)
     cfg = parse(raw)
     new = remote.commit("develop", {"web/init.sls": "# web v2\n"})
     remote.set_branch("stage", new)
@@ -23,6 +23,11 @@ def gated(remote, mirror, tmp_path):
     for env in cfg.environments:
         ServedDir(env.path).deploy(mirror.objects, mirror.commit(env.branch))
     return cfg
+
+
+@pytest.fixture
+def gated(remote, mirror, tmp_path):
+    return deployed_with_gates(remote, mirror, tmp_path, {"verified": True, "soak": "1h", "approvals": 2})
 
 
 def later(hours):
@@ -134,16 +139,10 @@ def test_a_note_written_by_hand_counts_as_no_record(gated, mirror, remote):
 
 
 def test_the_previewed_gate_opens_only_on_a_passing_preview_of_the_very_commit(remote, mirror, tmp_path):
-    raw = config(remote.path, tmp_path / "srv")
-    raw["environments"][2].update(
-        gates={"previewed": True}, preview_path=str(tmp_path / "srv" / "prod_preview"), target="G@env:prod"
+    preview_path = str(tmp_path / "srv" / "prod_preview")
+    cfg = deployed_with_gates(
+        remote, mirror, tmp_path, {"previewed": True}, preview_path=preview_path, target="G@env:prod"
     )
-    cfg = parse(raw)
-    old = remote.commit("develop", {"web/init.sls": "# web v2\n"})
-    remote.set_branch("stage", old)
-    mirror.fetch()
-    for env in cfg.environments:
-        ServedDir(env.path).deploy(mirror.objects, mirror.commit(env.branch))
     promotion = pipeline.plan(cfg, mirror, "prod")
     short = promotion.new[:10]
     assert pipeline.blocking_gates(promotion, mirror) == [
