@@ -14,6 +14,7 @@ is ever written through a symlink.
 import os
 import shutil
 import stat
+import threading
 import time
 
 import pygit2
@@ -27,8 +28,45 @@ _PERMISSIONS = {FileMode.BLOB: 0o644, FileMode.BLOB_EXECUTABLE: 0o755}
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 
+# From this many files on, a whole tree is written by two threads: the file-system calls let go of the GIL,
+# so the second core writes too (20,000 files: about half the time).
+_TWO_THREADS_FROM = 2000
+
+
 def _parent(path):
     return path.rpartition("/")[0]
+
+
+def _in_two(repo, items, work):
+    """Run ``work(repo, part)`` over ``items``; a long list is split, its second half on a thread of its own.
+
+    The thread reads objects through a repository of its own (libgit2's
+    objects are not shared across threads). Its error is raised here, once
+    both halves are done.
+    """
+    if len(items) < _TWO_THREADS_FROM:
+        work(repo, items)
+        return
+    half = len(items) // 2
+    failures = []
+
+    def second():
+        own = pygit2.Repository(repo.path)
+        try:
+            work(own, items[half:])
+        except BaseException as exc:  # pylint: disable=broad-except
+            failures.append(exc)
+        finally:
+            own.free()
+
+    helper = threading.Thread(target=second)
+    helper.start()
+    try:
+        work(repo, items[:half])
+    finally:
+        helper.join()
+    if failures:
+        raise failures[0]
 
 
 def entry(tree, path):
@@ -248,8 +286,8 @@ class TreeWriter:
                 pass  # another filesystem, or too many links: write it
         self._new_file(full, oid, mode)
 
-    def _new_file(self, full, oid, mode):
-        data = self.repo.odb.read(oid)[1]
+    def _new_file(self, full, oid, mode, repo=None):
+        data = (repo or self.repo).odb.read(oid)[1]
         descriptor = os.open(full, _NEW_FILE, _PERMISSIONS[mode])
         try:
             view = memoryview(data)
@@ -305,16 +343,8 @@ class TreeWriter:
 
     def fill(self, tree):
         """Write all of ``tree`` into the (empty) slot; return ``{path: (id, mode)}`` of what it holds."""
-        written = {}
-        self.touched.add("")  # every directory is new, the root too: all of them are sealed
-        for path, oid, mode in walk(tree):
-            self.make_dir(_parent(path))
-            full = f"{self.root}/{path}"
-            if mode == FileMode.LINK:
-                os.symlink(self.repo.odb.read(oid)[1], os.fsencode(full))
-            else:
-                self._new_file(full, oid, mode)
-            written[path] = (oid, mode)
+        written = {path: (oid, mode) for path, oid, mode in walk(tree)}
+        self._fill_with(written, lambda repo, full, path, oid, mode: self._new_file(full, oid, mode, repo))
         return written
 
     def link_all(self, entries, rewrite=()):
@@ -322,16 +352,30 @@ class TreeWriter:
 
         Paths in ``rewrite`` are written from the repository instead.
         """
-        self.touched.add("")
-        for path, (oid, mode) in entries.items():
-            self.make_dir(_parent(path))
-            full = f"{self.root}/{path}"
-            if mode == FileMode.LINK:
-                os.symlink(self.repo.odb.read(oid)[1], os.fsencode(full))
-            elif path in rewrite:
-                self._new_file(full, oid, mode)
+
+        def place(repo, full, path, oid, mode):
+            if path in rewrite:
+                self._new_file(full, oid, mode, repo)
             else:
                 os.link(f"{self.share_root}/{path}", full)
+
+        self._fill_with(entries, place)
+
+    def _fill_with(self, entries, place):
+        """Make the directories of ``entries``, then each symlink, and each file by ``place(repo, full, path, ...)``."""
+        self.touched.add("")  # every directory is new, the root too: all of them are sealed
+        for path in entries:
+            self.make_dir(_parent(path))
+
+        def work(repo, part):
+            for path, (oid, mode) in part:
+                full = f"{self.root}/{path}"
+                if mode == FileMode.LINK:
+                    os.symlink(repo.odb.read(oid)[1], os.fsencode(full))
+                else:
+                    place(repo, full, path, oid, mode)
+
+        _in_two(self.repo, list(entries.items()), work)
 
     def reconcile(self, tree, directory, sealed):
         """Make ``directory`` hold only what ``tree`` has there; return the paths that must be written again.

@@ -401,8 +401,15 @@ class Deployment:
             copier = checkout.TreeWriter(repo, layout.tree(other), share_root=root)
             refused_paths = {link["path"] for link in refused}
             copier.link_all({path: held for path, held in written.items() if path not in refused_paths})
-            # Sealed a tick later, so that the next deploy can trust every stamp (that slot is not served first).
-            dirs, sealed_at = checkout.seal_after_tick(layout.tree(other), copier.touched, time.time_ns())
+            linked_at = time.time_ns()
+        # After the links: they changed every file's ctime.
+        index = self._index_from(None, slot)
+        checkout.index_entries(index, root, written)
+        self._write_index(index, slot)
+        if first:
+            # Sealed a tick after the links (the index took that time), so that the next deploy can trust every
+            # stamp: that slot is not served first.
+            dirs, sealed_at = checkout.seal_after_tick(layout.tree(other), copier.touched, linked_at)
             layout.write_record(
                 other,
                 Record(
@@ -413,10 +420,6 @@ class Deployment:
                     sealed_at=sealed_at,
                 ),
             )
-        # After the links: they changed every file's ctime.
-        index = self._index_from(None, slot)
-        checkout.index_entries(index, root, written)
-        self._write_index(index, slot)
         record = Record(
             commit=commit_info(self.commit),
             links=sorted(link_paths),

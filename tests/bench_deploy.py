@@ -406,6 +406,7 @@ def measure_size(size, args, workdir):
 
     results["rollback"] = measure_rollback(repo, root, clone, args.repeat)
     results["memory"] = measure_memory(repo, root)
+    results["profile"] = measure_profile(repo, root, clone, args.repeat)
     if args.preview:
         results["preview"] = measure_preview(root, size, args.repeat)
     return results
@@ -526,6 +527,123 @@ def measure_memory(repo, root):
     repo.change_one_file()
     found["fourth (one-file change)"] = child()
     found["already served"] = child()
+    return found
+
+
+# -- profile ----------------------------------------------------------------
+
+# Where a package-level deploy spends its time: (phase, module or class, function). Each phase's time is its
+# own, nested phases taken out (``checkout.changes`` runs inside the standby update, and calls itself).
+_PROFILE_CHILD = textwrap.dedent(
+    """
+    import functools, json, os, sys, time
+    import pygit2
+    from envflow import checkout, holds, pipeline, slots, switch
+    from envflow import served as served_module
+    from envflow.config import parse
+    from envflow.remote import Mirror
+
+    PHASES = [
+        ("fetch", Mirror, "fetch"),
+        ("index read", slots, "read_index"),
+        ("scan", served_module.Deployment, "_scan"),
+        ("tree diff", checkout, "changes"),
+        ("standby update", served_module.Deployment, "_bring_up_to_date"),
+        ("write tree", checkout.TreeWriter, "fill"),
+        ("standby links", checkout.TreeWriter, "link_all"),
+        ("index entries", checkout, "index_entries"),
+        ("flush", switch, "sync_filesystem"),
+        ("switch", served_module.Deployment, "switch"),
+        ("history", holds, "record_after"),
+    ]
+    spent, stack = {}, []
+
+    def timed(phase, function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            stack.append(0.0)
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                nested = stack.pop()
+                spent[phase] = spent.get(phase, 0.0) + (elapsed - nested) * 1000
+                if stack:
+                    stack[-1] += elapsed
+        return wrapper
+
+    for phase, owner, name in PHASES:
+        setattr(owner, name, timed(phase, getattr(owner, name)))
+
+    mode, repo, cachedir, path, branch, repeat = sys.argv[1:7]
+    config = parse({"repo": repo, "environments": [{"name": "profile", "branch": branch, "path": path}]})
+    if mode == "deploy":
+        start = time.perf_counter()
+        with Mirror(repo, cachedir) as mirror:
+            mirror.fetch()
+            result = pipeline.deploy(config, mirror, "profile", by="bench")
+        total = (time.perf_counter() - start) * 1000
+        print(json.dumps({"total": total, "phases": spent, "changed": result["changed"]}))
+    else:  # the floor: what checking the served tree for hand edits costs alone, on the tree just deployed
+        layout = served_module.ServedDir(path).layout
+        slot = layout.served_slot()
+        record = layout.record(slot)
+        index_path = os.path.join(layout.gitdir(slot), "index")
+        with Mirror(repo, cachedir) as mirror:
+            objects = mirror.objects
+        scan_repo = slots.open_repo(layout.gitdir(slot), layout.tree(slot), objects)
+        tree = scan_repo[record.commit_id].peel(pygit2.Tree)
+        floor = {"index read": [], "scan, one thread": [], "scan, two threads": []}
+        for _round in range(int(repeat)):
+            start = time.perf_counter()
+            index = slots.read_index(index_path, record.index_changes)
+            floor["index read"].append((time.perf_counter() - start) * 1000)
+            halves = slots.scan_halves(index, tree, layout.tree(slot))
+            for label, split in (("scan, one thread", None), ("scan, two threads", halves)):
+                start = time.perf_counter()
+                edits = slots.hand_edits(scan_repo, index, split)
+                floor[label].append((time.perf_counter() - start) * 1000)
+                if any(edits.values()):
+                    raise SystemExit(f"the served tree shows hand edits: {edits}")
+        scan_repo.free()
+        print(json.dumps(floor))
+    """
+)
+
+
+def measure_profile(repo, root, clone, repeat):
+    """Where the package-level deploy spends its time, and the floor: checking the served tree for hand edits alone.
+
+    In a child process per deploy (importing this checkout's envflow, its
+    functions wrapped with timers): the first deploy, ``repeat`` one-file
+    changes and ``repeat`` deploys of the commit already served, each the
+    fetch and :func:`envflow.pipeline.deploy` (history included) that the
+    execution module runs. Then, on the tree served, the scan alone: reading
+    the index and libgit2's index-to-workdir diff, on one thread and split over
+    two; and git's own scans of the same files in the clone: ``git diff --quiet
+    HEAD`` (what ``git.latest`` runs for local changes) and ``git status``.
+    """
+    cachedir = os.path.join(root, "profile", "cache")
+    path = os.path.join(root, "profile", "srv", ENV)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def child(mode):
+        return _child(["-c", _PROFILE_CHILD, mode, repo.path, cachedir, path, BRANCH, str(repeat)], "profile")
+
+    found = {"first": [child("deploy")], "change": [], "served": []}
+    for _round in range(repeat):
+        repo.change_one_file()
+        found["change"].append(child("deploy"))
+    for _round in range(repeat):
+        found["served"].append(child("deploy"))
+    if not all(done["changed"] for done in found["change"]) or any(done["changed"] for done in found["served"]):
+        raise RuntimeError("profile: a one-file change changed nothing, or the commit already served changed")
+    found["floor"] = child("floor")
+    git("fetch", "-q", "origin", cwd=clone)
+    git("reset", "-q", "--hard", f"origin/{BRANCH}", cwd=clone)
+    found["floor"]["git diff --quiet HEAD"] = [_timed("git diff --quiet HEAD", clone) for _ in range(repeat)]
+    found["floor"]["git status --porcelain"] = [_timed("git status --porcelain", clone) for _ in range(repeat)]
     return found
 
 
@@ -837,6 +955,7 @@ def report(all_results, args):
                 f"{res['files']:>6}  {label:<38} {mem['peak_kb'] / 1024:>13.1f} {mem['baseline_kb'] / 1024:>13.1f} "
                 f"{(mem['peak_kb'] - mem['baseline_kb']) / 1024:>14.1f} {mem['traced_peak'] / 2**20:>16.1f}"
             )
+    report_profile(all_results, out)
     out("")
     out("aims (PASS or MISS; ratios of medians within this run)")
     sizes = sorted(all_results)
@@ -888,9 +1007,106 @@ def report(all_results, args):
     for size in sizes:
         res = all_results[size]
         out(f"  ({res['files']} files: repository built in {res['built_s']:.2f} s; {res['salt_calls']} salt-call runs)")
+    report_budgets(all_results, out)
     if args.preview:
         report_preview(all_results, out)
     print("\n".join(lines))
+
+
+_PROFILE_PHASES = (
+    "fetch",
+    "index read",
+    "scan",
+    "tree diff",
+    "standby update",
+    "write tree",
+    "standby links",
+    "index entries",
+    "flush",
+    "switch",
+    "history",
+)
+
+
+def _phase_medians(deploys):
+    """``{phase: median ms}`` over ``deploys`` (profile child results), with ``other`` and ``total``."""
+    medians = {phase: _median([done["phases"].get(phase, 0.0) for done in deploys]) for phase in _PROFILE_PHASES}
+    medians["total"] = _median([done["total"] for done in deploys])
+    medians["other"] = _median([done["total"] - sum(done["phases"].values()) for done in deploys])
+    return medians
+
+
+def _floor(res):
+    """The scan floor at one size: the index read and libgit2's scan split over two cores (medians, ms)."""
+    floor = res["profile"]["floor"]
+    return _median(floor["index read"]), _median(floor["scan, two threads"])
+
+
+def report_profile(all_results, out):
+    """Where the package-level deploy spends its time, phase by phase, and what the scan alone costs."""
+    out("")
+    out("profile (package level, one child process per deploy importing this checkout, its functions timed;")
+    out("  Mirror.fetch + pipeline.deploy as the execution module runs them, history included; medians, ms;")
+    out("  a phase's time is its own, nested phases taken out; other = the rest: opening repositories, records,")
+    out("  seals, the drift decision)")
+    columns = [*_PROFILE_PHASES, "other", "total"]
+    out(f"{'files':>6}  {'scenario':<24} " + " ".join(f"{column:>{max(7, len(column))}}" for column in columns))
+    for res in all_results.values():
+        found = res["profile"]
+        rows = (
+            ("first deploy", found["first"]),
+            (f"one-file change ({len(found['change'])})", found["change"]),
+            (f"already served ({len(found['served'])})", found["served"]),
+        )
+        for label, deploys in rows:
+            medians = _phase_medians(deploys)
+            cells = " ".join(f"{_ms(medians[column]):>{max(7, len(column))}}" for column in columns)
+            out(f"{res['files']:>6}  {label:<24} {cells}")
+    out("")
+    out("the floor: checking the served tree for hand edits alone, on the tree just deployed (median ms);")
+    out("  git's own scans of the same files in the fetch+reset clone, as subprocess wall time")
+    labels = list(next(iter(all_results.values()))["profile"]["floor"])
+    out(f"{'files':>6}  " + " ".join(f"{label:>{len(label)}}" for label in labels))
+    for res in all_results.values():
+        floor = res["profile"]["floor"]
+        out(f"{res['files']:>6}  " + " ".join(f"{_ms(_median(floor[label])):>{len(label)}}" for label in labels))
+
+
+def report_budgets(all_results, out):
+    """For each aim on a deploy after the first: the time it allows envflow's state, against where the time goes."""
+    out("")
+    out("budgets: what each aim on a later deploy allows envflow's state, set against where its time goes")
+    out("  (floor = index read + libgit2's scan on two cores, from the floor above; rest = the package-level deploy")
+    out("  beyond the floor; Salt = the state's duration beyond the package-level deploy: the module, the roots")
+    out("  refresh, the state around it, and the salt-call process)")
+    for size in sorted(all_results):
+        res = all_results[size]
+        index_read, scan = _floor(res)
+        floor = index_read + scan
+        checks = (
+            ("later one-file change", res["change"], "change", "git.latest", AIM_CHANGE_VS_GIT_LATEST),
+            ("later one-file change", res["change"], "change", "git", AIM_CHANGE_VS_FETCH_RESET),
+            ("already served", res["served"], "served", "git.latest", AIM_NOOP_VS_GIT_LATEST),
+        )
+        for label, data, scenario, against, ratio in checks:
+            state = _median(data["envflow"])
+            budget = _median(data[against]) / ratio
+            package = _phase_medians(res["profile"][scenario])["total"]
+            rest, salt = package - floor, state - package
+            name = "git.latest" if against == "git.latest" else "fetch+reset"
+            verdict = "met" if state <= budget else "missed"
+            if state > budget:
+                verdict += (
+                    ": the budget is below the floor alone"
+                    if budget < floor
+                    else f": the budget leaves {_ms(budget - floor)} ms beyond the floor, the deploy needs "
+                    f"{_ms(rest + salt)} there"
+                )
+            out(
+                f"  {res['files']} files, {label}, {ratio:g}x {name} ({_ms(_median(data[against]))}): budget "
+                f"{_ms(budget)} ms; envflow {_ms(state)} = floor {_ms(floor)} (index {_ms(index_read)} + scan "
+                f"{_ms(scan)}) + rest {_ms(rest)} + Salt {_ms(salt)}; {verdict}"
+            )
 
 
 def report_preview(all_results, out):

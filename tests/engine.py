@@ -9,6 +9,7 @@ symlinks may be served, and :func:`on_disk` reads what a directory really
 holds, without following any link.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 
+from envflow import checkout
 from envflow.errors import Drift
 from envflow.remote import Mirror
 from envflow.served import ServedDir
@@ -30,12 +32,27 @@ from tests.gitrepo import git
 Refused = Drift
 
 
-def deploy(path, mirror, rev, force=False):
-    """Make ``path`` serve commit ``rev`` of ``mirror`` (fetched already); return the engine's result."""
-    return ServedDir(path).deploy(mirror.objects, mirror.commit(rev), force=force)
+def deploy(path, mirror, rev, force=False, two_threads=False):
+    """Make ``path`` serve commit ``rev`` of ``mirror`` (fetched already); return the engine's result.
+
+    With ``two_threads``, whole trees are written by two threads whatever their size, as large ones always are.
+    """
+    with whole_trees_in_two(two_threads):
+        return ServedDir(path).deploy(mirror.objects, mirror.commit(rev), force=force)
 
 
-def deploy_until_killed(path, repo, cache, rev, ready, failure):
+@contextlib.contextmanager
+def whole_trees_in_two(on=True):
+    """While this holds (``on``), the engine writes every whole tree by two threads, not only large ones."""
+    default = checkout._TWO_THREADS_FROM  # pylint: disable=protected-access
+    checkout._TWO_THREADS_FROM = 1 if on else default  # pylint: disable=protected-access
+    try:
+        yield
+    finally:
+        checkout._TWO_THREADS_FROM = default  # pylint: disable=protected-access
+
+
+def deploy_until_killed(path, repo, cache, rev, two_threads, ready, failure):
     """In a child process: deploy ``rev`` of the repository at ``repo`` into ``path``, for the parent to kill.
 
     Writes a byte to the file descriptor ``ready`` when the deploy starts.
@@ -45,7 +62,7 @@ def deploy_until_killed(path, repo, cache, rev, ready, failure):
         with Mirror(repo, cache) as mirror:
             mirror.repo  # noqa: B018 - opened before the signal: what the parent times is the deploy
             os.write(ready, b"g")
-            deploy(path, mirror, rev)
+            deploy(path, mirror, rev, two_threads=two_threads)
         return 0
     except BaseException:
         with open(failure, "w", encoding="utf-8") as handle:
@@ -125,9 +142,9 @@ class Killable:
         )
         self.failure = failure
 
-    def start(self, path, repo, cache, rev):
+    def start(self, path, repo, cache, rev, two_threads=False):
         """Start deploying ``rev`` into ``path``; return once the deploy has begun."""
-        self.server.stdin.write(json.dumps([path, repo, cache, rev]) + "\n")
+        self.server.stdin.write(json.dumps([path, repo, cache, rev, two_threads]) + "\n")
         self.server.stdin.flush()
         self.child, started = json.loads(self.server.stdout.readline())
         assert started, "the deploy to kill never started"

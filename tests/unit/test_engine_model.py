@@ -124,6 +124,7 @@ class EngineModel(RuleBasedStateMachine):
         self.standby_touched = set()  # the paths edited by hand there
         self.count = self.hand_count = 0
         self.deploy_seconds = 0.05
+        self.two_threads = False  # drawn by the first deploy
 
     @staticmethod
     def _killable():
@@ -377,13 +378,13 @@ class EngineModel(RuleBasedStateMachine):
         if self.hand_edits:
             before = snapshot(self.path), deployed(self.path)
             with pytest.raises(Refused) as refused:
-                deploy(self.path, self.mirror, commit)
+                deploy(self.path, self.mirror, commit, two_threads=self.two_threads)
             assert any(refused.value.changes.values()), "the refusal names no edit"
             assert (snapshot(self.path), deployed(self.path)) == before, "a refused deploy changed the served tree"
             force = True
         switches = commit != self.served or bool(self.hand_edits)
         started = time.monotonic()
-        result = deploy(self.path, self.mirror, commit, force=force)
+        result = deploy(self.path, self.mirror, commit, force=force, two_threads=self.two_threads)
         self.deploy_seconds = (self.deploy_seconds + time.monotonic() - started) / 2
         if switches:  # the tree served until now, hand edits and all, is the standby now
             self.standby, self.standby_touched = self.served, self.touched
@@ -400,8 +401,12 @@ class EngineModel(RuleBasedStateMachine):
 
     # -- steps ----------------------------------------------------------
 
-    @initialize(data=st.data(), in_the_way=st.booleans())
-    def first_deploy(self, data, in_the_way):
+    @initialize(data=st.data(), in_the_way=st.booleans(), two_threads=st.booleans())
+    def first_deploy(self, data, in_the_way, two_threads):
+        # Whole trees (a first deploy, a standby made again) are written by two threads from 2,000 files on:
+        # half the examples take that path at their small sizes.
+        self.two_threads = two_threads
+        event("whole trees by two threads" if two_threads else "whole trees by one thread")
         os.makedirs(self.path if in_the_way else os.path.dirname(self.path))  # as salt-master makes file_roots
         self._deploy(self._commit(data, dict(START)))
 
@@ -451,7 +456,7 @@ class EngineModel(RuleBasedStateMachine):
         old = self.served
         target = data.draw(st.sampled_from(self.history.commits), label="commit")
         killable = self._killable()
-        killable.start(self.path, self.history.path, self.cache, target)
+        killable.start(self.path, self.history.path, self.cache, target, self.two_threads)
         time.sleep(self.deploy_seconds * fraction / 100)
         code, failure = killable.kill()
         killed = code == -signal.SIGKILL

@@ -1,0 +1,99 @@
+"""Whole trees (a first deploy, a standby made again) are written by two threads once they are large.
+
+Each deploy below is checked as in ``test_engine_model.py``: ``path`` serves
+exactly what git says the commit holds, less the symlinks ``tests.engine``
+rules out, with no other file, link or directory; and both slots stay sound
+for the deploys after it.
+"""
+
+import os
+
+import pygit2
+import pytest
+
+from envflow import checkout
+from envflow.remote import Mirror
+from envflow.served import ServedDir
+from tests.engine import File, History, Link, deploy, differences, expected, on_disk, served_commit, whole_trees_in_two
+
+# Just over the size from which the engine writes a whole tree by two threads, spread over directories.
+LARGE = checkout._TWO_THREADS_FROM + 300  # pylint: disable=protected-access
+
+
+def large_tree(version):
+    tree = {f"states/role{number % 40:02d}/state{number:04d}.sls": File(b"# %d\n" % number) for number in range(LARGE)}
+    tree.update(
+        {
+            "top.sls": File(b"base:\n  '*':\n    - states\n"),
+            "run.sh": File(b"#!/bin/sh\n", executable=True),
+            "states/role00/same.sls": Link("state0000.sls"),
+            "leak": Link("/etc/passwd"),
+            "changes.sls": File(b"# version %d\n" % version),
+        }
+    )
+    return tree
+
+
+@pytest.fixture
+def env(tmp_path):
+    history = History(str(tmp_path / "automation.git"))
+    with Mirror(history.path, str(tmp_path / "cache")) as mirror:
+        yield history, mirror, str(tmp_path / "srv" / "stage")
+
+
+def _serves_exactly(history, path):
+    assert differences(expected(history.path, served_commit(path)), on_disk(path)) == []
+
+
+def test_a_large_tree_is_served_exactly_first_then_changed_then_with_its_standby_made_again(env):
+    history, mirror, path = env
+    first = history.commit(large_tree(1))
+    mirror.fetch()
+    result = deploy(path, mirror, first)
+    assert result["files"]["added"] == LARGE + 5
+    assert [link["path"] for link in result["refused_links"]] == ["leak"]
+    _serves_exactly(history, path)
+
+    second = history.commit({**large_tree(2), "new/file.sls": File(b"# new\n")})
+    mirror.fetch()
+    result = deploy(path, mirror, second)
+    assert result["files"] == {"added": 1, "modified": 1, "deleted": 0}
+    _serves_exactly(history, path)
+
+    # The standby lost (its record gone) and the served tree edited by hand: the standby is linked again from
+    # the served tree, the edited file written from the repository, and force discards the edit.
+    served = ServedDir(path)
+    served.layout.drop_record(served.layout.other(served.layout.served_slot()))
+    with open(os.path.join(path, "states/role07/state0007.sls"), "ab") as handle:
+        handle.write(b"# by hand\n")
+    third = history.commit(large_tree(3))
+    mirror.fetch()
+    result = deploy(path, mirror, third, force=True)
+    assert result["discarded"]["modified"] == ["states/role07/state0007.sls"]
+    _serves_exactly(history, path)
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+
+    # Both slots are sound: back to the first commit and forward again, each exact.
+    for commit in (first, third):
+        deploy(path, mirror, commit)
+        _serves_exactly(history, path)
+
+
+def test_a_failure_in_the_second_thread_is_raised_once_both_halves_are_written(env, tmp_path):
+    history, mirror, _path = env
+    commit = history.commit({f"d{number % 7}/f{number}": File(b"%d\n" % number) for number in range(40)})
+    mirror.fetch()
+    repo = pygit2.Repository(mirror.repo.path)
+    tree = repo[commit].peel(pygit2.Tree)
+    entries = {path: (oid, mode) for path, oid, mode in checkout.walk(tree)}
+    share = tmp_path / "share"
+    share.mkdir()
+    checkout.TreeWriter(repo, str(share)).fill(tree)
+    last = list(entries)[-1]
+    os.unlink(share / last)  # the second half's last link has nothing to link to
+    root = tmp_path / "slot"
+    root.mkdir()
+    with whole_trees_in_two(), pytest.raises(FileNotFoundError):
+        checkout.TreeWriter(repo, str(root), share_root=str(share)).link_all(entries)
+    linked = {path for path in entries if os.path.lexists(root / path)}
+    assert linked == set(entries) - {last}, "a half was left unwritten"
