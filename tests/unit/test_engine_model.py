@@ -427,7 +427,7 @@ class EngineModel(RuleBasedStateMachine):
 
     @rule(kind=st.sampled_from(HAND_EDITS), pick=PICK, name=st.sampled_from(HAND_NAMES), data=st.data())
     def edit_the_served_tree(self, kind, pick, name, data):
-        what = self._edit(self.path, self.served, kind, pick, name, self.touched)
+        what = self._edit(self.path, self.served, kind, pick, name, self.touched, self.standby_touched)
         if what:
             self.hand_edits.append(what)
         self._maybe_deploy(data)
@@ -437,7 +437,7 @@ class EngineModel(RuleBasedStateMachine):
         standby = slots(self.path)[1]
         what = None
         if self.standby is not None and standby is not None:
-            what = self._edit(standby, self.standby, kind, pick, name, self.standby_touched)
+            what = self._edit(standby, self.standby, kind, pick, name, self.standby_touched, self.touched)
         if what and not self.hand_edits and self._problems(self.served):
             self.hand_edits.append(f"{what} (in the standby, seen in the served tree)")
         self._maybe_deploy(data)
@@ -474,16 +474,19 @@ class EngineModel(RuleBasedStateMachine):
 
     # -- edits by hand ----------------------------------------------------
 
-    def _edit(self, root, commit, kind, pick, name, touched):
+    def _edit(self, root, commit, kind, pick, name, touched, touched_there):
         """Edit the tree at ``root``, which holds ``commit``, as a person would; return what was done, or ``None``.
 
         What to edit is chosen by ``pick`` among what ``commit`` holds, not
         among what is on disk, so that the draws never depend on the disk.
         Paths in ``touched`` (edited before) are left alone, and added to.
+        So are those of ``touched_there``, edited in the other tree: the two
+        trees share unchanged files by hard link, and a second edit of one
+        (the same byte flipped back) would undo the first, unseen by the model.
         """
 
         def untouched(path):
-            return not any(path == done or path.startswith(done + "/") for done in touched)
+            return not any(path == done or path.startswith(done + "/") for done in touched | touched_there)
 
         def choose(paths):
             return sorted(paths)[pick % len(paths)]
