@@ -183,6 +183,29 @@ def seal_after_tick(root, dirs, changed_at):
     return seal(root, dirs), taken
 
 
+# Racy entries a record lists at most; a deploy that stamped more waits for the clock tick to pass instead.
+_RACY_MAX = 64
+
+
+def racy_entries(stamps):
+    """The entries of ``stamps`` (``{path: ns}``, :func:`index_entries`) changed within a clock tick of now.
+
+    Their stamps prove nothing: an edit within that tick that keeps size and
+    mtime (``cp -p``, ``touch -r``) leaves ctime in the same tick, so the next
+    scan reads those files (see :func:`envflow.slots.hand_edits`). When there
+    are more than a few, waiting for the tick to pass costs less than reading
+    them all on the next deploy: then none is returned.
+    """
+    now = time.time_ns()
+    racy = {path: at for path, at in stamps.items() if at >= now - _TICK_NS}
+    if len(racy) > _RACY_MAX:
+        wait = max(racy.values()) + _TICK_NS - now
+        if wait > 0:
+            time.sleep(wait / 1e9)
+        return {}
+    return racy
+
+
 def broken_seals(root, record):
     """The sealed directories of ``record`` that changed since (an entry added, removed or replaced), or are gone.
 
@@ -440,13 +463,15 @@ def _find(tree, path):
 
 
 def index_entries(index, root, entries, changed=None):
-    """Make ``index`` describe each path of ``entries`` as it stands under ``root``.
+    """Make ``index`` describe each path of ``entries`` as it stands under ``root``; return when each last changed.
 
     ``entries`` maps each path to the ``(id, mode)`` the commit has there, or
     ``None``; a path the commit lacks, or not on disk (a refused symlink), leaves the index.
     ``changed``, when given, gets each path's entry (``[id, mode, *stamp]``) or ``None``,
-    as :func:`envflow.slots.read_index` reads it.
+    as :func:`envflow.slots.read_index` reads it. Returns ``{path: ns}``, the
+    newest of ctime and mtime of each path put in the index, for :func:`racy_entries`.
     """
+    stamps = {}
     for path in sorted(entries):
         held = entries[path]
         found = None
@@ -462,5 +487,7 @@ def index_entries(index, root, entries, changed=None):
         else:
             stamped = slots.stamp(found)
             slots.set_entry(index, path, held[0], held[1], stamped)
+            stamps[path] = max(found.st_ctime_ns, found.st_mtime_ns)
             if changed is not None:
                 changed[path] = [str(held[0]), held[1], *stamped]
+    return stamps

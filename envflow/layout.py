@@ -38,6 +38,8 @@ class Record:
     ``index_changes`` are the entries where the slot's index differs from its
     index file (shared with the other slot, never rewritten in place): each
     path's ``[id, mode, *stamp]``, or ``None`` where the path left the index.
+    ``racy`` maps the paths whose entries were stamped within a clock tick of
+    their last change to that change's time (ns): the next scan reads them.
     """
 
     commit: dict
@@ -48,6 +50,7 @@ class Record:
     dirty: list = field(default_factory=list)
     sealed_at: int = 0
     index_changes: dict = field(default_factory=dict)
+    racy: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data):

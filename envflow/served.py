@@ -113,7 +113,8 @@ class ServedDir:
                     index = slots.read_index(os.path.join(repo.path, "index"), record.index_changes)
                     commit_id = record.commit_id
                     tree = repo[commit_id].peel(pygit2.Tree) if commit_id in repo else None
-                    return slots.hand_edits(repo, index, slots.scan_halves(index, tree, root) if tree else None)
+                    halves = slots.scan_halves(index, tree, root) if tree else None
+                    return slots.hand_edits(repo, index, halves, racy=record.racy)
                 finally:
                     repo.free()
         except (OSError, pygit2.GitError) as exc:
@@ -243,7 +244,7 @@ class Deployment:
         restamped_at = time.time_ns()
         restamped = checkout.seal(layout.tree(served), unsealed)
         try:
-            edits = self._scan(served, index, served_tree)
+            edits = self._scan(served, index, served_tree, served_record.racy)
         except BaseException:
             _drop(index.path)
             raise
@@ -285,18 +286,22 @@ class Deployment:
             prepared = self._bring_up_to_date(
                 repo, writer, index, standby, standby_record, served_tree, edited, new_tree, new_links
             )
+            # The served tree's entries still stamped too close to their change stay so in the standby's index.
+            carried = {path: at for path, at in served_record.racy.items() if path not in prepared.stamped}
+            fresh = {path: at for path, at in prepared.stamped.items() if at is not None}
+            prepared.record.racy = checkout.racy_entries({**carried, **fresh})
         prepared.served_record = served_record
         if served_record.commit_id == new_id:
             prepared.record.since = served_record.since  # the same commit, served all along
         return prepared
 
-    def _scan(self, served, index, served_tree):
-        """The hand edits of the served tree, the scan split over two cores for a large tree."""
+    def _scan(self, served, index, served_tree, racy):
+        """The hand edits of the served tree, the scan split over two cores for a large tree; ``racy`` files read."""
         root = self.layout.tree(served)
         served_repo = slots.open_repo(self.layout.gitdir(served), root, self.objects)
         try:
             halves = slots.scan_halves(index, served_tree, root) if served_tree is not None else None
-            return slots.hand_edits(served_repo, index, halves)
+            return slots.hand_edits(served_repo, index, halves, racy)
         finally:
             served_repo.free()
 
@@ -318,7 +323,7 @@ class Deployment:
         writer.make_paths_match(new_tree, paths)
         refused = self._links(writer, new_tree, new_links)
         entries = {path: checkout.entry(new_tree, path) for path in paths | new_links}
-        checkout.index_entries(index, root, entries, changed=index.changes)
+        stamped = checkout.index_entries(index, root, entries, changed=index.changes)
         index_changes = self._write_index(index, standby)
         dirs = {
             path: stamp
@@ -344,7 +349,10 @@ class Deployment:
             *(f"{root}/{path}" if path else root for path in changed if path in dirs),
             os.path.join(gitdir, "index"),
         ]
-        return Prepared(None, slot=standby, record=record, flush=flush)
+        prepared = Prepared(None, slot=standby, record=record, flush=flush)
+        # Where this deploy stamped the index, a path it took out of the index included (``None``).
+        prepared.stamped = {path: stamped.get(path) for path in entries}
+        return prepared
 
     def _link_copy(self, writer, served, served_record, served_tree, edited, standby):
         """The standby cannot be reused: make it the served tree (hard links); return its record.
@@ -370,8 +378,11 @@ class Deployment:
         # The links changed the ctime of every file they share: stamp the served index again,
         # or each scan reads every file.
         index = self._index_from(served, served, served_record.index_changes)
-        checkout.index_entries(index, layout.tree(served), {p: e for p, e in entries.items() if p not in edited})
+        restamped = checkout.index_entries(
+            index, layout.tree(served), {p: e for p, e in entries.items() if p not in edited}
+        )
         served_record.index_changes = self._write_index(index, served, whole=True)
+        served_record.racy = checkout.racy_entries(restamped)
         writer.touched.clear()
         writer.written.clear()
         return copied
@@ -404,7 +415,7 @@ class Deployment:
             linked_at = time.time_ns()
         # After the links: they changed every file's ctime.
         index = self._index_from(None, slot)
-        checkout.index_entries(index, root, written)
+        stamped = checkout.index_entries(index, root, written)
         self._write_index(index, slot)
         if first:
             # Sealed a tick after the links (the index took that time), so that the next deploy can trust every
@@ -426,6 +437,7 @@ class Deployment:
             refused_links=refused,
             dirs=sealed,
             sealed_at=sealed_at,
+            racy=checkout.racy_entries(stamped),  # none after the tick a first deploy waited for its other slot
         )
         prepared = Prepared(None, slot=slot, record=record, flush=None)
         prepared.files = len(written)  # every file of the commit, added

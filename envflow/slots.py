@@ -11,6 +11,7 @@ it wrote: no file is read back to hash it.
 import ctypes
 import os
 import shutil
+import stat
 import threading
 
 import pygit2
@@ -136,16 +137,16 @@ def read_index(path, changes):
     return index
 
 
-def stamp(stat):
-    """What an index entry keeps of a file's ``stat``, to tell on the next scan whether it changed."""
+def stamp(found):
+    """What an index entry keeps of a file's ``os.lstat``, to tell on the next scan whether it changed."""
     return [
-        stat.st_ctime_ns,
-        stat.st_mtime_ns,
-        stat.st_dev & _MASK32,
-        stat.st_ino & _MASK32,
-        stat.st_uid & _MASK32,
-        stat.st_gid & _MASK32,
-        stat.st_size & _MASK32,
+        found.st_ctime_ns,
+        found.st_mtime_ns,
+        found.st_dev & _MASK32,
+        found.st_ino & _MASK32,
+        found.st_uid & _MASK32,
+        found.st_gid & _MASK32,
+        found.st_size & _MASK32,
     ]
 
 
@@ -272,13 +273,16 @@ def _diff_halves(repo, index, halves):
     return found[0] + found[1]
 
 
-def hand_edits(repo, index, halves=None):
+def hand_edits(repo, index, halves=None, racy=()):
     """The files of ``repo``'s work tree that differ from ``index``: ``{"added", "modified", "deleted"}``.
 
     Added covers untracked and ignored files (Salt serves those too).
     ``halves`` (from :func:`scan_halves`) splits the scan over two threads, so
     it runs on two cores. Both read the same index, which nothing changes
-    meanwhile: libgit2 takes a snapshot of its entries for each scan.
+    meanwhile: libgit2 takes a snapshot of its entries for each scan. The
+    files of ``racy`` (paths whose entries were stamped within a clock tick
+    of their last change) are read and hashed too: their stat data may not
+    show an edit made in that tick.
     """
     _lend_index(repo, index)
     try:
@@ -286,6 +290,28 @@ def hand_edits(repo, index, halves=None):
     finally:
         _lend_index(repo, None)  # an index owned by a repository is checked against its work tree when written
     edits = _edits_of(deltas)
+    seen = {path for paths in edits.values() for path in paths}
+    edits["modified"] += [path for path in racy if path not in seen and _content_differs(repo.workdir, index, path)]
     for paths in edits.values():
         paths.sort()
     return edits
+
+
+def _content_differs(root, index, path):
+    """Whether the file or symlink at ``path`` under ``root`` holds other than its entry in ``index``, read whole."""
+    try:
+        entry = index[path]
+    except KeyError:
+        return False
+    full = os.path.join(root, path)
+    try:
+        found = os.lstat(full)
+    except OSError:
+        return False  # gone, or under what replaced a directory: the scan reported that
+    if stat.S_ISLNK(found.st_mode):
+        held = pygit2.hash(os.fsencode(os.readlink(full))), FileMode.LINK
+    elif stat.S_ISREG(found.st_mode):
+        held = pygit2.hashfile(full), FileMode.BLOB_EXECUTABLE if found.st_mode & stat.S_IXUSR else FileMode.BLOB
+    else:
+        return False  # a directory now: the scan reported that
+    return held != (entry.id, entry.mode)

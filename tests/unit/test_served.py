@@ -9,6 +9,7 @@ import time
 import pygit2
 import pytest
 
+from envflow import checkout, slots
 from envflow.errors import Drift, EnvflowError
 from envflow.served import ServedDir
 from tests.gitrepo import Symlink, tree_files
@@ -457,6 +458,96 @@ def test_a_served_edit_that_kept_size_and_mtime_is_refused(served, mirror, remot
         handle.write(original.upper())
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert served.drift(mirror.objects)["modified"] == ["top.sls"]
+
+
+def _edit_within_the_tick(served, path):
+    """Edit ``path`` keeping its size, its mtime set an hour back (``touch -r``), and stamp its index entry anew.
+
+    As when the edit fell within the clock tick of the deploy's own stamp on a
+    kernel with coarse file times: ctime then stays in that tick, and no stat
+    data can show the edit (libgit2 reads a file again only when its mtime is
+    not older than the index file).
+    """
+    layout = served.layout
+    slot = layout.served_slot()
+    record = layout.record(slot)
+    full = os.path.join(served.path, path)
+    info = os.stat(full)
+    with open(full, "r+b") as handle:
+        content = handle.read()
+        handle.seek(0)
+        handle.write(content.upper())
+    os.utime(full, ns=(info.st_atime_ns, info.st_mtime_ns - 3600 * 1_000_000_000))
+    entry = slots.read_index(os.path.join(layout.gitdir(slot), "index"), record.index_changes)[path]
+    record.index_changes[path] = [str(entry.id), entry.mode, *slots.stamp(os.lstat(full))]
+    layout.write_record(slot, record)
+
+
+@pytest.fixture
+def long_tick(monkeypatch):
+    """Call to make the clock tick ten minutes long: every file a later deploy stamps is within a tick of its end.
+
+    After the first deploy, which waits a tick once before sealing its other slot.
+    """
+    return lambda: monkeypatch.setattr(checkout, "_TICK_NS", 600 * 1_000_000_000)
+
+
+def test_an_edit_within_the_clock_tick_of_the_deploy_is_refused(served, mirror, remote, long_tick):
+    deploy(served, mirror, "stage")
+    long_tick()
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    record = served.layout.record(served.served_slot())
+    assert "web/init.sls" in record.racy  # the file this deploy wrote
+    _edit_within_the_tick(served, "web/init.sls")
+    assert served.drift(mirror.objects)["modified"] == ["web/init.sls"]
+    remote.commit("stage", {"db/init.sls": "# db\n"})
+    before = tree_files(served.path), os.readlink(served.path), served.deployed()
+    with pytest.raises(Drift) as drift:
+        deploy(served, mirror, "stage")
+    assert "web/init.sls" in str(drift.value) and "\n" not in str(drift.value)
+    assert (tree_files(served.path), os.readlink(served.path), served.deployed()) == before
+    # Without the record's list the stamp hides the edit: what the list is for.
+    record = served.layout.record(served.served_slot())
+    record.racy = {}
+    served.layout.write_record(served.served_slot(), record)
+    assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_entries_stay_racy_through_the_next_deploy_until_the_tick_passed(served, mirror, remote):
+    """The next deploy's index copies the served tree's stamps: those still within the tick stay listed."""
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"db/init.sls": "# db\n"})
+    deploy(served, mirror, "stage")
+    # As if this deploy had just stamped web/init.sls (a time ahead of the next deploy's end):
+    slot = served.served_slot()
+    record = served.layout.record(slot)
+    record.racy = {"web/init.sls": time.time_ns() + 60 * 1_000_000_000}
+    served.layout.write_record(slot, record)
+    remote.commit("stage", {"top.sls": "base:\n  '*':\n    - web\n    - db\n"})
+    deploy(served, mirror, "stage")  # writes top.sls; web/init.sls keeps its file and its stamp
+    assert "web/init.sls" in served.layout.record(served.served_slot()).racy
+    _edit_within_the_tick(served, "web/init.sls")
+    remote.commit("stage", {"db/init.sls": "# db v2\n"})
+    before = tree_files(served.path), os.readlink(served.path), served.deployed()
+    with pytest.raises(Drift) as drift:
+        deploy(served, mirror, "stage")
+    assert "web/init.sls" in str(drift.value)
+    assert (tree_files(served.path), os.readlink(served.path), served.deployed()) == before
+    result = deploy(served, mirror, "stage", force=True)
+    assert result["discarded"]["modified"] == ["web/init.sls"]
+    assert tree_files(served.path)["web/init.sls"] == "# web v2\n"
+
+
+def test_racy_entries_are_those_within_a_tick_and_many_wait_the_tick_out():
+    now = time.time_ns()
+    old = now - 2 * checkout._TICK_NS  # pylint: disable=protected-access
+    assert checkout.racy_entries({"new": now, "old": old}) == {"new": now}
+    many = {f"f{number}": now for number in range(checkout._RACY_MAX + 1)}  # pylint: disable=protected-access
+    assert checkout.racy_entries(many) == {}
+    assert time.time_ns() >= now + checkout._TICK_NS  # pylint: disable=protected-access
 
 
 def test_a_deploy_stopped_between_prepare_and_switch_leaves_the_served_tree_as_it_was(served, mirror, remote):
