@@ -14,6 +14,7 @@ is ever written through a symlink.
 import os
 import shutil
 import stat
+import sys
 import threading
 import time
 
@@ -127,9 +128,27 @@ def links_after(links, changed):
     return links
 
 
-# File times move by clock ticks (at most 10 ms on Linux): a directory stamp this close to the seal
-# may hide a change made within the same tick.
-_TICK_NS = 20_000_000
+def _tick_ns():
+    """How close to a moment a file time must be to prove nothing about what changed after it (ns).
+
+    Linux stamps files from its coarse clock, which moves in ticks of 1 to 10
+    ms (``CONFIG_HZ``; ``clock_getres`` of ``CLOCK_REALTIME_COARSE`` tells),
+    so a stamp lags the moment it was taken by less than one tick: a stamp
+    within a tick of a moment may hide a change made in that tick. Twice the
+    tick, for a margin; 20 ms where the coarse clock cannot be asked.
+    """
+    if not sys.platform.startswith("linux"):
+        return 20_000_000
+    try:
+        resolution = time.clock_getres(getattr(time, "CLOCK_REALTIME_COARSE", _CLOCK_REALTIME_COARSE))
+    except (AttributeError, OSError):
+        return 20_000_000
+    return max(2 * round(resolution * 1e9), 2_000_000)
+
+
+_CLOCK_REALTIME_COARSE = 5  # Linux's id of the clock; Python's time module does not name it
+# A directory or file stamped this close to a seal or an index entry may hide a change made within the same tick.
+_TICK_NS = _tick_ns()
 
 
 def seal(root, dirs):

@@ -550,6 +550,32 @@ def test_racy_entries_are_those_within_a_tick_and_many_wait_the_tick_out():
     assert time.time_ns() >= now + checkout._TICK_NS  # pylint: disable=protected-access
 
 
+def test_file_times_lag_the_clock_by_less_than_half_the_tick(tmp_path):
+    """What every seal and racy entry relies on: a change made after a moment is stamped later than a tick before it.
+
+    The tick is twice the kernel's coarse clock resolution (20 ms where that
+    clock cannot be asked): files written, directories gaining or losing an
+    entry, and both of their times.
+    """
+    assert checkout._TICK_NS >= 2_000_000  # pylint: disable=protected-access
+    path, directory = tmp_path / "file", tmp_path / "dir"
+    directory.mkdir()
+    lags = []
+    for number in range(1000):
+        before = time.time_ns()
+        path.write_bytes(b"%d" % number)
+        entry = directory / "entry"
+        if number % 2:
+            entry.unlink()
+        else:
+            entry.write_bytes(b"")
+        for found in (os.lstat(path), os.lstat(directory)):
+            lags.append(before - min(found.st_mtime_ns, found.st_ctime_ns))
+        if number % 200 == 0:
+            time.sleep(0.005)  # idle a moment: a tickless kernel's coarse clock catches up on wake-up
+    assert max(lags) < checkout._TICK_NS // 2  # pylint: disable=protected-access
+
+
 def test_a_deploy_stopped_between_prepare_and_switch_leaves_the_served_tree_as_it_was(served, mirror, remote):
     """What a promotion relies on: its branch moves between the phases, and a lost race changes nothing served."""
     deploy(served, mirror, "stage")
