@@ -135,7 +135,9 @@ def _tick_ns():
     ms (``CONFIG_HZ``; ``clock_getres`` of ``CLOCK_REALTIME_COARSE`` tells),
     so a stamp lags the moment it was taken by less than one tick: a stamp
     within a tick of a moment may hide a change made in that tick. Twice the
-    tick, for a margin; 20 ms where the coarse clock cannot be asked.
+    tick and at least 10 ms, for a margin (a virtual machine's timer
+    interrupts come late when its host is busy); 20 ms where the coarse clock
+    cannot be asked.
     """
     if not sys.platform.startswith("linux"):
         return 20_000_000
@@ -143,7 +145,7 @@ def _tick_ns():
         resolution = time.clock_getres(getattr(time, "CLOCK_REALTIME_COARSE", _CLOCK_REALTIME_COARSE))
     except (AttributeError, OSError):
         return 20_000_000
-    return max(2 * round(resolution * 1e9), 2_000_000)
+    return max(2 * round(resolution * 1e9), 10_000_000)
 
 
 _CLOCK_REALTIME_COARSE = 5  # Linux's id of the clock; Python's time module does not name it
