@@ -1,3 +1,5 @@
+import multiprocessing
+import multiprocessing.managers
 import os
 import pathlib
 import shutil
@@ -78,6 +80,29 @@ def short_root():
         "Set TMPDIR to a short writable directory.",
         pytrace=False,
     )
+
+
+@pytest.fixture
+def spawn_barrier():
+    """Make a barrier for ``parties`` processes of multiprocessing's ``spawn`` context: ``spawn_barrier(parties)``.
+
+    Served by a manager listening on loopback TCP: ``multiprocessing.Manager()``
+    listens on a unix socket under ``$TMPDIR``, whose path is too long for one
+    when ``TMPDIR`` is. The managers are shut down after the test.
+    """
+    managers = []
+
+    def make(parties):
+        manager = multiprocessing.managers.SyncManager(
+            address=("127.0.0.1", 0), ctx=multiprocessing.get_context("spawn")
+        )
+        manager.start()
+        managers.append(manager)
+        return manager.Barrier(parties)
+
+    yield make
+    for manager in managers:
+        manager.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -74,7 +74,7 @@ def _chain_moves_forward(mirror, commits):
     return all(mirror.contains(newer, older) for older, newer in itertools.pairwise(commits))
 
 
-def test_parallel_operations_on_one_environment_stay_consistent(remote, tmp_path):
+def test_parallel_operations_on_one_environment_stay_consistent(remote, tmp_path, spawn_barrier):
     raw = make_config(remote.path, tmp_path / "srv")
     config = parse(raw)
     cachedir = str(tmp_path / "cache")
@@ -93,7 +93,7 @@ def test_parallel_operations_on_one_environment_stay_consistent(remote, tmp_path
     start_tip = remote.tip("master")
 
     context = multiprocessing.get_context("spawn")
-    barrier = context.Manager().Barrier(len(OPERATIONS))
+    barrier = spawn_barrier(len(OPERATIONS))
     with context.Pool(len(OPERATIONS)) as pool:
         outcomes = pool.starmap(
             _operate, [(operation, n, raw, cachedir, barrier) for n, operation in enumerate(OPERATIONS)]

@@ -99,11 +99,11 @@ def _write(remote_path, cachedir, number, barrier):
         history.record(mirror, {"action": "frozen", "env": f"env{number}", "by": f"master{number}"})
 
 
-def test_eight_masters_at_once_lose_no_entry(remote, tmp_path):
+def test_eight_masters_at_once_lose_no_entry(remote, tmp_path, spawn_barrier):
     """Eight masters write at once, starting from no history at all (its creation is the tightest race), 4 times."""
     context = multiprocessing.get_context("spawn")
     writers = 8
-    barrier = context.Manager().Barrier(writers)
+    barrier = spawn_barrier(writers)
     with context.Pool(writers) as pool:
         for round_number in range(4):
             git("update-ref", "-d", HISTORY, cwd=remote.path)

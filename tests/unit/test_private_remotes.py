@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import time
 
@@ -13,7 +14,7 @@ from envflow import records
 from envflow.config import parse
 from envflow.errors import ConfigError, RemoteError
 from envflow.remote import Mirror
-from tests.conftest import HTTP_PASSWORD, HTTP_USER
+from tests.conftest import HTTP_PASSWORD, HTTP_USER, short_root
 from tests.gitrepo import config, git
 from tests.servers import SilentServer, SshServer, fingerprint, keygen, make_ca_and_certificate, wait_for
 
@@ -67,9 +68,14 @@ def test_a_passphrase_protected_key_over_ssh(remote, sshd, ssh_keys, known_hosts
 
 
 @contextlib.contextmanager
-def ssh_agent(tmp_path, key, monkeypatch):
-    """An ssh-agent holding ``key``, named by ``SSH_AUTH_SOCK`` for this test; stopped afterwards."""
-    sock = str(tmp_path / "agent.sock")
+def ssh_agent(key, monkeypatch):
+    """An ssh-agent holding ``key``, named by ``SSH_AUTH_SOCK`` for this test; stopped afterwards.
+
+    Its socket goes under a short directory: a unix socket's path has room
+    for about 100 characters, fewer than a long ``TMPDIR`` leaves.
+    """
+    folder = short_root()
+    sock = str(folder / "agent.sock")
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: os.path.exists(sock), "ssh-agent's socket")
@@ -80,11 +86,12 @@ def ssh_agent(tmp_path, key, monkeypatch):
     finally:
         agent.terminate()
         agent.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_ssh_agent(remote, sshd, ssh_keys, known_hosts, tmp_path, monkeypatch):
     agent = {"ssh_agent": True, "known_hosts": known_hosts}
-    with ssh_agent(tmp_path, ssh_keys.plain, monkeypatch), mirror_for(sshd.url(remote.path), tmp_path, agent) as mirror:
+    with ssh_agent(ssh_keys.plain, monkeypatch), mirror_for(sshd.url(remote.path), tmp_path, agent) as mirror:
         mirror.fetch()
         assert str(mirror.tip("develop")) == remote.tip("develop")
 
@@ -92,7 +99,7 @@ def test_the_ssh_agent(remote, sshd, ssh_keys, known_hosts, tmp_path, monkeypatc
 def test_an_agent_whose_keys_the_server_refuses_says_so_and_changes_nothing(
     remote, sshd, ssh_keys, known_hosts, tmp_path, monkeypatch
 ):
-    with ssh_agent(tmp_path, ssh_keys.stranger, monkeypatch):
+    with ssh_agent(ssh_keys.stranger, monkeypatch):
         before = remote.refs()
         with mirror_for(sshd.url(remote.path), tmp_path, {"ssh_agent": True, "known_hosts": known_hosts}) as mirror:
             text = fails(mirror)
