@@ -541,6 +541,22 @@ def test_entries_stay_racy_through_the_next_deploy_until_the_tick_passed(served,
     assert tree_files(served.path)["web/init.sls"] == "# web v2\n"
 
 
+def test_the_tick_is_twice_the_coarse_clock_at_least_10_ms_and_20_ms_where_that_clock_cannot_be_asked(monkeypatch):
+    monkeypatch.setattr(checkout.time, "clock_getres", lambda _clock: 0.01)  # CONFIG_HZ=100
+    assert checkout._tick_ns() == 20_000_000  # pylint: disable=protected-access
+    monkeypatch.setattr(checkout.time, "clock_getres", lambda _clock: 0.001)  # CONFIG_HZ=1000
+    assert checkout._tick_ns() == 10_000_000  # pylint: disable=protected-access
+
+    def unknown_clock(_clock):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(checkout.time, "clock_getres", unknown_clock)
+    assert checkout._tick_ns() == 20_000_000  # pylint: disable=protected-access
+    monkeypatch.setattr(checkout.sys, "platform", "darwin")  # another system's clock ids mean other clocks
+    monkeypatch.setattr(checkout.time, "clock_getres", lambda _clock: 0.000001)
+    assert checkout._tick_ns() == 20_000_000  # pylint: disable=protected-access
+
+
 def test_racy_entries_are_those_within_a_tick_and_many_wait_the_tick_out():
     now = time.time_ns()
     old = now - 2 * checkout._TICK_NS  # pylint: disable=protected-access
