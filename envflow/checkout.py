@@ -128,6 +128,9 @@ def links_after(links, changed):
     return links
 
 
+_CLOCK_REALTIME_COARSE = 5  # Linux's id of the clock; Python's time module does not name it
+
+
 def _tick_ns():
     """How close to a moment a file time must be to prove nothing about what changed after it (ns).
 
@@ -148,7 +151,6 @@ def _tick_ns():
     return max(2 * round(resolution * 1e9), 10_000_000)
 
 
-_CLOCK_REALTIME_COARSE = 5  # Linux's id of the clock; Python's time module does not name it
 # A directory or file stamped this close to a seal or an index entry may hide a change made within the same tick.
 _TICK_NS = _tick_ns()
 
