@@ -19,13 +19,14 @@ Each test makes its own candidate on stage's branch, from the files of
 import concurrent.futures
 import os
 import pathlib
+import threading
 import time
 
 import pytest
 from saltfactories.utils import random_string
 
 from envflow import records
-from envflow.remote import Mirror
+from envflow.remote import NOTES, Mirror
 from envflow.served import ServedDir
 from tests import gitrepo
 from tests.integration.conftest import (
@@ -331,4 +332,39 @@ def test_the_minions_see_the_candidates_pillar_and_top_file(site):
     for minion in site.minions.values():
         applied = ok(site.salt_cli.run("state.apply", "test=True", minion_tgt=minion.id))
         assert all(state["result"] is True and not state["changes"] for state in applied.values()), applied
+    assert site.snapshot() == before
+
+
+def test_a_preview_that_cannot_be_recorded_still_reports_and_warns_in_one_line(site):
+    """The remote's notes reference is locked by another writer throughout: the run is reported, not recorded."""
+    ids = site.ids()
+    candidate = site.candidate("web: a third motd", motd="motd v3\n")
+    before = site.snapshot()
+    lock = pathlib.Path(site.remote.path, f"{NOTES}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    released = threading.Event()
+
+    def hold():  # kept fresh, so that it is never taken for a lock a killed process left
+        while not released.wait(1):
+            os.utime(lock)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        found = ok(site.run("envflow.preview", "prod"))
+        shown = site.salt_run("envflow.preview", "prod")
+    finally:
+        released.set()
+        holder.join()
+        lock.unlink()
+
+    assert (found["commit"], found["passed"], found["no_answer"]) == (candidate, True, [])
+    assert found["minions"][ids["web"]]["changes"] == 1, found
+    (warning,) = found["warnings"]
+    unrecorded = "envflow: the preview was not recorded, so the previewed gate does not see it: "
+    assert _one_line(warning).startswith(unrecorded), warning
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert unrecorded in shown.stdout  # what a person sees says so too
+    assert site.previewed(candidate) == []
     assert site.snapshot() == before
