@@ -52,14 +52,16 @@ class Prepared:
 
     ``record`` is the slot's record to write, ``served_record`` the served
     slot's (when it changed), ``flush`` what to flush before the switch
-    (``None``: the whole file system).
+    (``None``: the whole file system), ``stamped`` when each index entry the
+    deploy stamped last changed (ns; ``None`` for a path it took out of the index).
     """
 
-    def __init__(self, result, slot=None, record=None, flush=None):
+    def __init__(self, result, slot=None, record=None, flush=None, stamped=None):
         self.result = result
         self.slot = slot
         self.record = record
         self.flush = flush
+        self.stamped = stamped or {}
         self.served_record = None
 
 
@@ -349,10 +351,9 @@ class Deployment:
             *(f"{root}/{path}" if path else root for path in changed if path in dirs),
             os.path.join(gitdir, "index"),
         ]
-        prepared = Prepared(None, slot=standby, record=record, flush=flush)
-        # Where this deploy stamped the index, a path it took out of the index included (``None``).
-        prepared.stamped = {path: stamped.get(path) for path in entries}
-        return prepared
+        return Prepared(
+            None, slot=standby, record=record, flush=flush, stamped={path: stamped.get(path) for path in entries}
+        )
 
     def _link_copy(self, writer, served, served_record, served_tree, edited, standby):
         """The standby cannot be reused: make it the served tree (hard links); return its record.

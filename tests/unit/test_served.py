@@ -501,6 +501,12 @@ def test_an_edit_within_the_clock_tick_of_the_deploy_is_refused(served, mirror, 
     assert "web/init.sls" in record.racy  # the file this deploy wrote
     _edit_within_the_tick(served, "web/init.sls")
     assert served.drift(mirror.objects)["modified"] == ["web/init.sls"]
+    # The commit already served: the no-op's own check reads the racy file too.
+    before = tree_files(served.path), os.readlink(served.path), served.deployed()
+    with pytest.raises(Drift) as drift:
+        deploy(served, mirror, "stage")
+    assert "web/init.sls" in str(drift.value)
+    assert (tree_files(served.path), os.readlink(served.path), served.deployed()) == before
     remote.commit("stage", {"db/init.sls": "# db\n"})
     before = tree_files(served.path), os.readlink(served.path), served.deployed()
     with pytest.raises(Drift) as drift:
