@@ -111,25 +111,7 @@ def _fire(env, action, data):
 
 def _after_deploy(config, env, served):
     """Once the new tree is served: refresh the master's caches (and minions), fire ``deployed``; return the result."""
-    result = {"env": env, **served, "refreshed": [], "pillar_refreshed": []}
-    if not result["changed"]:
-        return result
-    environment, fileserver_opts = config.environment(env), None
-    try:
-        fileserver_opts = _fileserver_opts(config)
-        if fileserver_opts:
-            result.update(saltbus.refresh_caches(fileserver_opts, environment))
-    except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
-        # The new tree is served already; salt.config exits on a broken master config.
-        result["warning"] = f"envflow: the master's caches for {result['path']} were not cleared: {exc}"
-        log.warning("%s", result["warning"])
-    if environment.sync_minions and fileserver_opts and fileserver_opts.get("__role") == "master":
-        result["minions"] = saltbus.sync_minions(fileserver_opts, environment.target, env)
-    old = result["old"]["id"] if result["old"] else None
-    data = {"env": env, "path": result["path"], "old": old, "new": result["new"]["id"]}
-    data.update((key, result[key]) for key in ("refreshed", "pillar_refreshed", "minions") if key in result)
-    _fire(env, "deployed", data)
-    return result
+    return saltbus.after_deploy(config, env, served, lambda: _fileserver_opts(config), _fire)
 
 
 def deploy(env, rev=None, force=False, branch=None, test=False, reason=None, by=None):

@@ -12,7 +12,7 @@ import functools
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
-    from envflow import access, checks, diffs, holds, jobs, pipeline, records, saltbus, text
+    from envflow import access, checks, diffs, holds, jobs, pipeline, pushes, records, saltbus, text
     from envflow import config as envflow_config
     from envflow import history as envflow_history
     from envflow import preview as envflow_preview
@@ -72,9 +72,19 @@ def _reported(function):
     return reporting
 
 
-def _deploy(env, **kwargs):
-    """Deploy through the execution module, as the master's own ``salt.cmd`` would."""
-    return pipeline.deploy_summary(__salt__["salt.cmd"]("envflow.deploy", env, **kwargs))
+def _fire(env, action, data):
+    saltbus.fire_on_master(__opts__, f"salt/envflow/{env}/{action}", data)
+
+
+def _deploy(config, mirror, env, force=False, reason=None, by=None):
+    """Deploy ``env``'s branch tip from the fetched ``mirror`` on this master, as ``envflow.deploy`` does; its summary.
+
+    Called in the runner's own process (no ``salt.cmd``: loading every
+    execution module and the grains would cost more than the deploy, and the
+    reactor runs pushes in threads, where loading grains is not safe).
+    """
+    served = pipeline.deploy(config, mirror, env, force=force, reason=reason, by=by)
+    return pipeline.deploy_summary(saltbus.after_deploy(config, env, served, lambda: __opts__, _fire))
 
 
 @_reported
@@ -236,28 +246,76 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
     try:
         config = _config()
         environments = config.select(env)
+        with _mirror(config) as mirror:
+            report, errors = {}, []
+            for environment in environments:
+                try:
+                    if dry_run:
+                        plan = pipeline.deploy_preview(config, mirror, environment.name, force=force)
+                        report[environment.name] = pipeline.preview_summary(plan)
+                    else:
+                        report[environment.name] = _deploy(
+                            config, mirror, environment.name, force=force, reason=reason, by=_user()
+                        )
+                except EnvflowError as exc:
+                    report[environment.name] = {"error": str(exc)}
+                    errors.append(f"{environment.name}: {exc}")
     except EnvflowError as exc:
         return _failure(str(exc))
-    report, errors = {}, []
-    for environment in environments:
-        try:
-            if dry_run:
-                plan = __salt__["salt.cmd"]("envflow.deploy", environment.name, force=force, test=True)
-                report[environment.name] = {
-                    "old": plan["old"]["id"] if plan["old"] else None,
-                    "new": plan["new"]["id"],
-                    "drift": plan["drift"],
-                    # A pin it would keep serving, or the freeze that would refuse it, and why.
-                    **{key: plan[key] for key in ("pinned", "comment", "refused") if key in plan},
-                }
-            else:
-                report[environment.name] = _deploy(environment.name, force=force, reason=reason, by=_user())
-        except (CommandExecutionError, SaltInvocationError) as exc:
-            report[environment.name] = {"error": str(exc)}
-            errors.append(f"{environment.name}: {exc}")
     if errors:
         return {**_failure("; ".join(errors)), "environments": report}
     return {"dry_run": True, "environments": report} if dry_run else {"environments": report}
+
+
+@_reported
+def pushed(branches, source=None, sender=None, pusher=None, delivery=None):
+    """
+    Serve a push: fetch, and deploy the branch tip in each environment whose
+    branch is one of ``branches``, exactly as :py:func:`refresh` does (pins,
+    freezes and hand edits respected and reported, events fired, history
+    recorded).
+
+    The shipped reactor (``docs/pipelines/push.conf``) calls it for each
+    verified push hook; the push's own commit ids are not used, so a replayed
+    hook never rewinds an environment. Pushes that arrive while one is being
+    served are handed to it (``handed_off``): it deploys again, once, with
+    the newest tip, instead of this call waiting for its lock.
+
+    Returns, per environment, the ``deploys`` made (each as ``refresh``
+    returns it) and ``handed_off``, or its ``error``; ``retcode: 1`` when
+    one failed.
+
+    branches
+        The branches pushed (a list, or one name).
+
+    source, sender, pusher, delivery
+        Where the push came from (the git server's kind and address, who
+        pushed, the delivery id), for the log and the history.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run envflow.pushed develop
+        salt-run envflow.pushed '[develop, stage]' source=github sender=192.0.2.10
+    """
+    names = [branches] if isinstance(branches, str) else list(branches or [])
+    by = pusher or _user()
+    if source:
+        by = f"{by} (push from {source})"
+    try:
+        config = _config()
+    except EnvflowError as exc:
+        return _failure(str(exc))
+
+    def deploy(env):
+        with _mirror(config) as mirror:
+            return _deploy(config, mirror, env.name, by=by)
+
+    report = pushes.serve(config, names, deploy)
+    errors = [f"{env}: {entry['error']}" for env, entry in report.items() if "error" in entry]
+    done = {"branches": names, "sender": sender, "delivery": delivery, "environments": report}
+    return {**done, **_failure("; ".join(errors))} if errors else done
 
 
 @_reported

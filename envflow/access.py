@@ -119,6 +119,13 @@ class Credentials:
 _HELD = set()
 
 
+def hold(secret):
+    """Remember ``secret`` (a webhook secret, say), so that :func:`scrub_held` hides it; return it."""
+    if secret:
+        _HELD.add(secret)
+    return secret
+
+
 def scrub_held(text):
     """``text`` with every passphrase and password this process has read replaced by ``***``."""
     for secret in sorted(_HELD, key=len, reverse=True):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pygit2
 
-from envflow.access import DEFAULT_TIMEOUT, Credentials, endpoint
+from envflow.access import DEFAULT_TIMEOUT, Credentials, endpoint, hold
 from envflow.errors import ConfigError, UnknownEnvironment
 from envflow.layout import Layout
 from envflow.remote import is_local, redact
@@ -22,7 +22,7 @@ from envflow.text import echo
 _SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # Settings given for the whole block that an environment may override.
 _SHARED_KEYS = {"states", "pillar", "sync_minions"}
-_TOP_KEYS = {"repo", "environments", "master_config", "credentials", "timeout", *_SHARED_KEYS}
+_TOP_KEYS = {"repo", "environments", "master_config", "credentials", "timeout", "webhook", *_SHARED_KEYS}
 _ENV_KEYS = {"name", "branch", "path"}
 _OPTIONAL_ENV_KEYS = {"target", "gates", "preview_path", *_SHARED_KEYS}
 # The saltenv of an environment's preview directory is its name with this suffix.
@@ -32,6 +32,11 @@ _SSH_KEYS = ("ssh_key", "ssh_passphrase", "ssh_agent", "known_hosts", "accept_un
 _HTTP_KEYS = ("password", "ca_bundle", "allow_http")
 _CREDENTIAL_KEYS = (*_SSH_KEYS, "username", *_HTTP_KEYS)
 _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_WEBHOOK_KEYS = ("secret", "max_body")
+_SIZE = re.compile(r"^(\d+)\s*([kKmM]?)i?[bB]?$")
+_BYTES = {"": 1, "k": 1024, "m": 1024 * 1024}
+# What salt-api's rest_cherrypy accepts by default (its max_request_body_size).
+DEFAULT_MAX_BODY = 1024 * 1024
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -98,6 +103,30 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """``envflow:webhook``: the secret git servers sign push hooks with, and the largest body taken.
+
+    ``secret`` is the text, or an ``sdb://`` URI that :meth:`secret_text` reads
+    through ``resolve`` when a hook arrives; ``None`` when none is configured.
+    """
+
+    secret: str = None
+    max_body: int = DEFAULT_MAX_BODY
+    resolve: object = dataclasses.field(default=None, repr=False, compare=False)
+
+    def secret_text(self):
+        """The secret itself (read from sdb when it is an ``sdb://`` URI), or ``None``."""
+        if self.secret is None or not self.secret.startswith("sdb://"):
+            return hold(self.secret)
+        if self.resolve is None:
+            raise ConfigError(f"envflow:webhook:secret: {self.secret} cannot be read here: no Salt sdb")
+        value = self.resolve(self.secret, "envflow:webhook:secret")
+        if not isinstance(value, str) or value == "":
+            raise ConfigError(f"envflow:webhook:secret: {self.secret} gave no text; check the sdb profile and key")
+        return hold(value)
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated ``envflow`` block."""
 
@@ -106,6 +135,7 @@ class Config:
     master_config: str = None
     credentials: Credentials = dataclasses.field(default_factory=Credentials)
     timeout: int = DEFAULT_TIMEOUT
+    webhook: Webhook = dataclasses.field(default_factory=Webhook)
 
     def environment(self, name):
         """Return the environment called ``name``, or raise :class:`UnknownEnvironment`."""
@@ -376,6 +406,27 @@ def _timeout(value):
     return int(match.group(1)) * _SECONDS[match.group(2)]
 
 
+def _webhook(raw, resolve):
+    """Validate ``envflow:webhook``."""
+    key = "envflow:webhook"
+    if raw is None:
+        return Webhook(resolve=resolve)
+    if not isinstance(raw, dict):
+        _fail(key, "must be a mapping, such as {secret: sdb://envflow/webhook}")
+    unknown = sorted(set(raw) - set(_WEBHOOK_KEYS), key=str)
+    if unknown:
+        _fail(key, f"unknown key {echo(unknown[0])}; known keys: {', '.join(_WEBHOOK_KEYS)}")
+    max_body = raw.get("max_body", DEFAULT_MAX_BODY)
+    match = _SIZE.match(str(max_body).strip()) if not isinstance(max_body, bool) else None
+    if not match or int(match.group(1)) == 0:
+        _fail(f"{key}:max_body", f"{echo(max_body)} is not a size; give bytes, or a number with k or m, such as 1m")
+    return Webhook(
+        secret=_secret(raw, "secret", key),
+        max_body=int(match.group(1)) * _BYTES[match.group(2).lower()],
+        resolve=resolve,
+    )
+
+
 def _inside(path, other):
     return os.path.commonpath([path, other]) == other
 
@@ -469,4 +520,5 @@ def parse(raw, resolve=None):
         master_config=master_config,
         credentials=_credentials(raw.get("credentials"), repo, resolve),
         timeout=_timeout(raw.get("timeout")),
+        webhook=_webhook(raw.get("webhook"), resolve),
     )

@@ -7,6 +7,8 @@ For an environment whose ``path`` is ``/srv/salt/stage``::
     /srv/salt/.stage.envflow/b/               tree in slot b, the standby
     /srv/salt/.stage.envflow/a.git/           slot a's repository: index, HEAD, record
     /srv/salt/.stage.envflow/lock             held while deploying
+    /srv/salt/.stage.envflow/push.lock        held while serving pushes (envflow.pushes)
+    /srv/salt/.stage.envflow/push.pending     a push not served yet
 
 Every piece of bookkeeping lives beside the served tree, never inside it, so
 Salt never serves it, and the master and a minion deploying the same path
@@ -76,6 +78,8 @@ class Layout:
         parent, base = os.path.split(path)
         self.home = os.path.join(parent, f".{base}.envflow")
         self.lock = os.path.join(self.home, "lock")
+        self.push_lock = os.path.join(self.home, "push.lock")
+        self.push_pending = os.path.join(self.home, "push.pending")
         # Where the new symlink is made before it is renamed over ``path``.
         self.staging = os.path.join(self.home, "link.tmp")
 

@@ -35,6 +35,22 @@ def held(path, what, timeout=120.0):
         os.close(fd)
 
 
+@contextlib.contextmanager
+def attempted(path):
+    """Try once to hold an exclusive ``flock`` on ``path``: the block gets ``True`` holding it, ``False`` if busy."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
 def clear_stale_git_locks(gitdir):
     """Remove the lock files a killed git process left in ``gitdir``.
 

@@ -205,6 +205,17 @@ def deploy_summary(result):
     }
 
 
+def preview_summary(preview):
+    """The small view of :func:`deploy_preview` that runners return: commit ids, hand edits, any pin or refusal."""
+    return {
+        "old": preview["old"]["id"] if preview["old"] else None,
+        "new": preview["new"]["id"],
+        "drift": preview["drift"],
+        # A pin it would keep serving, or the freeze that would refuse it, and why.
+        **{key: preview[key] for key in ("pinned", "comment", "refused") if key in preview},
+    }
+
+
 def target(mirror, env, rev=None, branch=None):
     """The commit a deploy of ``env`` serves: ``rev``, else the tip of ``branch`` or of ``env``'s own branch."""
     if rev is not None and branch is not None:

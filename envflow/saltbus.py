@@ -165,6 +165,37 @@ def refresh_caches(master_opts, env):
     }
 
 
+def after_deploy(config, name, served, fileserver_opts, fire):
+    """Once environment ``name``'s new tree is served: clear the master's caches of it (and sync its minions), and
+    fire ``salt/envflow/<name>/deployed``; return the deploy's result with what was done.
+
+    ``served`` is what :func:`envflow.pipeline.deploy` returned;
+    ``fileserver_opts()`` gives the options of the file server that serves
+    this host's directories, or ``None``; ``fire(env, action, data)`` fires
+    the event. The new tree is served already, so a failure to clear the
+    caches is returned as ``warning`` (and logged), never raised.
+    """
+    result = {"env": name, **served, "refreshed": [], "pillar_refreshed": []}
+    if not result["changed"]:
+        return result
+    environment, opts = config.environment(name), None
+    try:
+        opts = fileserver_opts()
+        if opts:
+            result.update(refresh_caches(opts, environment))
+    except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
+        # salt.config exits on a broken master config.
+        result["warning"] = f"envflow: the master's caches for {result['path']} were not cleared: {exc}"
+        log.warning("%s", result["warning"])
+    if environment.sync_minions and opts and opts.get("__role") == "master":
+        result["minions"] = sync_minions(opts, environment.target, name)
+    old = result["old"]["id"] if result["old"] else None
+    data = {"env": name, "path": result["path"], "old": old, "new": result["new"]["id"]}
+    data.update((key, result[key]) for key in ("refreshed", "pillar_refreshed", "minions") if key in result)
+    fire(name, "deployed", data)
+    return result
+
+
 def _answers(returns, expected):
     """Split ``expected`` by the answers to a job: ``answered``, ``failed`` (with why), ``missing``."""
     failed = {
