@@ -387,3 +387,100 @@ def test_each_layout_mistake_names_its_key_in_one_line(raw, message):
         parse(raw)
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+def test_the_webhook_block_is_optional_and_takes_a_secret_or_an_sdb_uri():
+    config = parse(VALID)
+    assert (config.webhook.secret, config.webhook.max_body) == (None, 1024 * 1024)
+    assert config.webhook.secret_text() is None
+    assert parse(changed(webhook={})).webhook.secret is None
+    config = parse(changed(webhook={"secret": "wh-s3cret"}))
+    assert (config.webhook.secret, config.webhook.max_body) == ("wh-s3cret", 1024 * 1024)
+    assert config.webhook.secret_text() == "wh-s3cret"
+    asked = []
+
+    def resolve(uri, key):
+        asked.append((uri, key))
+        return "wh-s3cret-from-sdb"
+
+    webhook = parse(
+        changed(webhook={"secret": "sdb://envflow_secrets/webhook", "max_body": "64k"}), resolve=resolve
+    ).webhook
+    assert asked == []  # parsing reads no secret
+    assert (webhook.secret, webhook.max_body) == ("sdb://envflow_secrets/webhook", 64 * 1024)
+    assert webhook.secret_text() == "wh-s3cret-from-sdb"
+    assert asked == [("sdb://envflow_secrets/webhook", "envflow:webhook:secret")]
+
+
+def test_the_webhook_secret_never_shows_in_the_configurations_repr():
+    config = parse(changed(webhook={"secret": "wh-s3cret"}))
+    assert "wh-s3cret" not in repr(config)
+    assert "wh-s3cret" not in repr(config.webhook)
+
+
+@pytest.mark.parametrize(
+    "max_body, size",
+    [
+        (1, 1),
+        (4096, 4096),
+        ("4096", 4096),
+        ("512k", 512 * 1024),
+        ("512K", 512 * 1024),
+        ("64kb", 64 * 1024),
+        ("64KiB", 64 * 1024),
+        ("2m", 2 * 1024 * 1024),
+        ("2M", 2 * 1024 * 1024),
+        ("10MB", 10 * 1024 * 1024),
+        (" 1 m ", 1024 * 1024),
+    ],
+)
+def test_max_body_is_bytes_or_a_number_with_k_or_m(max_body, size):
+    assert parse(changed(webhook={"secret": "x", "max_body": max_body})).webhook.max_body == size
+
+
+@pytest.mark.parametrize("max_body", [0, "0", "0k", -1, "-1", "big", True, False, 1.5, "1.5m", "2g", "k", "", []])
+def test_a_bad_max_body_is_refused(max_body):
+    with pytest.raises(ConfigError) as error:
+        parse(changed(webhook={"secret": "x", "max_body": max_body}))
+    assert str(error.value) == (
+        f"envflow:webhook:max_body: {max_body!r} is not a size; give bytes, or a number with k or m, such as 1m"
+    )
+
+
+@pytest.mark.parametrize(
+    "webhook, message",
+    [
+        ("wh-s3cret", "envflow:webhook: must be a mapping, such as {secret: sdb://envflow/webhook}"),
+        (["wh-s3cret"], "envflow:webhook: must be a mapping, such as {secret: sdb://envflow/webhook}"),
+        (
+            {"secret": "wh-s3cret", "max_size": "1m"},
+            "envflow:webhook: unknown key 'max_size'; known keys: secret, max_body",
+        ),
+        ({"token": "wh-s3cret"}, "envflow:webhook: unknown key 'token'; known keys: secret, max_body"),
+        (
+            {"secret": ""},
+            "envflow:webhook:secret: must be a non-empty string (quote it in YAML), or an sdb:// URI such as "
+            "sdb://envflow/secret",
+        ),
+        (
+            {"secret": 1234},
+            "envflow:webhook:secret: must be a non-empty string (quote it in YAML), or an sdb:// URI such as "
+            "sdb://envflow/secret",
+        ),
+        (
+            {"secret": ["wh-s3cret"]},
+            "envflow:webhook:secret: must be a non-empty string (quote it in YAML), or an sdb:// URI such as "
+            "sdb://envflow/secret",
+        ),
+        (
+            {"secret": True},
+            "envflow:webhook:secret: must be a non-empty string (quote it in YAML), or an sdb:// URI such as "
+            "sdb://envflow/secret",
+        ),
+    ],
+)
+def test_each_webhook_mistake_names_its_key_and_never_the_secret(webhook, message):
+    with pytest.raises(ConfigError) as error:
+        parse(changed(webhook=webhook))
+    assert str(error.value) == message
+    assert "1234" not in str(error.value)
