@@ -110,7 +110,7 @@ class Webhook:
     through ``resolve`` when a hook arrives; ``None`` when none is configured.
     """
 
-    secret: str = None
+    secret: str = dataclasses.field(default=None, repr=False)
     max_body: int = DEFAULT_MAX_BODY
     resolve: object = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -328,7 +328,7 @@ def _secret(raw, name, key):
     if not isinstance(value, str) or value == "":
         _fail(
             f"{key}:{name}",
-            f"must be a non-empty string (quote it in YAML), or an sdb:// URI such as sdb://envflow/{name}",
+            f"must be a non-empty string (quote it in YAML), or an sdb:// URI such as sdb://envflow_secrets/{name}",
         )
     return value
 
@@ -412,7 +412,7 @@ def _webhook(raw, resolve):
     if raw is None:
         return Webhook(resolve=resolve)
     if not isinstance(raw, dict):
-        _fail(key, "must be a mapping, such as {secret: sdb://envflow/webhook}")
+        _fail(key, "must be a mapping, such as {secret: sdb://envflow_secrets/webhook}")
     unknown = sorted(set(raw) - set(_WEBHOOK_KEYS), key=str)
     if unknown:
         _fail(key, f"unknown key {echo(unknown[0])}; known keys: {', '.join(_WEBHOOK_KEYS)}")

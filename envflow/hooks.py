@@ -137,11 +137,19 @@ def _signed(headers):
     )
 
 
+def _header_bytes(value):
+    """The bytes a header value was sent as: CherryPy decodes them as ISO-8859-1, so a UTF-8 token comes back whole."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
 def _check_signature(secret, body, source, header, scheme, given):
     """Refuse unless ``given`` is ``secret``'s signature of ``body`` (GitLab: the secret itself), in constant time."""
     name = header.title()
     if scheme == "token":
-        genuine = hmac.compare_digest(given.encode("utf-8"), secret.encode("utf-8"))
+        genuine = hmac.compare_digest(_header_bytes(given), secret.encode("utf-8"))
     else:
         digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
         expected = f"sha256={digest}" if scheme == "sha256=" else digest
@@ -239,6 +247,23 @@ def verify(webhook, headers, body):
     return Push(source, "push", (_update(document, source),), _pusher(document), delivery)
 
 
+def ignored(config, push):
+    """Why a genuine ``push`` deploys nothing, in a few words per reference it names."""
+    if push.event != "push":
+        return "not a push"
+    served = {env.branch for env in config.environments}
+    reasons = []
+    for update in push.updates:
+        ref = echo(update.ref, quoted=False, limit=60)
+        if update.deleted:
+            reasons.append(f"{ref} deleted, which deletes nothing")
+        elif not update.ref.startswith("refs/heads/"):
+            reasons.append(f"{ref} is not a branch")
+        elif update.branch not in served:
+            reasons.append(f"no environment serves {ref}")
+    return ", ".join(reasons)
+
+
 def served_branches(config, push):
     """The branches of ``push`` that environments of ``config`` serve, in the push's order."""
     served = {env.branch for env in config.environments}
@@ -266,14 +291,7 @@ def reaction(config_of, headers, body, refuse):
         return None
     branches = served_branches(config, push)
     if not branches:
-        moved = ", ".join(echo(update.ref, quoted=False, limit=60) for update in push.updates) or "no ref"
-        log.info(
-            "envflow: %s %s from %s (%s): no environment serves it; nothing deployed",
-            push.source,
-            push.event,
-            where,
-            moved,
-        )
+        log.info("envflow: %s %s from %s: %s; nothing deployed", push.source, push.event, where, ignored(config, push))
         return None
     log.info("envflow: %s push from %s to %s", push.source, where, ", ".join(branches))
     return {
@@ -304,7 +322,7 @@ def reactor_chunks(opts, data):
 
     def refuse(reason, source):
         log.warning("envflow: refused a push hook from %s: %s", where, reason)
-        saltbus.fire_on_master(opts, REFUSED_TAG, {"reason": reason, "sender": where, "source": source})
+        saltbus.fire_kept(opts, REFUSED_TAG, {"reason": reason, "sender": where, "source": source})
 
     found = reaction(
         lambda: envflow_config.parse(opts.get("envflow"), resolve=saltbus.sdb_reader(opts)),

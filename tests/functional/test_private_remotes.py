@@ -194,8 +194,9 @@ def test_a_wrong_token_fails_the_runner_in_one_line_and_changes_nothing(
     before = remote.refs(), everything(http_block)
     result = runners["envflow.refresh"]("test")
     assert result["retcode"] == 1
+    # The one fetch of the refresh fails, before any environment: the error names none.
     assert result["error"] == (
-        f"test: envflow: 127.0.0.1 refused the username {HTTP_USER} and its password; "
+        f"envflow: 127.0.0.1 refused the username {HTTP_USER} and its password; "
         "check envflow:credentials:username and password"
     )
     assert (remote.refs(), everything(http_block)) == before

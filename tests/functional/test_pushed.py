@@ -365,7 +365,7 @@ WRONG = (
             {"secret": ""},
             SECRET,
             "envflow:webhook:secret: must be a non-empty string (quote it in YAML), or an sdb:// URI such as "
-            "sdb://envflow/secret",
+            "sdb://envflow_secrets/secret",
         ),
         (
             {"secret": "sdb://nowhere/hook"},

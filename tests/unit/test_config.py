@@ -450,8 +450,8 @@ def test_a_bad_max_body_is_refused(max_body):
 @pytest.mark.parametrize(
     "webhook, message",
     [
-        ("wh-s3cret", "envflow:webhook: must be a mapping, such as {secret: sdb://envflow/webhook}"),
-        (["wh-s3cret"], "envflow:webhook: must be a mapping, such as {secret: sdb://envflow/webhook}"),
+        ("wh-s3cret", "envflow:webhook: must be a mapping, such as {secret: sdb://envflow_secrets/webhook}"),
+        (["wh-s3cret"], "envflow:webhook: must be a mapping, such as {secret: sdb://envflow_secrets/webhook}"),
         (
             {"secret": "wh-s3cret", "max_size": "1m"},
             "envflow:webhook: unknown key 'max_size'; known keys: secret, max_body",
@@ -460,22 +460,22 @@ def test_a_bad_max_body_is_refused(max_body):
         (
             {"secret": ""},
             "envflow:webhook:secret: must be a non-empty string (quote it in YAML), or an sdb:// URI such as "
-            "sdb://envflow/secret",
+            "sdb://envflow_secrets/secret",
         ),
         (
             {"secret": 1234},
             "envflow:webhook:secret: must be a non-empty string (quote it in YAML), or an sdb:// URI such as "
-            "sdb://envflow/secret",
+            "sdb://envflow_secrets/secret",
         ),
         (
             {"secret": ["wh-s3cret"]},
             "envflow:webhook:secret: must be a non-empty string (quote it in YAML), or an sdb:// URI such as "
-            "sdb://envflow/secret",
+            "sdb://envflow_secrets/secret",
         ),
         (
             {"secret": True},
             "envflow:webhook:secret: must be a non-empty string (quote it in YAML), or an sdb:// URI such as "
-            "sdb://envflow/secret",
+            "sdb://envflow_secrets/secret",
         ),
     ],
 )

@@ -555,7 +555,10 @@ def test_a_refused_request_is_reported_once_to_refuse():
     "raw, reason",
     [
         (block(secret=""), "envflow:webhook:secret: must be a non-empty string (quote it in YAML), or an sdb:// URI"),
-        ({**block(), "webhook": SECRET}, "envflow:webhook: must be a mapping, such as {secret: sdb://envflow/webhook}"),
+        (
+            {**block(), "webhook": SECRET},
+            "envflow:webhook: must be a mapping, such as {secret: sdb://envflow_secrets/webhook}",
+        ),
         ({**block(), "environments": []}, "envflow:environments: missing or empty"),
     ],
     ids=["empty-secret", "webhook-not-a-mapping", "no-environments"],
