@@ -589,6 +589,9 @@ class Bench:
     def measure_by_hand(self):
         progress(f"size {self.size}: salt-run envflow.refresh test by hand, and in process")
         self.found["cli"], self.found["inprocess"] = [], []
+        if "envflow.refresh" not in self.runner.functions:
+            reason = self.runner.functions.missing_fun_string("envflow.refresh")
+            raise RuntimeError(f"envflow's runner does not load in this process (reinstalled meanwhile?): {reason}")
         self.runner.cmd("envflow.refresh", ["test"], print_event=False)  # loads the runners, untimed
         for _ in range(self.args.repeat):
             change = self.work.change()
@@ -772,6 +775,11 @@ def _envflow_origin():
     return os.path.dirname(envflow.__file__)
 
 
+def _installed_at():
+    """When the envflow package the daemons import was last (re)installed: its folder's mtime."""
+    return os.stat(_envflow_origin()).st_mtime
+
+
 def report(results, args, started):
     lines = []
     out = lines.append
@@ -822,6 +830,9 @@ def report(results, args, started):
         f"load average (1 min) at the start / end: {args.load_start:.2f} / {os.getloadavg()[0]:.2f}; other work "
         "on the machine shows up as noise, ratios within one run are what to compare"
     )
+    if _installed_at() != args.installed_at:
+        when = datetime.datetime.fromtimestamp(_installed_at()).strftime("%H:%M:%S")
+        out(f"WARNING: envflow was reinstalled during the run (at {when}): parts of it ran other code than the rest")
 
     out("")
     out("push latency")
@@ -1037,6 +1048,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
     args.load_start = os.getloadavg()[0]
+    args.installed_at = _installed_at()
     started = time.perf_counter()
     workdir = _workdir()
     benches = []
