@@ -238,7 +238,17 @@ def promote(env, rev=None, dry_run=False, force=False, reason=None, by=None):
     try:
         config = _config()
         with _mirror(config) as mirror:
-            done = pipeline.promote(config, mirror, env, rev=rev, force=force, reason=reason, by=by, dry_run=dry_run)
+            done = pipeline.promote(
+                config,
+                mirror,
+                env,
+                rev=rev,
+                force=force,
+                reason=reason,
+                by=by,
+                dry_run=dry_run,
+                master=__opts__["id"] if _is_master() else None,
+            )
     except EnvflowError as exc:
         raise _salt_error(exc) from None
     report = done.report

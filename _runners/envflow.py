@@ -12,7 +12,7 @@ import functools
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
-    from envflow import access, checks, diffs, holds, jobs, pipeline, pushes, records, saltbus, text
+    from envflow import access, checks, diffs, fleet, holds, jobs, pipeline, pushes, records, saltbus, text
     from envflow import config as envflow_config
     from envflow import history as envflow_history
     from envflow import preview as envflow_preview
@@ -155,8 +155,12 @@ def status(env=None):
     ``in_sync``, ``waiting``, ``drift``, ``served`` (``id``, ``summary``,
     ``since``), ``ahead`` (commits on the branch beyond the one served),
     ``pin``, ``freeze``, ``gates`` and, for a directory that cannot be read,
-    ``problem``; ``warnings`` when there are any; and ``outputter: envflow``,
-    which makes ``salt-run`` print the table.
+    ``problem``; ``warnings`` when there are any; ``fleet`` once masters
+    record what they serve on the remote (see :mod:`envflow.fleet`): per
+    environment, per master, its ``commit``, ``since``, ``seen`` (when it last
+    reported), ``silent``, ``behind_branch``, ``behind_others`` and
+    ``behind_for``; and ``outputter: envflow``, which makes ``salt-run`` print
+    the tables.
 
     CLI Example:
 
@@ -170,8 +174,17 @@ def status(env=None):
         config = _config()
         with _mirror(config) as mirror:
             report = {"environments": pipeline.status(config, mirror, env)}
+            found = fleet.view(
+                fleet.read(mirror),
+                config,
+                pipeline.branch_tips(config, mirror),
+                mirror.contains,
+                master=__opts__["id"],
+            )
     except EnvflowError as exc:
         return _failure(str(exc))
+    if found:
+        report["fleet"] = {name: entries for name, entries in found.items() if env is None or name == env}
     warnings = checks.problems(config, __opts__)
     return {**report, **({"warnings": warnings} if warnings else {}), **_TABLE}
 
@@ -262,6 +275,10 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
                     errors.append(f"{environment.name}: {exc}")
     except EnvflowError as exc:
         return _failure(str(exc))
+    # A round of the schedule that changed nothing still says, now and then, that this master is there.
+    warning = None if dry_run else saltbus.report_served(__opts__, config, heartbeat=True)
+    if warning:
+        report["warning"] = warning
     if errors:
         return {**_failure("; ".join(errors)), "environments": report}
     return {"dry_run": True, "environments": report} if dry_run else {"environments": report}

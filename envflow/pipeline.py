@@ -8,7 +8,7 @@ Salt's, fire events and shape the returns.
 import datetime
 from dataclasses import dataclass, field
 
-from envflow import history, holds, records
+from envflow import fleet, history, holds, records
 from envflow.errors import Diverged, EnvflowError, GateBlocked, Held, RevisionError
 from envflow.remote import commit_info
 from envflow.served import ServedDir
@@ -46,7 +46,25 @@ def deployed_id(env):
     return info["id"] if info else None
 
 
-def plan(config, mirror, name, rev=None):
+def branch_tips(config, mirror):
+    """The tip of each environment's branch in the fetched mirror: ``{branch: commit id}`` (missing ones left out)."""
+    tips = {env.branch: mirror.tip(env.branch) for env in config.environments}
+    return {branch: str(tip) for branch, tip in tips.items() if tip is not None}
+
+
+def _fleet_agrees(mirror, upstream, tested_id, master):
+    """Refuse a promotion of what ``upstream`` serves here while other masters serve it another commit."""
+    others = fleet.disagreeing(fleet.read(mirror), upstream.name, master)
+    others = {name: commit for name, commit in others.items() if commit != tested_id}
+    if others:
+        listed = ", ".join(f"{name} serves {_short(commit)}" for name, commit in sorted(others.items()))
+        raise EnvflowError(
+            f"envflow: the masters disagree on what {upstream.name} serves: {master} serves {_short(tested_id)}, "
+            f"{listed}; promote once they agree (salt-run envflow.status shows them), or name the commit with rev="
+        )
+
+
+def plan(config, mirror, name, rev=None, master=None):
     """Check a promotion into environment ``name`` and return it as a :class:`Promotion`.
 
     The commit promoted is the one deployed in the environment before ``name``
@@ -68,6 +86,8 @@ def plan(config, mirror, name, rev=None):
             f"envflow: nothing is deployed in {upstream.name}, so nothing was tested there to promote; "
             f"run envflow.refresh {upstream.name} first"
         )
+    if rev is None and master is not None:
+        _fleet_agrees(mirror, upstream, tested_id, master)
     tested = mirror.commit(tested_id)
     target = mirror.commit(rev) if rev is not None else tested
     if not mirror.contains(tested.id, target.id):
@@ -315,7 +335,7 @@ class Promoted:
     bypassed: list = field(default_factory=list)
 
 
-def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, dry_run=False):
+def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, dry_run=False, master=None):
     """Promote into ``name`` what the environment before it serves (or ``rev``), as one transaction.
 
     In order, under the directory's lock: the plan (fast-forward only), the
@@ -326,11 +346,14 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
     moved as a compare-and-swap, the switch, then the entry in the history
     (which ends a pin that ``force`` overrode). Anything refused before the
     branch moves leaves the branch and the directory as they were. The mirror
-    must be freshly fetched. With ``dry_run`` nothing changes and the report
+    must be freshly fetched. Given this host's ``master`` id, a promotion
+    without ``rev`` is refused while other masters that still report serve
+    the upstream environment another commit (see :mod:`envflow.fleet`).
+    With ``dry_run`` nothing changes and the report
     also holds the directory's ``path``, what it ``served``, its closed
     ``gates``, the ``holds`` in the way and its hand edits (``drift``).
     """
-    promotion = plan(config, mirror, name, rev=rev)
+    promotion = plan(config, mirror, name, rev=rev, master=master)
     env = promotion.env
     served = ServedDir(env.path)
     report = promotion.as_dict()

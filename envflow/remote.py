@@ -26,7 +26,9 @@ from envflow.text import echo, short
 
 NOTES = "refs/notes/envflow"
 HISTORY = "refs/envflow/history"  # see envflow.history
+SERVED_PREFIX = "refs/envflow/served/"  # one reference per master: see envflow.fleet
 _FETCH_REFSPECS = [
+    f"+{SERVED_PREFIX}*:{SERVED_PREFIX}*",
     "+refs/heads/*:refs/heads/*",
     "+refs/tags/*:refs/tags/*",
     f"+{NOTES}:{NOTES}",
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 
 def _fetched(refname):
     """Whether a fetch brings ``refname`` into the mirror (what :data:`_FETCH_REFSPECS` name)."""
-    return refname.startswith(("refs/heads/", "refs/tags/")) or refname in (NOTES, HISTORY)
+    return refname.startswith(("refs/heads/", "refs/tags/", SERVED_PREFIX)) or refname in (NOTES, HISTORY)
 
 
 def _shown_ref(refname):

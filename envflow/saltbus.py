@@ -223,11 +223,33 @@ def after_deploy(config, name, served, fileserver_opts, fire):
         log.warning("%s", result["warning"])
     if environment.sync_minions and opts and opts.get("__role") == "master":
         result["minions"] = sync_minions(opts, environment.target, name)
+    if opts and opts.get("__role") == "master":
+        _warn(result, report_served(opts, config))
     old = result["old"]["id"] if result["old"] else None
     data = {"env": name, "path": result["path"], "old": old, "new": result["new"]["id"]}
     data.update((key, result[key]) for key in ("refreshed", "pillar_refreshed", "minions") if key in result)
     fire(name, "deployed", data)
     return result
+
+
+def _warn(result, warning):
+    if warning:
+        result["warning"] = f"{result['warning']}; {warning}" if result.get("warning") else warning
+
+
+def report_served(master_opts, config, heartbeat=False):
+    """Record on the remote what the master whose options are ``master_opts`` serves (see :mod:`envflow.fleet`).
+
+    Returns a one-line warning, also logged, when it cannot; the master serves all the same.
+    """
+    from envflow import fleet  # pylint: disable=import-outside-toplevel
+    from envflow.remote import Mirror  # pylint: disable=import-outside-toplevel
+
+    with Mirror.of(config, master_opts["cachedir"]) as mirror:
+        warning = fleet.report(mirror, config, master_opts["id"], heartbeat=heartbeat)
+    if warning:
+        log.warning("%s", warning)
+    return warning
 
 
 def _answers(returns, expected):

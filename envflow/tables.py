@@ -114,7 +114,38 @@ def status_table(report, now=None):
         if entry.get("problem"):
             notes.append(f"{name}: {cell(entry['problem'])}")
     notes.extend(f"warning: {cell(line)}" for line in report.get("warnings") or [])
-    return "\n".join([table(headers, rows), *notes])
+    fleet = _fleet_table(report.get("fleet"), now)
+    return "\n".join([table(headers, rows), *notes, *([("\n" + fleet)] if fleet else [])])
+
+
+def _fleet_state(entry, now):
+    if entry.get("silent") is not None:
+        return f"silent for {span(entry['silent'])}"
+    behind = []
+    if entry.get("behind_others"):
+        behind.append(f"behind the others for {span(entry['behind_for'])}" if entry.get("behind_for") else "behind")
+    if entry.get("behind_branch"):
+        behind.append("behind its branch")
+    return ", ".join(behind) or "ok"
+
+
+def _fleet_table(fleet, now):
+    """Each master's row per environment: what it serves, since when, when it last reported, and who is behind."""
+    if not fleet:
+        return ""
+    rows = [
+        [
+            name,
+            f"{master} (this one)" if entry.get("this") else master,
+            short(entry["commit"]),
+            age(entry.get("since"), now),
+            age(entry.get("seen"), now),
+            _fleet_state(entry, now),
+        ]
+        for name, masters in fleet.items()
+        for master, entry in masters.items()
+    ]
+    return table(["ENV", "MASTER", "SERVES", "SINCE", "REPORTED", "STATE"], rows)
 
 
 def _moved(entry):

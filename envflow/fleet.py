@@ -1,0 +1,197 @@
+"""What each master serves, kept on the remote, so that every master sees the whole fleet.
+
+Each master writes one reference of its own, ``refs/envflow/served/<master id>``:
+a chain of commits whose tree holds ``served.json``::
+
+    {"master": "salt1", "seen": "2026-12-06T20:01:02+00:00",
+     "environments": {"prod": {"commit": "8d1e0f2a...", "since": "2026-12-06T19:52:10+00:00",
+                               "path": "/srv/salt/prod"}}}
+
+``seen`` is when the master last wrote it: after each switch, and at most
+every :data:`HEARTBEAT` seconds from a refresh round (the schedule's) that
+changed nothing, so a master that stopped reporting shows as silent. Only
+the master named writes its reference, so writes never race another
+master's. Plain git reads them::
+
+    git fetch origin 'refs/envflow/served/*:refs/envflow/served/*'
+    git show refs/envflow/served/salt1:served.json
+"""
+
+import datetime
+import json
+import re
+
+import pygit2
+
+from envflow.errors import BranchMoved, EnvflowError
+from envflow.remote import SERVED_PREFIX, signature
+from envflow.served import ServedDir
+
+_FILE = "served.json"
+# A refresh round that changed nothing rewrites the record at most this often (seconds).
+HEARTBEAT = 300
+# A master whose record is older than this (seconds) is shown as silent, and its commits are not compared.
+SILENT = 3 * HEARTBEAT
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def now():
+    return datetime.datetime.now(tz=datetime.timezone.utc).replace(microsecond=0)
+
+
+def ref_of(master):
+    """The reference of master ``master`` (its Salt id, made safe for a reference name)."""
+    name = _SAFE.sub("_", str(master)).strip(".") or "master"
+    return f"{SERVED_PREFIX}{name}"
+
+
+def _record_at(repo, target):
+    try:
+        blob = repo[target].peel(pygit2.Tree)[_FILE]
+        data = json.loads(repo[blob.id].data)
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("environments"), dict) else None
+
+
+def read(mirror):
+    """Every master's record, from the fetched mirror: ``{master: {"seen", "environments"}}``."""
+    found = {}
+    repo = mirror.repo
+    for name in repo.references:
+        if name.startswith(SERVED_PREFIX):
+            data = _record_at(repo, repo.references[name].target)
+            if data is not None:
+                found[str(data.get("master") or name[len(SERVED_PREFIX) :])] = data
+    return found
+
+
+def serving(config):
+    """What this host's directories serve: ``{env: {"commit", "since", "path"}}``, for those serving something."""
+    found = {}
+    for env in config.environments:
+        try:
+            info = ServedDir(env.path).deployed()
+        except EnvflowError:
+            info = None
+        if info:
+            found[env.name] = {"commit": info["id"], "since": info.get("deployed_at"), "path": env.path}
+    return found
+
+
+def _age(seen, at):
+    try:
+        when = datetime.datetime.fromisoformat(str(seen))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return (at - when).total_seconds()
+
+
+def report(mirror, config, master, heartbeat=False, at=None):
+    """Write on the remote what master ``master`` serves now, if that changed (or, with ``heartbeat``, if its
+    record is older than :data:`HEARTBEAT`); return a one-line warning when it cannot, else ``None``.
+
+    The mirror need not be freshly fetched: a record that moved meanwhile
+    (another process of this master wrote it) is fetched and written again.
+    """
+    at = at or now()
+    environments = serving(config)
+    refname = ref_of(master)
+    try:
+        for _attempt in range(3):
+            repo = mirror.repo
+            with mirror.locked():
+                held = repo.references.get(refname)
+                old = held.target if held is not None else None
+                current = _record_at(repo, old) if old is not None else None
+                if current is not None and current.get("environments") == environments:
+                    age = _age(current.get("seen"), at)
+                    if not heartbeat or (age is not None and age < HEARTBEAT):
+                        return None
+                data = {"master": str(master), "seen": at.isoformat(), "environments": environments}
+                text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+                builder = repo.TreeBuilder()
+                builder.insert(_FILE, repo.create_blob(text.encode()), pygit2.enums.FileMode.BLOB)
+                who = signature(str(master), "envflow@localhost")
+                summary = ", ".join(f"{env} {entry['commit'][:10]}" for env, entry in sorted(environments.items()))
+                message = f"{master} serves {summary or 'nothing'}\n"
+                new = repo.create_commit(None, who, who, message, builder.write(), [old] if old is not None else [])
+            try:
+                mirror.update_ref(refname, old, new)
+                return None
+            except BranchMoved:
+                mirror.fetch()
+        raise EnvflowError(f"{refname} kept moving")
+    except EnvflowError as exc:
+        return f"envflow: what {master} serves could not be recorded on the remote: {exc}"
+
+
+def view(records, config, tips, contains, master=None, at=None):
+    """Per environment, each master's commit and since when, and who is behind: what status shows.
+
+    ``records`` is :func:`read`'s result, ``tips`` maps each branch to its
+    tip, ``contains(a, b)`` says whether commit ``a`` contains commit ``b``.
+    Returns ``{env: {master: {"commit", "since", "seen", "silent", "this",
+    "behind_branch", "behind_others", "behind_for"}}}``: ``behind_branch``
+    when the master serves another commit than its branch's tip,
+    ``behind_others`` when another master that still reports serves a newer
+    commit, and ``behind_for`` the seconds since the first of those began
+    serving it; ``silent`` (seconds since it last reported) once that is
+    over :data:`SILENT`, and then it is compared with no one.
+    """
+    at = at or now()
+    fleet = {}
+    for env in config.environments:
+        entries = {}
+        for name, data in sorted(records.items()):
+            served = data["environments"].get(env.name)
+            if not isinstance(served, dict) or not served.get("commit"):
+                continue
+            age = _age(data.get("seen"), at)
+            entries[name] = {
+                "commit": served["commit"],
+                "since": served.get("since"),
+                "seen": data.get("seen"),
+                "silent": round(age) if age is not None and age > SILENT else None,
+                "this": name == master,
+            }
+        reporting = [entry for entry in entries.values() if entry["silent"] is None]
+        tip = tips.get(env.branch)
+        for entry in entries.values():
+            newer = [
+                other for other in reporting if other["commit"] != entry["commit"] and _contains(contains, other, entry)
+            ]
+            ages = [_age(other["since"], at) for other in newer if other.get("since")]
+            entry["behind_branch"] = tip is not None and entry["commit"] != tip
+            entry["behind_others"] = bool(newer)
+            entry["behind_for"] = (
+                round(max(age for age in ages if age is not None)) if any(age is not None for age in ages) else None
+            )
+        if entries:
+            fleet[env.name] = entries
+    return fleet
+
+
+def _contains(contains, newer, older):
+    try:
+        return contains(newer["commit"], older["commit"])
+    except (KeyError, ValueError, pygit2.GitError):
+        return False  # a commit this mirror does not hold: nothing to say
+
+
+def disagreeing(records, env_name, master, at=None):
+    """The masters (other than ``master``, still reporting) serving ``env_name`` another commit than ``master``:
+    ``{master: commit}``; empty when they agree or no other master reports."""
+    at = at or now()
+    mine = records.get(master, {}).get("environments", {}).get(env_name, {}).get("commit")
+    found = {}
+    for name, data in records.items():
+        served = data["environments"].get(env_name)
+        age = _age(data.get("seen"), at)
+        if name == master or not isinstance(served, dict) or age is None or age > SILENT:
+            continue
+        if served.get("commit") != mine:
+            found[name] = served.get("commit")
+    return found
