@@ -28,6 +28,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from envflow.errors import ConfigError, EnvflowError
+from envflow.remote import HISTORY
 from envflow.text import echo
 
 log = logging.getLogger(__name__)
@@ -265,8 +266,15 @@ def ignored(config, push):
 
 
 def served_branches(config, push):
-    """The branches of ``push`` that environments of ``config`` serve, in the push's order."""
-    served = {env.branch for env in config.environments}
+    """The branches of ``push`` that environments of ``config`` serve, in the push's order.
+
+    A push of envflow's history (``refs/envflow/history``: a pin, unpin,
+    freeze, thaw or rollback made on another master) names every
+    environment's branch: each refresh then serves what the holds say.
+    """
+    served = list(dict.fromkeys(env.branch for env in config.environments))
+    if any(update.ref == HISTORY and not update.deleted for update in push.updates):
+        return served
     return [branch for branch in push.branches if branch in served]
 
 

@@ -583,3 +583,13 @@ def test_the_sender_is_the_address_cherrypy_recorded():
     assert hooks.sender({"remote-addr": ADDRESS}) == ADDRESS
     assert hooks.sender({}) == "an unknown address"
     assert hooks.sender(None) == "an unknown address"
+
+
+def test_a_push_of_envflows_history_serves_every_environment_and_a_masters_record_none():
+    """A pin or freeze set on another master moves refs/envflow/history: every environment is refreshed."""
+    config = parse(block(secret=SECRET))
+    history = hooksign.plain(SECRET, [("refs/envflow/history", ZERO, "a" * 40)])
+    push = hooks.verify(config.webhook, *history)
+    assert hooks.served_branches(config, push) == ["develop", "stage", "master"]
+    record = hooksign.plain(SECRET, [("refs/envflow/served/salt2", ZERO, "b" * 40)])
+    assert hooks.served_branches(config, hooks.verify(config.webhook, *record)) == []
