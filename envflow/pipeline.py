@@ -388,6 +388,7 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
             report["bypassed"] = bypassed
         if moves:
             mirror.update_branch(env.branch, promotion.old, promotion.new)
+            _no_hold_since(mirror, promotion, force, reason)
         try:
             result = deployment.switch(prepared)
         except (EnvflowError, OSError) as exc:
@@ -402,6 +403,33 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
             if warning:
                 report["warning"] = warning
     return Promoted(report, deployed=result, moved=moves, bypassed=bypassed)
+
+
+def _no_hold_since(mirror, promotion, force, reason):
+    """After the branch moved: undo the move if a pin or freeze was set meanwhile (on another master, say).
+
+    The holds were read before the branch moved, and git has no compare-and-swap
+    of two references at once: a hold recorded in between would be slipped past.
+    So the history is fetched again once the branch has moved. A hold found there
+    (and not overridden) moves the branch back and refuses the promotion; a hold
+    recorded after this look came after the promotion, and holds from then on.
+    """
+    mirror.fetch()
+    try:
+        holds.overridden(
+            history.holds(mirror), promotion.env.name, "promote", force=force, reason=reason, pinned_too=True
+        )
+    except Held as exc:
+        try:
+            if promotion.old is None:
+                raise EnvflowError(f"{promotion.env.branch} did not exist before") from None
+            mirror.update_branch(promotion.env.branch, promotion.new, promotion.old)
+        except EnvflowError as undo:
+            raise EnvflowError(
+                f"{exc}; it was set while this promotion ran, and moving {promotion.env.branch} back to "
+                f"{_short(promotion.old)} failed: {undo}"
+            ) from None
+        raise Held(f"{exc} (set while this promotion ran: {promotion.env.branch} was moved back)", exc.hold) from None
 
 
 def _promotion_entry(promotion, served_before, bypassed, reason, by):

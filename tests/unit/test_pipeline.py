@@ -229,3 +229,43 @@ def test_a_branch_that_holds_the_commit_gets_its_directory_deployed(deployed_pip
     [entry] = history.entries(mirror, "stage")
     assert (entry["action"], entry["to"]) == ("deployed", tested)
     assert ServedDir(deployed_pipeline.environment("stage").path).deployed()["id"] == tested
+
+
+def test_a_pin_set_on_another_master_while_the_branch_moves_refuses_the_promotion(
+    deployed_pipeline, mirror, remote, tmp_path, monkeypatch
+):
+    """The holds are read before the branch moves; a pin recorded in between must not be slipped past.
+
+    The other master pins stage with its own directories and mirror, for real, at the worst moment: right
+    before this master's branch update reaches the remote.
+    """
+    from envflow import holds  # pylint: disable=import-outside-toplevel
+    from envflow.config import parse  # pylint: disable=import-outside-toplevel
+    from envflow.errors import Held  # pylint: disable=import-outside-toplevel
+    from envflow.remote import Mirror  # pylint: disable=import-outside-toplevel
+    from tests.gitrepo import config as make_config  # pylint: disable=import-outside-toplevel
+
+    config = deployed_pipeline
+    old = remote.tip("stage")
+    tested = remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+    deploy(mirror, config.environment("test"))
+    other = parse(make_config(remote.path, tmp_path / "other-master"))
+    with Mirror(remote.path, str(tmp_path / "other-cache")) as theirs:
+        deploy(theirs, other.environment("stage"))
+        update_branch = type(mirror).update_branch
+
+        def pinned_meanwhile(self, branch, before, after):
+            if after == tested:
+                theirs.fetch()
+                holds.pin(other, theirs, "stage", reason="demo on stage", by="carol")
+            return update_branch(self, branch, before, after)
+
+        monkeypatch.setattr(type(mirror), "update_branch", pinned_meanwhile)
+        mirror.fetch()
+        with pytest.raises(Held) as refused:
+            pipeline.promote(config, mirror, "stage", by="alice")
+    assert str(refused.value).startswith("envflow: stage is pinned to ")
+    assert str(refused.value).endswith("(set while this promotion ran: stage was moved back)")
+    assert remote.tip("stage") == old
+    assert ServedDir(config.environment("stage").path).deployed()["id"] == old
+    assert [entry["action"] for entry in history.entries(mirror, "stage")][:1] == ["pinned"]
