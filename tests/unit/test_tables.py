@@ -167,3 +167,64 @@ def test_render_knows_the_runners_returns_and_nothing_else():
     assert tables.render({"retcode": 1, "error": "envflow: no environment named 'qa'"}) is None
     assert tables.render({"environments": {"prod": {"error": "failed"}}}) is None  # refresh's return
     assert tables.render(["a list"]) is None
+
+
+def fleet_entry(**changes):
+    base = {
+        "commit": A,
+        "since": "2026-01-05T14:03:00+00:00",
+        "seen": "2026-01-05T16:12:30+00:00",
+        "silent": None,
+        "this": False,
+        "behind_branch": False,
+        "behind_others": False,
+        "behind_for": None,
+    }
+    return {**base, **changes}
+
+
+def test_the_status_table_is_followed_by_each_masters_row_per_environment():
+    report = {
+        "environments": {"prod": entry()},
+        "fleet": {
+            "test": {
+                "salt1": fleet_entry(commit=B, this=True, behind_others=True, behind_for=5400, behind_branch=True),
+                "salt2": fleet_entry(commit=C, since="2026-01-05T14:43:30+00:00"),
+                "salt3": fleet_entry(commit=B, behind_others=True),
+            },
+            "prod": {
+                "salt1": fleet_entry(this=True, behind_branch=True),
+                "salt2": fleet_entry(seen="2026-01-05T15:00:00+00:00", silent=4410, behind_others=True, behind_for=60),
+            },
+        },
+        "outputter": "envflow",
+    }
+    status = tables.status_table({"environments": report["environments"]}, now=NOW)
+    assert tables.status_table(report, now=NOW).splitlines() == [
+        *status.splitlines(),
+        "",
+        "ENV   MASTER            SERVES      SINCE  REPORTED  STATE",
+        "test  salt1 (this one)  bbbbbbbbbb  2h10m  1m        behind the others for 1h30m, behind its branch",
+        "test  salt2             cccccccccc  1h30m  1m        ok",
+        "test  salt3             bbbbbbbbbb  2h10m  1m        behind",
+        "prod  salt1 (this one)  aaaaaaaaaa  2h10m  1m        behind its branch",
+        "prod  salt2             aaaaaaaaaa  2h10m  1h13m     silent for 1h13m",
+    ]
+
+
+def test_a_fleet_row_shows_no_time_it_does_not_know_and_no_control_characters():
+    report = {
+        "environments": {},
+        "fleet": {"test": {"salt\x1b[2J1": fleet_entry(since=None, seen="not a time", behind_for=None)}},
+    }
+    lines = tables.status_table(report, now=NOW).splitlines()
+    assert lines[-1].split() == ["test", "salt", "[2J1", "aaaaaaaaaa", "-", "-", "ok"]
+    assert all(ch.isprintable() for line in lines for ch in line)
+
+
+def test_no_fleet_section_without_records():
+    report = {"environments": {"prod": entry()}}
+    alone = tables.status_table(report, now=NOW)
+    assert "MASTER" not in alone and not alone.endswith("\n")
+    assert tables.status_table({**report, "fleet": {}}, now=NOW) == alone
+    assert tables.status_table({**report, "fleet": None}, now=NOW) == alone
