@@ -18,6 +18,7 @@ master's. Plain git reads them::
 """
 
 import datetime
+import hashlib
 import json
 import re
 
@@ -40,8 +41,11 @@ def now():
 
 
 def ref_of(master):
-    """The reference of master ``master`` (its Salt id, made safe for a reference name)."""
-    name = _SAFE.sub("_", str(master)).strip(".") or "master"
+    """The reference of master ``master``: its Salt id, or, when git would refuse that in a name, a digest of it."""
+    name = str(master)
+    if _SAFE.search(name) or not pygit2.reference_is_valid_name(f"{SERVED_PREFIX}{name}"):
+        name = f"{_SAFE.sub('_', name).strip('.')[:40]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+        name = name.replace("..", "_").replace(".lock", "_lock")
     return f"{SERVED_PREFIX}{name}"
 
 
@@ -124,8 +128,9 @@ def report(mirror, config, master, heartbeat=False, at=None):
             except BranchMoved:
                 mirror.fetch()
         raise EnvflowError(f"{refname} kept moving")
-    except EnvflowError as exc:
-        return f"envflow: what {master} serves could not be recorded on the remote: {exc}"
+    except (EnvflowError, pygit2.GitError, OSError) as exc:
+        text = " ".join(str(exc).split())
+        return f"envflow: what {master} serves could not be recorded on the remote: {text}"
 
 
 def view(records, config, tips, contains, master=None, at=None):
@@ -165,7 +170,7 @@ def view(records, config, tips, contains, master=None, at=None):
             ]
             ages = [_age(other["since"], at) for other in newer if other.get("since")]
             entry["behind_branch"] = tip is not None and entry["commit"] != tip
-            entry["behind_others"] = bool(newer)
+            entry["behind_others"] = bool(newer) and entry["silent"] is None
             entry["behind_for"] = (
                 round(max(age for age in ages if age is not None)) if any(age is not None for age in ages) else None
             )
@@ -190,7 +195,7 @@ def disagreeing(records, env_name, master, at=None):
     for name, data in records.items():
         served = data["environments"].get(env_name)
         age = _age(data.get("seen"), at)
-        if name == master or not isinstance(served, dict) or age is None or age > SILENT:
+        if name == master or not isinstance(served, dict) or (age is not None and age > SILENT):
             continue
         if served.get("commit") != mine:
             found[name] = served.get("commit")

@@ -54,7 +54,10 @@ def branch_tips(config, mirror):
 
 def _fleet_agrees(mirror, upstream, tested_id, master):
     """Refuse a promotion of what ``upstream`` serves here while other masters serve it another commit."""
-    others = fleet.disagreeing(fleet.read(mirror), upstream.name, master)
+    records = fleet.read(mirror)
+    # Compared with what this master's directory serves, not with its record, which may lag behind.
+    records.pop(master, None)
+    others = fleet.disagreeing(records, upstream.name, master)
     others = {name: commit for name, commit in others.items() if commit != tested_id}
     if others:
         listed = ", ".join(f"{name} serves {_short(commit)}" for name, commit in sorted(others.items()))

@@ -136,7 +136,7 @@ def _fleet_table(fleet, now):
     rows = [
         [
             name,
-            f"{master} (this one)" if entry.get("this") else master,
+            cell(f"{master} (this one)" if entry.get("this") else master, MASTER_WIDTH + len(" (this one)")),
             short(entry["commit"]),
             age(entry.get("since"), now),
             age(entry.get("seen"), now),

@@ -1,19 +1,27 @@
-"""Two masters serving one repository: each records what it serves on the remote, and status shows both.
+"""Three masters serving one repository over git's smart HTTP, kept in step by the git server's push hook.
 
-Master ``one`` is driven by the tests; master ``two`` runs the shipped
-schedule.conf (interval set to an hour, so only its round at start acts), as a
-master that is down and comes back would. Each has directories of its own.
+The remote is a bare repository behind ``git http-backend`` (tests/servers.py),
+whose ``post-receive`` is the shipped hook, posting each push, signed, to the
+three masters' salt-api (rest_cherrypy over TLS, the shipped push.conf). Each
+master has directories of its own, records what it serves on the remote, and
+runs the shipped schedule.conf with the interval set to an hour: only its round
+at start acts, as for a master that was down and comes back. Nobody runs
+anything on a master but the one a test acts on.
 """
 
 import json
+import os
 import pathlib
+import shutil
 import subprocess
+import uuid
 
 import pytest
 import yaml
 from saltfactories.utils import random_string
 
-from tests import gitrepo
+from tests import gitrepo, servers
+from tests.conftest import HTTP_PASSWORD, HTTP_USER
 from tests.integration.conftest import (
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
@@ -28,77 +36,164 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_push_schedule import _Served
 
+SECRET = f"envflow-fleet-secret-{uuid.uuid4().hex}"
+NAMES = ("one", "two", "three")
 
-def _master(salt_factories, remote, name, overrides=None):
+
+def _master(salt_factories, work, name, repo, tls):
     master_id = random_string(f"{name}-", uppercase=False)
     root = pathlib.Path(salt_factories.root_dir) / master_id
-    envflow = gitrepo.config(remote.path, root / "state-tree")
-    file_roots = {env["name"]: [env["path"]] for env in envflow["environments"]}
-    return fits_unix_sockets(
+    envflow = gitrepo.config(repo, root / "state-tree")
+    envflow.update(
+        credentials={"username": HTTP_USER, "password": HTTP_PASSWORD, "allow_http": True},
+        webhook={"secret": SECRET},
+    )
+    shipped = yaml.safe_load((PIPELINES / "push.conf").read_text(encoding="utf-8"))
+    shipped["reactor"] = [{"salt/netapi/hook/envflow": [str(work / "reactor" / "envflow-push.sls")]}]
+    _ca, cert, key = tls
+    shipped["rest_cherrypy"].update(port=servers.free_port(), host="127.0.0.1", ssl_crt=cert, ssl_key=key)
+    schedule = yaml.safe_load((PIPELINES / "schedule.conf").read_text(encoding="utf-8"))
+    schedule["schedule"]["envflow-refresh"]["seconds"] = 3600
+    master = fits_unix_sockets(
         salt_factories.salt_master_daemon(
             master_id,
-            defaults={"root_dir": str(root), "file_roots": file_roots},
-            overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **(overrides or {}), "envflow": envflow},
+            defaults={"root_dir": str(root), "file_roots": {e["name"]: [e["path"]] for e in envflow["environments"]}},
+            overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **shipped, **schedule, "envflow": envflow},
         )
-    ), envflow
+    )
+    url = f"https://127.0.0.1:{shipped['rest_cherrypy']['port']}/hook/envflow"
+    return master, master.salt_api_daemon(), envflow, url
+
+
+class Fleet:
+    def __init__(self, remote, masters):
+        self.remote = remote
+        self.masters = masters  # name -> (_Served, api, hook url)
+
+    def site(self, name):
+        return self.masters[name][0]
+
+    def run(self, name, *args):
+        return self.site(name).master.salt_run_cli().run(*args)
+
+    def start(self, name):
+        site, api, _url = self.masters[name]
+        site.master.start()
+        api.start()
+
+    def stop(self, name):
+        site, api, _url = self.masters[name]
+        api.terminate()
+        site.master.terminate()
+
+    def all_serve(self, env, commit):
+        return all(self.site(name).deployed(env) == commit for name in NAMES)
+
+    def status(self, name):
+        return ok(self.run(name, "envflow.status"))
 
 
 @pytest.fixture(scope="module")
 def fleet(salt_factories, tmp_path_factory):
-    remote = gitrepo.Remote(tmp_path_factory.mktemp("fleet") / "git", files={"top.sls": "{}\n", MOTD: motd("initial")})
-    schedule = yaml.safe_load((PIPELINES / "schedule.conf").read_text(encoding="utf-8"))
-    schedule["schedule"]["envflow-refresh"]["seconds"] = 3600
-    one, one_envflow = _master(salt_factories, remote, "one")
-    two, two_envflow = _master(salt_factories, remote, "two", schedule)
-    with one.started(), two.started():
-        masters = {"one": _Served(one, remote, one_envflow), "two": _Served(two, remote, two_envflow)}
-        ok(one.salt_run_cli().run("envflow.refresh"))
-        assert wait_for(lambda: all(masters["two"].deployed(env) for env in ("test", "stage", "prod")))
-        yield masters
+    work = tmp_path_factory.mktemp("fleet")
+    tls = servers.make_ca_and_certificate(work / "tls")
+    remote = gitrepo.Remote(work / "git", files={"top.sls": "{}\n", MOTD: motd("initial")})
+    shutil.copytree(PIPELINES / "reactor", work / "reactor")
+    server = servers.GitHttpServer(os.path.dirname(remote.path), HTTP_USER, HTTP_PASSWORD).start()
+    try:
+        repo = server.url("automation.git")
+        built = {name: _master(salt_factories, work, name, repo, tls) for name in NAMES}
+        # The shipped post-receive hook, posting every push to each master's salt-api.
+        hook = pathlib.Path(remote.path) / "hooks" / "post-receive"
+        shutil.copy(PIPELINES / "post-receive", hook)
+        hook.chmod(0o755)
+        secret_file = work / "webhook-secret"
+        secret_file.write_text(SECRET + "\n", encoding="utf-8")
+        for *_parts, url in built.values():
+            gitrepo.git("config", "--add", "envflow.hookUrl", url, cwd=remote.path)
+        gitrepo.git("config", "envflow.secretFile", str(secret_file), cwd=remote.path)
+        gitrepo.git("config", "envflow.caFile", tls[0], cwd=remote.path)
+        masters = {
+            name: (_Served(master, remote, envflow), api, url) for name, (master, api, envflow, url) in built.items()
+        }
+        started = Fleet(remote, masters)
+        try:
+            for name in NAMES:
+                started.start(name)
+            tip = remote.tip("develop")
+            # Each master's round at start deploys every environment.
+            assert wait_for(lambda: all(started.all_serve(env, tip) for env in ("test", "stage", "prod")))
+            yield started
+        finally:
+            for name in NAMES:
+                started.stop(name)
+    finally:
+        server.stop()
 
 
-def _status(site):
-    return ok(site.master.salt_run_cli().run("envflow.status"))
+def _served_record(fleet, name):
+    master = fleet.site(name).master.id
+    return json.loads(gitrepo.git("show", f"refs/envflow/served/{master}:served.json", cwd=fleet.remote.path))
 
 
-def test_each_master_records_what_it_serves_and_status_shows_the_fleet(fleet):
-    one, two = fleet["one"], fleet["two"]
-    commit = one.remote.tip("develop")
-    for site in (one, two):
-        served = gitrepo.git("show", f"refs/envflow/served/{site.master.id}:served.json", cwd=site.remote.path)
-        assert json.loads(served)["environments"]["test"]["commit"] == commit
-    found = _status(one)["fleet"]["test"]
-    assert set(found) == {one.master.id, two.master.id}
-    assert all(entry["commit"] == commit and not entry["behind_others"] for entry in found.values())
-    assert found[one.master.id]["this"] is True and found[two.master.id]["this"] is False
+def test_a_push_and_a_promotion_made_on_one_master_reach_every_master(fleet):
+    commit = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-push")}, "pushed to the git server")
+    assert wait_for(lambda: fleet.all_serve("test", commit)), "the push did not reach every master"
+    assert ok(fleet.run("one", "envflow.promote", "stage"))["new"] == commit
+    assert wait_for(lambda: fleet.all_serve("stage", commit)), "the promotion did not reach every master"
+    assert all(_served_record(fleet, name)["environments"]["stage"]["commit"] == commit for name in NAMES)
+    found = fleet.status("two")["fleet"]["stage"]
+    assert {entry["commit"] for entry in found.values()} == {commit} and len(found) == 3
+    assert not any(entry["behind_others"] or entry["behind_branch"] for entry in found.values())
 
 
-def test_a_master_that_was_down_is_shown_behind_refuses_promotions_and_catches_up_when_it_starts(fleet):
-    one, two = fleet["one"], fleet["two"]
-    two.master.terminate()
-    old = one.deployed("test")
-    commit = one.remote.commit("develop", {MOTD: fresh_motd("fleet")}, "while two is down")
-    ok(one.master.salt_run_cli().run("envflow.refresh", "test"))
-    found = _status(one)["fleet"]["test"]
-    assert found[one.master.id]["commit"] == commit and found[two.master.id]["commit"] == old
-    assert found[two.master.id]["behind_others"] is True and found[two.master.id]["behind_branch"] is True
-    assert found[one.master.id]["behind_others"] is False
+def test_a_rollback_on_one_master_pins_every_master_and_promotions_from_another_are_refused(fleet):
+    before = fleet.site("one").deployed("stage")
+    commit = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-bad")}, "a bad change")
+    assert wait_for(lambda: fleet.all_serve("test", commit))
+    ok(fleet.run("one", "envflow.promote", "stage"))
+    assert wait_for(lambda: fleet.all_serve("stage", commit))
+    ok(fleet.run("two", "envflow.rollback", "stage", "reason=bad change"))
+    assert wait_for(lambda: fleet.all_serve("stage", before)), "the rollback did not reach every master"
+    refused = fleet.run("three", "envflow.promote", "stage")
+    assert refused.returncode == 1 and "stage is pinned to" in refused.data["error"], refused.data
+    ok(fleet.run("three", "envflow.unpin", "stage"))
+    assert wait_for(lambda: fleet.all_serve("stage", commit)), "the unpin did not reach every master"
+
+
+def test_a_master_that_was_down_is_shown_behind_holds_promotions_back_and_catches_up(fleet):
+    fleet.stop("three")
+    old = fleet.site("three").deployed("test")
+    commit = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-down")}, "while three is down")
+    assert wait_for(lambda: all(fleet.site(name).deployed("test") == commit for name in ("one", "two")))
+    three = fleet.site("three").master.id
+    found = fleet.status("one")["fleet"]["test"]
+    assert found[three]["commit"] == old and found[three]["behind_others"] and found[three]["behind_branch"]
     printed = subprocess.run(
-        [SALT_RUN, "-c", str(one.master.config_dir), "--log-level=quiet", "envflow.status"],
+        [SALT_RUN, "-c", str(fleet.site("one").master.config_dir), "--log-level=quiet", "envflow.status"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
-    assert f"{two.master.id}" in printed and "behind the others" in printed, printed
-    refused = one.master.salt_run_cli().run("envflow.promote", "stage")
+    print(f"\nwhile {three} is down:\n{printed}")
+    assert three in printed and "behind the others for" in printed, printed
+    refused = fleet.run("one", "envflow.promote", "stage")
     assert refused.returncode == 1
+    one, two = fleet.site("one").master.id, fleet.site("two").master.id
     assert refused.data["error"] == (
-        f"envflow: the masters disagree on what test serves: {one.master.id} serves {commit[:10]}, "
-        f"{two.master.id} serves {old[:10]}; promote once they agree (salt-run envflow.status shows them), "
+        f"envflow: the masters disagree on what test serves: {one} serves {commit[:10]}, "
+        f"{three} serves {old[:10]}; promote once they agree (salt-run envflow.status shows them), "
         "or name the commit with rev="
-    )
-    assert one.remote.tip("stage") != commit
-    two.master.start()
-    assert wait_for(lambda: two.deployed("test") == commit), "two did not catch up when it started"
-    assert wait_for(lambda: not _status(one)["fleet"]["test"][two.master.id]["behind_others"])
-    assert ok(one.master.salt_run_cli().run("envflow.promote", "stage"))["new"] == commit
+    ), two
+    fleet.start("three")
+    assert wait_for(lambda: fleet.all_serve("test", commit)), "three did not catch up when it started"
+    assert wait_for(lambda: not fleet.status("one")["fleet"]["test"][three]["behind_others"])
+    printed = subprocess.run(
+        [SALT_RUN, "-c", str(fleet.site("one").master.config_dir), "--log-level=quiet", "envflow.status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    print(f"\nafter {three} caught up:\n{printed}")
+    assert ok(fleet.run("one", "envflow.promote", "stage"))["new"] == commit
+    assert wait_for(lambda: fleet.all_serve("stage", commit))

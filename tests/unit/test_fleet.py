@@ -318,9 +318,11 @@ def test_ref_of_makes_any_master_id_a_valid_reference_of_its_own(master):
     assert pygit2.reference_is_valid_name(ref), ref
 
 
-def test_ref_of_keeps_an_ordinary_id_readable():
+def test_ref_of_keeps_an_ordinary_id_readable_and_never_gives_two_ids_one_reference():
     assert fleet.ref_of("salt1.example.com") == "refs/envflow/served/salt1.example.com"
-    assert fleet.ref_of("salt 1/x") == "refs/envflow/served/salt_1_x"
+    assert fleet.ref_of("salt 1/x").startswith("refs/envflow/served/salt_1_x-")
+    ids = ["salt 1", "salt_1", "salt/1", "", "master", "a..b", "a_b", "salt.lock", "salt_lock"]
+    assert len({fleet.ref_of(master) for master in ids}) == len(ids)
 
 
 @pytest.mark.parametrize("master", ["salt 1", "a..b", "salt.lock"])
