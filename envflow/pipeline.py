@@ -426,7 +426,7 @@ def _no_hold_since(mirror, promotion, force, reason):
         try:
             if promotion.old is None:
                 raise EnvflowError(f"{promotion.env.branch} did not exist before") from None
-            mirror.update_branch(promotion.env.branch, promotion.new, promotion.old)
+            mirror.update_branch(promotion.env.branch, promotion.new, promotion.old, rewind=True)
         except EnvflowError as undo:
             raise EnvflowError(
                 f"{exc}; it was set while this promotion ran, and moving {promotion.env.branch} back to "

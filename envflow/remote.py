@@ -416,17 +416,19 @@ class Mirror:
         diff = self.repo.diff(old_tree, new_tree) if old_tree is not None else new_tree.diff_to_tree(swap=True)
         return [(delta.status_char(), delta.new_file.path or delta.old_file.path) for delta in diff.deltas]
 
-    def update_branch(self, branch, old, new):
+    def update_branch(self, branch, old, new, rewind=False):
         """Move ``branch`` on the remote from ``old`` (``None``: absent) to ``new``, as a compare-and-swap.
 
         Raises :class:`BranchMoved` if the remote branch is no longer ``old``.
+        ``rewind``: ``new`` may be behind ``old`` (a move undone).
         """
-        self.update_ref(f"refs/heads/{branch}", old, new)
+        self.update_ref(f"refs/heads/{branch}", old, new, rewind=rewind)
 
-    def update_ref(self, refname, old, new):
+    def update_ref(self, refname, old, new, rewind=False):
         """Move ``refname`` on the remote from ``old`` (``None``: absent) to ``new``, as a compare-and-swap.
 
-        Raises :class:`BranchMoved` if the remote reference is no longer ``old``.
+        Raises :class:`BranchMoved` if the remote reference is no longer ``old``. A push is
+        fast-forward only unless ``rewind``; the compare-and-swap holds either way.
         """
         staging = f"refs/envflow/push/{refname[len('refs/') :]}"
         repo = self.repo
@@ -436,7 +438,8 @@ class Mirror:
             else:
                 repo.references.create(staging, new, force=True)
                 try:
-                    self._push(f"{staging}:{refname}", {refname: old if old is not None else _ZERO})
+                    refspec = f"{'+' if rewind else ''}{staging}:{refname}"
+                    self._push(refspec, {refname: old if old is not None else _ZERO})
                 finally:
                     repo.references.delete(staging)
             repo.references.create(refname, new, force=True)
