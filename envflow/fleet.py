@@ -3,7 +3,7 @@
 Each master writes one reference of its own, ``refs/envflow/served/<master id>``:
 a chain of commits whose tree holds ``served.json``::
 
-    {"master": "salt1", "seen": "2026-12-06T20:01:02+00:00",
+    {"master": "salt1", "host": "salt1.example.org", "seen": "2026-12-06T20:01:02+00:00",
      "environments": {"prod": {"commit": "8d1e0f2a...", "since": "2026-12-06T19:52:10+00:00",
                                "path": "/srv/salt/prod"}}}
 
@@ -21,6 +21,7 @@ import datetime
 import hashlib
 import json
 import re
+import socket
 
 import pygit2
 
@@ -114,7 +115,12 @@ def report(mirror, config, master, heartbeat=False, at=None):
                     age = _age(current.get("seen"), at)
                     if not heartbeat or (age is not None and age < HEARTBEAT):
                         return None
-                data = {"master": str(master), "seen": at.isoformat(), "environments": environments}
+                data = {
+                    "master": str(master),
+                    "host": socket.gethostname(),
+                    "seen": at.isoformat(),
+                    "environments": environments,
+                }
                 text = json.dumps(data, indent=1, sort_keys=True) + "\n"
                 builder = repo.TreeBuilder()
                 builder.insert(_FILE, repo.create_blob(text.encode()), pygit2.enums.FileMode.BLOB)
@@ -139,7 +145,9 @@ def view(records, config, tips, contains, master=None, at=None):
     ``records`` is :func:`read`'s result, ``tips`` maps each branch to its
     tip, ``contains(a, b)`` says whether commit ``a`` contains commit ``b``.
     Returns ``{env: {master: {"commit", "since", "seen", "silent", "this",
-    "behind_branch", "behind_others", "behind_for"}}}``: ``behind_branch``
+    "shared_with", "behind_branch", "behind_others", "behind_for"}}}``:
+    ``shared_with`` names the masters on the same host configured with the
+    same path, which serve one tree with this one; ``behind_branch``
     when the master serves another commit than its branch's tip,
     ``behind_others`` when another master that still reports serves a newer
     commit, and ``behind_for`` the seconds since the first of those began
@@ -149,7 +157,7 @@ def view(records, config, tips, contains, master=None, at=None):
     at = at or now()
     fleet = {}
     for env in config.environments:
-        entries = {}
+        entries, trees = {}, {}
         for name, data in sorted(records.items()):
             served = data["environments"].get(env.name)
             if not isinstance(served, dict) or not served.get("commit"):
@@ -162,6 +170,14 @@ def view(records, config, tips, contains, master=None, at=None):
                 "silent": round(age) if age is not None and age > SILENT else None,
                 "this": name == master,
             }
+            trees[name] = (data.get("host"), served.get("path"))
+        for name, entry in entries.items():
+            # Masters on one host configured with the same path deploy into one directory: one tree.
+            entry["shared_with"] = [
+                other
+                for other in entries
+                if other != name and trees[name][0] is not None and trees[other] == trees[name]
+            ]
         reporting = [entry for entry in entries.values() if entry["silent"] is None]
         tip = tips.get(env.branch)
         for entry in entries.values():

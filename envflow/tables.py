@@ -126,7 +126,8 @@ def _fleet_state(entry, now):
         behind.append(f"behind the others for {span(entry['behind_for'])}" if entry.get("behind_for") else "behind")
     if entry.get("behind_branch"):
         behind.append("behind its branch")
-    return ", ".join(behind) or "ok"
+    shared = [f"one tree with {', '.join(entry['shared_with'])}"] if entry.get("shared_with") else []
+    return ", ".join([*shared, *(behind or ["ok"])])
 
 
 def _fleet_table(fleet, now):

@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import shutil
+import socket
 import tempfile
 
 import pygit2
@@ -96,7 +97,12 @@ def test_the_first_report_creates_a_reference_that_plain_git_reads(remote, hosts
     at = fleet.now()
     assert host.report(at=at) is None
     tip = remote.tip("develop")
-    assert record_of(remote, "salt1") == {"master": "salt1", "seen": at.isoformat(), "environments": host.serving()}
+    assert record_of(remote, "salt1") == {
+        "master": "salt1",
+        "host": socket.gethostname(),
+        "seen": at.isoformat(),
+        "environments": host.serving(),
+    }
     assert set(host.serving()) == {"test", "stage", "prod"}
     assert all(entry["commit"] == tip for entry in host.serving().values())
     ref = fleet.ref_of("salt1")
@@ -117,7 +123,12 @@ def test_a_master_serving_nothing_says_so(remote, hosts):
     host = hosts("salt1")
     at = fleet.now()
     assert host.report(at=at) is None
-    assert record_of(remote, "salt1") == {"master": "salt1", "seen": at.isoformat(), "environments": {}}
+    assert record_of(remote, "salt1") == {
+        "master": "salt1",
+        "host": socket.gethostname(),
+        "seen": at.isoformat(),
+        "environments": {},
+    }
     assert git("log", "-1", "--format=%s", fleet.ref_of("salt1"), cwd=remote.path) == "salt1 serves nothing"
 
 
@@ -145,7 +156,12 @@ def test_a_heartbeat_rewrites_the_record_only_once_it_is_older_than_heartbeat(re
     assert host.report(heartbeat=True, at=later) is None
     second = ref_value(remote, "salt1")
     assert second != first and parent_of(remote, second) == first
-    assert record_of(remote, "salt1") == {"master": "salt1", "seen": later.isoformat(), "environments": host.serving()}
+    assert record_of(remote, "salt1") == {
+        "master": "salt1",
+        "host": socket.gethostname(),
+        "seen": later.isoformat(),
+        "environments": host.serving(),
+    }
     # The new record is the one measured from.
     assert host.report(heartbeat=True, at=later + datetime.timedelta(seconds=fleet.HEARTBEAT - 1)) is None
     assert ref_value(remote, "salt1") == second
@@ -164,7 +180,12 @@ def test_a_deploy_is_recorded_on_top_of_the_record_before_it(remote, hosts):
     new = ref_value(remote, "salt1")
     assert new != old and parent_of(remote, new) == old
     record = record_of(remote, "salt1")
-    assert record == {"master": "salt1", "seen": at.isoformat(), "environments": host.serving()}
+    assert record == {
+        "master": "salt1",
+        "host": socket.gethostname(),
+        "seen": at.isoformat(),
+        "environments": host.serving(),
+    }
     assert record["environments"]["test"]["commit"] == new_commit
     assert record["environments"]["test"]["since"] == host.deployed("test")["deployed_at"]
     assert {name: record["environments"][name] for name in ("stage", "prod")} == {
@@ -447,6 +468,7 @@ def test_view_says_who_serves_what_and_who_is_behind_its_branch_and_the_others(
                 "seen": seen(60),
                 "silent": None,
                 "this": True,
+                "shared_with": [],
                 "behind_branch": True,
                 "behind_others": True,
                 "behind_for": 3600,  # since the first of the others began serving the newer commit
@@ -457,6 +479,7 @@ def test_view_says_who_serves_what_and_who_is_behind_its_branch_and_the_others(
                 "seen": seen(30),
                 "silent": None,
                 "this": False,
+                "shared_with": [],
                 "behind_branch": False,
                 "behind_others": False,
                 "behind_for": None,
@@ -467,6 +490,7 @@ def test_view_says_who_serves_what_and_who_is_behind_its_branch_and_the_others(
                 "seen": seen(10),
                 "silent": None,
                 "this": False,
+                "shared_with": [],
                 "behind_branch": False,
                 "behind_others": False,
                 "behind_for": None,
@@ -479,6 +503,7 @@ def test_view_says_who_serves_what_and_who_is_behind_its_branch_and_the_others(
                 "seen": seen(60),
                 "silent": None,
                 "this": True,
+                "shared_with": [],
                 "behind_branch": False,
                 "behind_others": False,
                 "behind_for": None,

@@ -1,0 +1,57 @@
+"""Two masters configured with the same paths: one directory, deploys serialized, one whole tree, shown as one."""
+
+import concurrent.futures
+import threading
+
+from envflow import fleet, pipeline
+from envflow.config import parse
+from envflow.remote import Mirror
+from envflow.served import ServedDir
+from tests.gitrepo import config, git, tree_files
+
+
+def _commit_files(remote, commit):
+    names = git("ls-tree", "-r", "--name-only", commit, cwd=remote.path).splitlines()
+    return {name: git("show", f"{commit}:{name}", cwd=remote.path) + "\n" for name in names}
+
+
+def test_two_masters_sharing_paths_deploy_in_turn_serve_one_whole_tree_and_show_as_one(remote, tmp_path):
+    commits = [
+        remote.commit("develop", {"web/init.sls": f"# web v{number}\n", f"web/extra{number}.sls": "# extra\n"})
+        for number in range(6)
+    ]
+    shared = parse(config(remote.path, tmp_path / "srv"))
+    path = shared.environment("test").path
+    start = threading.Barrier(2)
+    served = []
+
+    def master(name, offset):
+        with Mirror(remote.path, str(tmp_path / f"cache-{name}")) as mirror:
+            start.wait()
+            for number in range(8):
+                mirror.fetch()
+                commit = commits[(number + offset) % len(commits)]
+                result = pipeline.deploy(shared, mirror, "test", rev=commit, by=name)
+                served.append((name, result["new"]["id"]))
+                assert fleet.report(mirror, shared, name) is None
+
+    with concurrent.futures.ThreadPoolExecutor(2) as both:
+        done = [both.submit(master, "salt1", 0), both.submit(master, "salt2", 3)]
+    for future in done:
+        future.result()
+    assert len(served) == 16
+    now = ServedDir(path).deployed()["id"]
+    assert now in commits
+    assert tree_files(path) == _commit_files(remote, now)
+    with Mirror(remote.path, str(tmp_path / "cache-salt1")) as mirror:
+        mirror.fetch()
+        assert ServedDir(path).drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+        assert fleet.report(mirror, shared, "salt1") is None
+        assert fleet.report(mirror, shared, "salt2") is None
+        mirror.fetch()
+        found = fleet.view(fleet.read(mirror), shared, pipeline.branch_tips(shared, mirror), mirror.contains)
+    assert {name: entry["shared_with"] for name, entry in found["test"].items()} == {
+        "salt1": ["salt2"],
+        "salt2": ["salt1"],
+    }
+    assert {entry["commit"] for entry in found["test"].values()} == {now}
