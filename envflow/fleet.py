@@ -127,7 +127,8 @@ def report(mirror, config, master, heartbeat=False, at=None):
                 who = signature(str(master), "envflow@localhost")
                 summary = ", ".join(f"{env} {entry['commit'][:10]}" for env, entry in sorted(environments.items()))
                 message = f"{master} serves {summary or 'nothing'}\n"
-                new = repo.create_commit(None, who, who, message, builder.write(), [old] if old is not None else [])
+                # No parent: only the newest record matters, and a chain would grow with every heartbeat.
+                new = repo.create_commit(None, who, who, message, builder.write(), [])
             try:
                 mirror.update_ref(refname, old, new)
                 return None
@@ -187,9 +188,8 @@ def view(records, config, tips, contains, master=None, at=None):
             ages = [_age(other["since"], at) for other in newer if other.get("since")]
             entry["behind_branch"] = tip is not None and entry["commit"] != tip
             entry["behind_others"] = bool(newer) and entry["silent"] is None
-            entry["behind_for"] = (
-                round(max(age for age in ages if age is not None)) if any(age is not None for age in ages) else None
-            )
+            known = [age for age in ages if age is not None]
+            entry["behind_for"] = round(max(known)) if known and entry["behind_others"] else None
         if entries:
             fleet[env.name] = entries
     return fleet

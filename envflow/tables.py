@@ -123,7 +123,9 @@ def _fleet_state(entry, now):
         return f"silent for {span(entry['silent'])}"
     behind = []
     if entry.get("behind_others"):
-        behind.append(f"behind the others for {span(entry['behind_for'])}" if entry.get("behind_for") else "behind")
+        behind.append(
+            f"behind the others for {span(entry['behind_for'])}" if entry.get("behind_for") is not None else "behind"
+        )
     if entry.get("behind_branch"):
         behind.append("behind its branch")
     shared = [f"one tree with {', '.join(entry['shared_with'])}"] if entry.get("shared_with") else []
@@ -132,7 +134,8 @@ def _fleet_state(entry, now):
 
 def _fleet_table(fleet, now):
     """Each master's row per environment: what it serves, since when, when it last reported, and who is behind."""
-    if not fleet:
+    # A master alone has no one to be behind: its own row would only repeat the table above.
+    if not fleet or len({master for masters in fleet.values() for master in masters}) < 2:
         return ""
     rows = [
         [

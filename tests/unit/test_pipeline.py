@@ -254,11 +254,11 @@ def test_a_pin_set_on_another_master_while_the_branch_moves_refuses_the_promotio
         deploy(theirs, other.environment("stage"))
         update_branch = type(mirror).update_branch
 
-        def pinned_meanwhile(self, branch, before, after):
+        def pinned_meanwhile(self, branch, before, after, **kwargs):
             if after == tested:
                 theirs.fetch()
                 holds.pin(other, theirs, "stage", reason="demo on stage", by="carol")
-            return update_branch(self, branch, before, after)
+            return update_branch(self, branch, before, after, **kwargs)
 
         monkeypatch.setattr(type(mirror), "update_branch", pinned_meanwhile)
         mirror.fetch()

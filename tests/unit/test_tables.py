@@ -215,11 +215,21 @@ def test_the_status_table_is_followed_by_each_masters_row_per_environment():
 def test_a_fleet_row_shows_no_time_it_does_not_know_and_no_control_characters():
     report = {
         "environments": {},
-        "fleet": {"test": {"salt\x1b[2J1": fleet_entry(since=None, seen="not a time", behind_for=None)}},
+        "fleet": {
+            "test": {
+                "salt\x1b[2J1": fleet_entry(since=None, seen="not a time", behind_for=None),
+                "salt2": fleet_entry(since=None, seen=None, behind_for=None),
+            }
+        },
     }
     lines = tables.status_table(report, now=NOW).splitlines()
-    assert lines[-1].split() == ["test", "salt", "[2J1", "aaaaaaaaaa", "-", "-", "ok"]
+    assert lines[-2].split() == ["test", "salt", "[2J1", "aaaaaaaaaa", "-", "-", "ok"]
     assert all(ch.isprintable() for line in lines for ch in line)
+
+
+def test_no_fleet_section_for_a_master_alone():
+    report = {"environments": {"prod": entry()}, "fleet": {"prod": {"salt1": fleet_entry(this=True)}}}
+    assert "MASTER" not in tables.status_table(report, now=NOW)
 
 
 def test_no_fleet_section_without_records():
