@@ -1,7 +1,7 @@
 """What each master serves, kept on the remote, so that every master sees the whole fleet.
 
 Each master writes one reference of its own, ``refs/envflow/served/<master id>``:
-a chain of commits whose tree holds ``served.json``::
+one commit without parent (only the newest record matters) whose tree holds ``served.json``::
 
     {"master": "salt1", "host": "salt1.example.org", "seen": "2026-12-06T20:01:02+00:00",
      "environments": {"prod": {"commit": "8d1e0f2a...", "since": "2026-12-06T19:52:10+00:00",
