@@ -183,41 +183,7 @@ class Site(quickstart.Site):
         self.push_conf = _load_yaml(os.path.join(PIPELINES, "push.conf"))
         self.ret_port, publish_port, self.api_port = quickstart.free_ports(3)
         os.makedirs(self.conf)
-        master = {
-            "root_dir": root,
-            "pki_dir": "pki/master",
-            "cachedir": "cache/master",
-            "sock_dir": "run/master",
-            "pidfile": "run/master.pid",
-            "log_file": "logs/master.log",
-            "log_level_logfile": "info",
-            "key_logfile": "logs/key.log",
-            "api_logfile": "logs/api.log",
-            "api_pidfile": "run/api.pid",
-            "user": pwd.getpwuid(os.getuid()).pw_name,
-            "interface": "127.0.0.1",
-            "publish_port": publish_port,
-            "ret_port": self.ret_port,
-            "auto_accept": True,
-            "file_roots": {env: [path] for env, path in self.paths.items()},
-            "envflow": {
-                "repo": repo.path,
-                "environments": [
-                    {"name": env, "branch": branch, "path": self.paths[env]} for env, branch in ENVIRONMENTS
-                ],
-                # The secret itself rather than push.conf's sdb:// URI: no sdb profile to set up.
-                "webhook": {**(self.push_conf.get("envflow") or {}).get("webhook", {}), "secret": secret},
-            },
-            "reactor": self._reactor(),
-            "reactor_worker_threads": self.push_conf["reactor_worker_threads"],
-            # push.conf's salt-api, on loopback and without TLS (timing only).
-            "rest_cherrypy": {
-                **{key: value for key, value in self.push_conf["rest_cherrypy"].items() if not key.startswith("ssl_")},
-                "host": "127.0.0.1",
-                "port": self.api_port,
-                "disable_ssl": True,
-            },
-        }
+        master = self.master_config(repo, publish_port)
         minion = {
             "id": MINION,
             "root_dir": root,
@@ -241,6 +207,44 @@ class Site(quickstart.Site):
         os.makedirs(self.api_conf)
         self.write_api_conf(dict(master, log_level_logfile="debug"))
         self.url = f"http://127.0.0.1:{self.api_port}{self.push_conf['rest_cherrypy']['webhook_url']}/{HOOK}"
+
+    def master_config(self, repo, publish_port):
+        """The master's config: push.conf's reactor and salt-api, the environments over ``repo``."""
+        return {
+            "root_dir": self.root,
+            "pki_dir": "pki/master",
+            "cachedir": "cache/master",
+            "sock_dir": "run/master",
+            "pidfile": "run/master.pid",
+            "log_file": "logs/master.log",
+            "log_level_logfile": "info",
+            "key_logfile": "logs/key.log",
+            "api_logfile": "logs/api.log",
+            "api_pidfile": "run/api.pid",
+            "user": pwd.getpwuid(os.getuid()).pw_name,
+            "interface": "127.0.0.1",
+            "publish_port": publish_port,
+            "ret_port": self.ret_port,
+            "auto_accept": True,
+            "file_roots": {env: [path] for env, path in self.paths.items()},
+            "envflow": {
+                "repo": repo.path,
+                "environments": [
+                    {"name": env, "branch": branch, "path": self.paths[env]} for env, branch in ENVIRONMENTS
+                ],
+                # The secret itself rather than push.conf's sdb:// URI: no sdb profile to set up.
+                "webhook": {**(self.push_conf.get("envflow") or {}).get("webhook", {}), "secret": self.secret},
+            },
+            "reactor": self._reactor(),
+            "reactor_worker_threads": self.push_conf["reactor_worker_threads"],
+            # push.conf's salt-api, on loopback and without TLS (timing only).
+            "rest_cherrypy": {
+                **{key: value for key, value in self.push_conf["rest_cherrypy"].items() if not key.startswith("ssl_")},
+                "host": "127.0.0.1",
+                "port": self.api_port,
+                "disable_ssl": True,
+            },
+        }
 
     def _reactor(self):
         """push.conf's reactor, each SLS the shipped one of this checkout."""
@@ -353,14 +357,17 @@ class Bus:
                 found = event.get_event(wait=0.2, full=True)
                 if not found or not found["tag"].startswith(self.WATCHED):
                     continue
-                data = found.get("data") or {}
-                if found["tag"].startswith("salt/netapi/hook/"):
-                    data = {"_stamp": data.get("_stamp")}
+                data = self.kept(found["tag"], found.get("data") or {})
                 with self._cond:
                     self._events.append((found["tag"], data))
                     self._cond.notify_all()
         finally:
             event.destroy()
+
+    @staticmethod
+    def kept(tag, data):
+        """What is kept of an event's data: of a hook's, only when it was fired (not its headers and body)."""
+        return {"_stamp": data.get("_stamp")} if tag.startswith("salt/netapi/hook/") else data
 
     def mark(self):
         with self._cond:
@@ -1021,12 +1028,12 @@ def _interrupted(signum, _frame):
     sys.exit(143)
 
 
-def _workdir():
+def _workdir(prefix="envflow-push-"):
     """A temporary directory short enough for Salt's unix sockets (107 bytes)."""
-    workdir = tempfile.mkdtemp(prefix="envflow-push-")
+    workdir = tempfile.mkdtemp(prefix=prefix)
     if len(workdir) > 40:
         os.rmdir(workdir)
-        workdir = tempfile.mkdtemp(prefix="envflow-push-", dir="/tmp")
+        workdir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     return workdir
 
 
