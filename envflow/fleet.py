@@ -130,7 +130,7 @@ def report(mirror, config, master, heartbeat=False, at=None):
                 # No parent: only the newest record matters, and a chain would grow with every heartbeat.
                 new = repo.create_commit(None, who, who, message, builder.write(), [])
             try:
-                mirror.update_ref(refname, old, new)
+                mirror.update_ref(refname, old, new, rewind=True)  # a new record never descends from the old one
                 return None
             except BranchMoved:
                 mirror.fetch()

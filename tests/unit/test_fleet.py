@@ -705,3 +705,24 @@ def test_a_stale_record_of_this_master_does_not_hide_that_the_others_disagree(re
         pipeline.plan(here.config, here.mirror, "stage", master="salt1")
     assert str(error.value) == _refused(older, newer)
     assert remote.refs() == refs
+
+
+def test_over_http_each_new_record_replaces_the_last(remote, git_http, tmp_path):
+    """A record is a commit without parent: over git's smart HTTP its push is forced, and stays a swap."""
+    from tests.conftest import HTTP_PASSWORD, HTTP_USER  # pylint: disable=import-outside-toplevel
+
+    raw = config(git_http.url("automation.git"), tmp_path / "srv")
+    raw["credentials"] = {"username": HTTP_USER, "password": HTTP_PASSWORD, "allow_http": True}
+    parsed = parse(raw)
+    with Mirror(parsed.repo, str(tmp_path / "cache"), parsed.credentials, parsed.timeout) as mirror:
+        mirror.fetch()
+        ServedDir(parsed.environment("test").path).deploy(mirror.objects, mirror.commit("develop"))
+        assert fleet.report(mirror, parsed, "salt1", at=AT) is None
+        first = git("rev-parse", fleet.ref_of("salt1"), cwd=remote.path)
+        newer = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+        mirror.fetch()
+        ServedDir(parsed.environment("test").path).deploy(mirror.objects, mirror.commit("develop"))
+        assert fleet.report(mirror, parsed, "salt1", at=AT) is None
+    second = git("rev-parse", fleet.ref_of("salt1"), cwd=remote.path)
+    assert second != first and parents_of(remote, second) == []
+    assert json.loads(git("show", f"{second}:served.json", cwd=remote.path))["environments"]["test"]["commit"] == newer
