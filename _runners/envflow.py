@@ -277,11 +277,10 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
         return _failure(str(exc))
     # A round of the schedule that changed nothing still says, now and then, that this master is there.
     warning = None if dry_run else saltbus.report_served(__opts__, config, heartbeat=True)
-    if warning:
-        report["warning"] = warning
+    noted = {"warning": warning} if warning else {}
     if errors:
-        return {**_failure("; ".join(errors)), "environments": report}
-    return {"dry_run": True, "environments": report} if dry_run else {"environments": report}
+        return {**_failure("; ".join(errors)), "environments": report, **noted}
+    return {"dry_run": True, "environments": report} if dry_run else {"environments": report, **noted}
 
 
 @_reported

@@ -177,3 +177,15 @@ def test_the_roots_update_runs_only_for_fileserver_events(master_base_opts, envf
         assert saltbus.refresh_fileserver(opts, stage) == ["stage"]
         assert os.path.exists(tmp_path / f"cache-{events}" / "roots" / "mtime_map") is events
     assert saltbus.refresh_fileserver(dict(master_base_opts, file_roots={"base": ["/srv/salt"]}), stage) == []
+
+
+def test_a_refresh_whose_record_cannot_be_written_says_so_once_beside_the_environments(runners, envflow_block, remote):
+    """The master's record of what it serves (envflow.fleet) fails to be written: the deploys stand, one warning."""
+    os.makedirs(os.path.join(remote.path, "refs", "envflow"), exist_ok=True)
+    with open(os.path.join(remote.path, "refs", "envflow", "served"), "w", encoding="utf-8"):
+        pass  # a file where git would make the directory of the masters' records
+    result = runners["envflow.refresh"]()
+    assert set(result["environments"]) == {"test", "stage", "prod"}
+    assert all(entry["changed"] is True for entry in result["environments"].values())
+    assert result["warning"].startswith("envflow: what ") and "could not be recorded on the remote" in result["warning"]
+    assert "\n" not in result["warning"] and "retcode" not in result
