@@ -192,15 +192,12 @@ def _update(item, source):
 
 
 def _pusher(document):
-    for value in (
-        (document.get("pusher") or {}).get("name") if isinstance(document.get("pusher"), dict) else None,
-        (document.get("pusher") or {}).get("login") if isinstance(document.get("pusher"), dict) else None,
-        document.get("user_username"),
-        document.get("pusher") if isinstance(document.get("pusher"), str) else None,
-    ):
-        if isinstance(value, str) and value:
-            return echo(value, quoted=False, limit=60)
-    return None
+    """Who pushed, as the sender names them: GitHub's ``pusher.name``, Gitea's ``pusher.login``, GitLab's
+    ``user_username``, the post-receive hook's ``pusher``."""
+    pusher = document.get("pusher")
+    found = (pusher.get("name") or pusher.get("login")) if isinstance(pusher, dict) else pusher
+    found = found or document.get("user_username")
+    return echo(found, quoted=False, limit=60) if isinstance(found, str) and found else None
 
 
 def verify(webhook, headers, body):
