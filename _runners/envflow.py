@@ -596,7 +596,12 @@ def verify(env, jid=None, dry_run=False):
     the failed minions and states are named. ``jid=last`` takes the newest
     such highstate since the commit was deployed that every targeted minion
     has answered. The record goes to the remote
-    repository, as a git note on the commit (``refs/notes/envflow``).
+    repository, as a git note on the commit (``refs/notes/envflow``), with
+    this master's id and the minions the job passed on. With several masters,
+    the gate opens once the verifications of the commit cover the minions of
+    ``env`` on every master (see the fleet status): run ``verify`` on each
+    master whose minions returned their job to it alone. Without ``jid``,
+    the record is your word for every minion of every master.
 
     dry_run : False
         Run every check and report what would be recorded; record nothing.
@@ -616,7 +621,7 @@ def verify(env, jid=None, dry_run=False):
         served = ServedDir(environment.path).deployed()
         if served is None:
             return _failure(f"envflow: nothing is deployed in {env}, so there is nothing to verify")
-        entry = {"by": _user()}
+        entry = {"by": _user(), "master": str(__opts__["id"])}
         if jid is not None:
             jid = entry["jid"] = jobs.verified_job(
                 env,
@@ -627,7 +632,10 @@ def verify(env, jid=None, dry_run=False):
                 minions=_target_minions(environment) or (),
                 utc=__opts__.get("utc_jid", False),
             )
+            # The minions it passed on: the verified gate counts them against every master's.
+            entry["minions"] = sorted(__salt__["jobs.list_job"](jid).get("Result") or {})
         report = {"env": env, "commit": served["id"], "verified_by": entry["by"], "jid": jid}
+        report.update((key, entry[key]) for key in ("master", "minions") if key in entry)
         if dry_run:
             return {"dry_run": True, **report}
         with _mirror(config) as mirror:

@@ -5,7 +5,13 @@ one commit without parent (only the newest record matters) whose tree holds ``se
 
     {"master": "salt1", "host": "salt1.example.org", "seen": "2026-12-06T20:01:02+00:00",
      "environments": {"prod": {"commit": "8d1e0f2a...", "since": "2026-12-06T19:52:10+00:00",
-                               "path": "/srv/salt/prod"}}}
+                               "path": "/srv/salt/prod", "tree": "5f0c...",
+                               "minions": ["web1", "web2"]}}}
+
+``tree`` is the directory's identity (:meth:`envflow.layout.Layout.tree_id`):
+masters deploying into one directory report the same. ``minions`` are those
+the environment's ``target`` matches on that master, when it has a target:
+what the ``verified`` gate counts.
 
 ``seen`` is when the master last wrote it: after each switch, and at most
 every :data:`HEARTBEAT` seconds from a refresh round (the schedule's) that
@@ -71,16 +77,22 @@ def read(mirror):
     return found
 
 
-def serving(config):
-    """What this host's directories serve: ``{env: {"commit", "since", "path"}}``, for those serving something."""
+def serving(config, minions_of=None):
+    """What this host's directories serve: ``{env: {"commit", "since", "path", "tree"[, "minions"]}}``, for those
+    serving something; ``minions_of(env)`` gives an environment's minions on this master, or ``None``."""
     found = {}
     for env in config.environments:
+        served = ServedDir(env.path)
         try:
-            info = ServedDir(env.path).deployed()
-        except EnvflowError:
+            info = served.deployed()
+            tree = served.layout.tree_id() if info else None
+        except (EnvflowError, OSError):
             info = None
         if info:
-            found[env.name] = {"commit": info["id"], "since": info.get("deployed_at"), "path": env.path}
+            found[env.name] = {"commit": info["id"], "since": info.get("deployed_at"), "path": env.path, "tree": tree}
+            minions = minions_of(env) if minions_of else None
+            if minions is not None:
+                found[env.name]["minions"] = sorted(minions)
     return found
 
 
@@ -94,15 +106,17 @@ def _age(seen, at):
     return (at - when).total_seconds()
 
 
-def report(mirror, config, master, heartbeat=False, at=None):
+def report(mirror, config, master, heartbeat=False, at=None, minions_of=None):
     """Write on the remote what master ``master`` serves now, if that changed (or, with ``heartbeat``, if its
     record is older than :data:`HEARTBEAT`); return a one-line warning when it cannot, else ``None``.
+
+    ``minions_of(env)`` gives the minions of ``env`` on this master (``None``: not known).
 
     The mirror need not be freshly fetched: a record that moved meanwhile
     (another process of this master wrote it) is fetched and written again.
     """
     at = at or now()
-    environments = serving(config)
+    environments = serving(config, minions_of)
     refname = ref_of(master)
     try:
         for _attempt in range(3):
@@ -147,8 +161,9 @@ def view(records, config, tips, contains, master=None, at=None):
     tip, ``contains(a, b)`` says whether commit ``a`` contains commit ``b``.
     Returns ``{env: {master: {"commit", "since", "seen", "silent", "this",
     "shared_with", "behind_branch", "behind_others", "behind_for"}}}``:
-    ``shared_with`` names the masters on the same host configured with the
-    same path, which serve one tree with this one; ``behind_branch``
+    ``shared_with`` names the masters that deploy into the same directory
+    (one file system shared by several hosts, or one host and one path),
+    which serve one tree with this one; ``behind_branch``
     when the master serves another commit than its branch's tip,
     ``behind_others`` when another master that still reports serves a newer
     commit, and ``behind_for`` the seconds since the first of those began
@@ -171,13 +186,11 @@ def view(records, config, tips, contains, master=None, at=None):
                 "silent": round(age) if age is not None and age > SILENT else None,
                 "this": name == master,
             }
-            trees[name] = (data.get("host"), served.get("path"))
+            # Masters deploying into one directory report its identity; before it was recorded, one host and path.
+            trees[name] = ("tree", served["tree"]) if served.get("tree") else (data.get("host"), served.get("path"))
         for name, entry in entries.items():
-            # Masters on one host configured with the same path deploy into one directory: one tree.
             entry["shared_with"] = [
-                other
-                for other in entries
-                if other != name and trees[name][0] is not None and trees[other] == trees[name]
+                other for other in entries if other != name and None not in trees[name] and trees[other] == trees[name]
             ]
         reporting = [entry for entry in entries.values() if entry["silent"] is None]
         tip = tips.get(env.branch)
@@ -215,4 +228,22 @@ def disagreeing(records, env_name, master, at=None):
             continue
         if served.get("commit") != mine:
             found[name] = served.get("commit")
+    return found
+
+
+def serves_tree(data, env_name, tree):
+    """Whether the record ``data`` says its master serves ``env_name`` from the directory whose id is ``tree``."""
+    served = data["environments"].get(env_name)
+    return tree is not None and isinstance(served, dict) and served.get("tree") == tree
+
+
+def minions(records, env_name, at=None):
+    """Each master's minions of ``env_name``, for the masters still reporting that list them: ``{master: [...]}``."""
+    at = at or now()
+    found = {}
+    for name, data in records.items():
+        served = data["environments"].get(env_name)
+        age = _age(data.get("seen"), at)
+        if isinstance(served, dict) and isinstance(served.get("minions"), list) and not (age and age > SILENT):
+            found[name] = [str(minion) for minion in served["minions"]]
     return found

@@ -9,6 +9,7 @@ For an environment whose ``path`` is ``/srv/salt/stage``::
     /srv/salt/.stage.envflow/lock             held while deploying
     /srv/salt/.stage.envflow/push.lock        held while serving pushes (envflow.pushes)
     /srv/salt/.stage.envflow/push.pending     a push not served yet
+    /srv/salt/.stage.envflow/tree.id          the directory's identity, shared by every master deploying into it
 
 Every piece of bookkeeping lives beside the served tree, never inside it, so
 Salt never serves it, and the master and a minion deploying the same path
@@ -18,6 +19,7 @@ agree on it.
 import contextlib
 import json
 import os
+import uuid
 from dataclasses import dataclass, field, fields
 
 SLOTS = ("a", "b")
@@ -82,6 +84,31 @@ class Layout:
         self.push_pending = os.path.join(self.home, "push.pending")
         # Where the new symlink is made before it is renamed over ``path``.
         self.staging = os.path.join(self.home, "link.tmp")
+        self.identity = os.path.join(self.home, "tree.id")
+
+    def tree_id(self, make=True):
+        """The directory's identity: a random id made once, the same for every host and master that deploys here
+        (without ``make``, ``None`` until it is made).
+
+        Masters sharing the directory (one file system, or the same paths on
+        one host) read one id, which is how the fleet status knows them as one
+        tree. Made with a hard link, so two makers at once agree on the first.
+        """
+        with contextlib.suppress(FileNotFoundError), open(self.identity, encoding="utf-8") as handle:
+            return handle.read().strip()
+        if not make:
+            return None
+        made = f"{self.identity}.{uuid.uuid4().hex}"
+        with open(made, "w", encoding="utf-8") as handle:
+            handle.write(uuid.uuid4().hex + "\n")
+        try:
+            os.link(made, self.identity)  # fails if another maker's id is there already
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(made)
+        with open(self.identity, encoding="utf-8") as handle:
+            return handle.read().strip()
 
     def tree(self, slot):
         return os.path.join(self.home, slot)

@@ -8,8 +8,11 @@ Salt's, fire events and shape the returns.
 import datetime
 from dataclasses import dataclass, field
 
+import pygit2
+
 from envflow import fleet, history, holds, records
 from envflow.errors import Diverged, EnvflowError, GateBlocked, Held, RevisionError
+from envflow.layout import Layout
 from envflow.remote import commit_info
 from envflow.served import ServedDir
 from envflow.text import capped, echo, span
@@ -55,8 +58,11 @@ def branch_tips(config, mirror):
 def _fleet_agrees(mirror, upstream, tested_id, master):
     """Refuse a promotion of what ``upstream`` serves here while other masters serve it another commit."""
     records = fleet.read(mirror)
-    # Compared with what this master's directory serves, not with its record, which may lag behind.
+    # Compared with what this master's directory serves, not with its record, which may lag behind; so are the
+    # records of masters deploying into this very directory (they serve what it serves, whatever they last wrote).
     records.pop(master, None)
+    tree = Layout(upstream.path).tree_id(make=False)
+    records = {name: data for name, data in records.items() if not fleet.serves_tree(data, upstream.name, tree)}
     others = fleet.disagreeing(records, upstream.name, master)
     others = {name: commit for name, commit in others.items() if commit != tested_id}
     if others:
@@ -144,11 +150,8 @@ def blocking_gates(promotion, mirror, now=None):
         return []
     found = records.read(mirror, commit)
     blocked = []
-    if gates.verified and not records.entries(found, "verified", upstream.name):
-        blocked.append(
-            f"verified: {_short(commit)} was not verified in {upstream.name}; "
-            f"run salt-run envflow.verify {upstream.name} jid=<its highstate job> once it passed there"
-        )
+    if gates.verified:
+        blocked.extend(_unverified(records.entries(found, "verified", upstream.name), mirror, upstream.name, commit))
     if gates.soak:
         served = ServedDir(upstream.path).deployed()
         since = served.get("deployed_at") if served else None
@@ -174,6 +177,36 @@ def blocking_gates(promotion, mirror, now=None):
         ]
         blocked.extend(_unpreviewed(previews, env.name, commit))
     return blocked
+
+
+def _unverified(verifications, mirror, name, commit):
+    """Why the ``verified`` gate is closed for ``commit`` verified in ``name`` by ``verifications`` (none: open).
+
+    A verification from a job names the minions that passed it; together they
+    must cover the minions of ``name`` on every master of the fleet that
+    reports them. One recorded without a job is its author's word for all.
+    """
+    if not verifications:
+        return [
+            f"verified: {_short(commit)} was not verified in {name}; "
+            f"run salt-run envflow.verify {name} jid=<its highstate job> once it passed there"
+        ]
+    if any(not isinstance(entry.get("minions"), list) for entry in verifications):
+        return []
+    passed = {str(minion) for entry in verifications for minion in entry["minions"]}
+    missing = {
+        master: sorted(set(minions) - passed)
+        for master, minions in sorted(fleet.minions(fleet.read(mirror), name).items())
+    }
+    missing = {master: left for master, left in missing.items() if left}
+    if not missing:
+        return []
+    listed = "; ".join(f"{', '.join(capped(left, 5))} of {master}" for master, left in missing.items())
+    return [
+        f"verified: {_short(commit)} passed in {name} on {', '.join(capped(sorted(passed), 5)) or 'no minion'}, "
+        f"not yet on "
+        f"{listed}; run salt-run envflow.verify {name} jid=last on {', '.join(missing)} once it passed there"
+    ]
 
 
 def _unpreviewed(previews, name, commit):
@@ -268,9 +301,14 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
     with served.deploying(mirror.objects, commit) as deployment:
         found = history.holds(mirror)
         pin = history.pin_of(found, env.name)
+        before = _served_id(served)
         if pin:
             deployment.commit = mirror.commit(pin["commit"])
-        before = _served_id(served)
+        elif rev is None and _ahead(mirror, before, deployment.commit.id):
+            # The directory serves a descendant of the tip fetched: another master deploying into this directory
+            # may have served a newer tip since this one fetched. Serve the branch's tip as it is now.
+            mirror.fetch()
+            deployment.commit = target(mirror, env, branch=branch)
         bypassed = []
         if force or before != str(deployment.commit.id):
             bypassed = holds.overridden(found, env.name, "deploy", force=force, reason=reason)
@@ -286,6 +324,16 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
         result["pinned"] = pin
         result["comment"] = holds.pinned_comment(env.name, pin)
     return result
+
+
+def _ahead(mirror, served_id, commit_id):
+    """Whether ``served_id`` is a descendant of ``commit_id`` (known to the mirror, and not the same commit)."""
+    if served_id is None or served_id == str(commit_id):
+        return False
+    try:
+        return mirror.contains(served_id, commit_id)
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
 
 
 def _served_id(served):

@@ -60,12 +60,19 @@ def entries(records, kind, env):
     return records.get(kind, {}).get(env, [])
 
 
+def _same(old, new):
+    """Whether record ``new`` replaces ``old``: the same person (and, for a verification, the same master)."""
+    return old.get("by") == new["by"] and old.get("master") == new.get("master")
+
+
 def add(mirror, commit_id, kind, env, entry):
     """Record ``entry`` (a dict with at least ``by``) of ``kind`` for ``env`` on ``commit_id``, on the remote.
 
-    Returns the commit's records after the write. An approval or verification
-    by someone who already has one for that environment replaces theirs (one
-    per person counts); forced promotions are all kept, for the audit trail.
+    Returns the commit's records after the write. An approval by someone who
+    already has one for that environment replaces theirs (one per person
+    counts), and so does a verification by someone who has one from the same
+    master (each master's counts for its minions); forced promotions are all
+    kept, for the audit trail.
     """
     entry = {**entry, "at": entry.get("at") or now_iso()}
     for _attempt in range(_ATTEMPTS):
@@ -75,7 +82,7 @@ def add(mirror, commit_id, kind, env, entry):
             ref = repo.references.get(NOTES)
             old = ref.target if ref is not None else None
             records = read(mirror, commit_id)
-            listed = [item for item in entries(records, kind, env) if kind == "forced" or item.get("by") != entry["by"]]
+            listed = [item for item in entries(records, kind, env) if kind == "forced" or not _same(item, entry)]
             records.setdefault(kind, {})[env] = [*listed, entry]
             who = signature(entry["by"], "envflow@localhost")
             text = json.dumps(records, indent=1, sort_keys=True) + "\n"

@@ -245,8 +245,17 @@ def report_served(master_opts, config, heartbeat=False):
     from envflow import fleet  # pylint: disable=import-outside-toplevel
     from envflow.remote import Mirror  # pylint: disable=import-outside-toplevel
 
+    def minions_of(env):
+        if not env.target:
+            return None
+        try:
+            return matched_minions(master_opts, env.target)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("envflow: the minions of %s are not recorded for the fleet: %s", env.name, exc)
+            return None
+
     with Mirror.of(config, master_opts["cachedir"]) as mirror:
-        warning = fleet.report(mirror, config, master_opts["id"], heartbeat=heartbeat)
+        warning = fleet.report(mirror, config, master_opts["id"], heartbeat=heartbeat, minions_of=minions_of)
     if warning:
         log.warning("%s", warning)
     return warning

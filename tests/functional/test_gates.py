@@ -47,9 +47,17 @@ def test_closed_gates_block_the_promotion_and_change_nothing(gated_runners, prom
     assert [line.split(":")[0] for line in dry["gates"]] == ["verified", "soak", "approvals"]
 
 
-def test_verify_and_approvals_are_recorded_on_the_remote(gated_runners, promoted_to_stage, remote, monkeypatch):
+def test_verify_and_approvals_are_recorded_on_the_remote(
+    gated_runners, promoted_to_stage, remote, monkeypatch, master_base_opts
+):
     verified = gated_runners["envflow.verify"]("stage")
-    assert verified == {"env": "stage", "commit": promoted_to_stage, "verified_by": "root", "jid": None}
+    assert verified == {
+        "env": "stage",
+        "commit": promoted_to_stage,
+        "verified_by": "root",
+        "jid": None,
+        "master": master_base_opts["id"],
+    }
     monkeypatch.setenv("SUDO_USER", "alice")
     assert gated_runners["envflow.approve"]("prod")["approvals"] == ["sudo_alice"]
     assert gated_runners["envflow.approve"]("prod")["approvals"] == ["sudo_alice"]  # once per person
@@ -167,7 +175,7 @@ def test_verify_refuses_what_is_not_a_job_id(gated_runners, promoted_to_stage, r
 
 
 def test_dry_runs_of_verify_approve_and_refresh_record_and_change_nothing(
-    gated_runners, promoted_to_stage, envflow_block, remote
+    gated_runners, promoted_to_stage, envflow_block, remote, master_base_opts
 ):
     before = remote.refs(), {env["name"]: tree_files(env["path"]) for env in envflow_block["environments"]}
     assert gated_runners["envflow.verify"]("stage", dry_run=True) == {
@@ -176,6 +184,7 @@ def test_dry_runs_of_verify_approve_and_refresh_record_and_change_nothing(
         "commit": promoted_to_stage,
         "verified_by": "root",
         "jid": None,
+        "master": master_base_opts["id"],
     }
     assert gated_runners["envflow.approve"]("prod", dry_run=True) == {
         "dry_run": True,

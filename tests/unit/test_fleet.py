@@ -53,7 +53,8 @@ class Host:
         for env in self.config.environments:
             info = ServedDir(env.path).deployed()
             if info:
-                found[env.name] = {"commit": info["id"], "since": info["deployed_at"], "path": env.path}
+                tree = ServedDir(env.path).layout.tree_id()
+                found[env.name] = {"commit": info["id"], "since": info["deployed_at"], "path": env.path, "tree": tree}
         return found
 
     def deployed(self, name):
@@ -578,6 +579,54 @@ def test_view_of_records_read_from_the_remote(remote, hosts):
     assert found["test"]["salt2"]["commit"] == newer and not found["test"]["salt2"]["behind_others"]
     assert found["test"]["salt2"]["since"] == second.deployed("test")["deployed_at"]
     assert not any(entry["behind_others"] or entry["behind_branch"] for entry in found["prod"].values())
+    # Each has directories of its own: no tree is shared.
+    assert all(entry["shared_with"] == [] for masters in found.values() for entry in masters.values())
+
+
+def test_masters_deploying_into_one_directory_at_different_paths_are_shown_as_one_tree(remote, hosts, tmp_path):
+    """As masters of a cluster mounting one shared file system at different paths: the directory's id tells."""
+    first = hosts("salt1", root=tmp_path / "first")
+    first.deploy_all()
+    (tmp_path / "mount").symlink_to(tmp_path / "first" / "srv")  # the same directories under another path
+    second = hosts("salt2", root=tmp_path / "second")
+    second.config = parse(config(remote.path, str(tmp_path / "mount")))
+    assert second.config.environment("test").path != first.config.environment("test").path
+    assert first.report() is None and second.report() is None
+    first.mirror.fetch()
+    records = fleet.read(first.mirror)
+    trees = {name: data["environments"]["test"]["tree"] for name, data in records.items()}
+    assert trees["salt1"] == trees["salt2"] and len(trees["salt1"]) == 32
+    found = fleet.view(records, first.config, pipeline.branch_tips(first.config, first.mirror), first.mirror.contains)
+    assert {name: entry["shared_with"] for name, entry in found["test"].items()} == {
+        "salt1": ["salt2"],
+        "salt2": ["salt1"],
+    }
+
+
+def test_a_directory_id_is_made_once_and_read_the_same_by_everyone(tmp_path):
+    layout = ServedDir(str(tmp_path / "srv" / "test")).layout
+    os.makedirs(layout.home)
+    made = layout.tree_id()
+    assert made == layout.tree_id() == ServedDir(str(tmp_path / "srv" / "test")).layout.tree_id()
+    assert os.listdir(layout.home) == ["tree.id"]  # nothing of the making is left
+    other = ServedDir(str(tmp_path / "srv" / "prod")).layout
+    os.makedirs(other.home)
+    assert other.tree_id() != made
+
+
+def test_the_minions_of_an_environment_with_a_target_are_recorded_and_counted_while_the_master_reports(remote, hosts):
+    host = hosts("salt1")
+    host.deploy_all()
+    assert host.report(minions_of=lambda env: ["web2", "web1"] if env.name == "stage" else None) is None
+    served = record_of(remote, "salt1")["environments"]
+    assert served["stage"]["minions"] == ["web1", "web2"]
+    assert "minions" not in served["test"] and "minions" not in served["prod"]
+    host.mirror.fetch()
+    records = fleet.read(host.mirror)
+    assert fleet.minions(records, "stage") == {"salt1": ["web1", "web2"]}
+    assert fleet.minions(records, "test") == {}
+    later = fleet.now() + datetime.timedelta(seconds=fleet.SILENT + 60)
+    assert fleet.minions(records, "stage", at=later) == {}  # a silent master's minions are not counted
 
 
 def test_disagreeing_lists_the_other_reporting_masters_serving_another_commit(commits):
@@ -685,6 +734,20 @@ def test_a_master_with_no_record_yet_is_compared_by_what_it_serves(remote, two_m
         pipeline.plan(here.config, here.mirror, "stage", master="salt1")
     assert str(error.value) == _refused(older, newer)
     assert remote.refs() == refs
+
+
+def test_the_stale_record_of_a_master_deploying_into_the_same_directory_does_not_hold_a_promotion_back(remote, hosts):
+    """salt2 shares salt1's directories and last wrote that test served older: it serves what they serve."""
+    here, there = hosts("salt1"), hosts("salt2")
+    there.config = here.config  # the same paths: one set of directories
+    here.deploy_all()
+    there.report()
+    newer = remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+    here.deploy("test")
+    here.mirror.fetch()
+    assert fleet.read(here.mirror)["salt2"]["environments"]["test"]["commit"] != newer
+    done = pipeline.promote(here.config, here.mirror, "stage", master="salt1")
+    assert done.moved and remote.tip("stage") == newer
 
 
 def test_a_stale_record_of_this_master_does_not_hide_that_the_others_disagree(remote, hosts):

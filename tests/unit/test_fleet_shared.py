@@ -55,3 +55,27 @@ def test_two_masters_sharing_paths_deploy_in_turn_serve_one_whole_tree_and_show_
         "salt2": ["salt1"],
     }
     assert {entry["commit"] for entry in found["test"].values()} == {now}
+
+
+def test_a_master_whose_fetch_is_older_than_the_tree_another_master_deployed_does_not_move_it_back(remote, tmp_path):
+    shared = parse(config(remote.path, tmp_path / "srv"))
+    with (
+        Mirror(remote.path, str(tmp_path / "cache-salt1")) as late,
+        Mirror(remote.path, str(tmp_path / "cache-salt2")) as early,
+    ):
+        late.fetch()
+        assert pipeline.deploy(shared, late, "test", by="salt1")["changed"] is True
+        newer = remote.commit("develop", {"web/init.sls": "# web v2\n"})
+        early.fetch()
+        assert pipeline.deploy(shared, early, "test", by="salt2")["new"]["id"] == newer
+        # salt1 fetched before the push: its branch tip is older than what the directory serves now.
+        assert str(late.tip("develop")) != newer
+        result = pipeline.deploy(shared, late, "test", by="salt1")
+        assert (result["changed"], result["new"]["id"]) == (False, newer)
+        assert ServedDir(shared.environment("test").path).deployed()["id"] == newer
+        # A branch moved back on the remote is served all the same: it is the tip once fetched again.
+        older = git("rev-parse", "develop~1", cwd=remote.path)
+        remote.set_branch("develop", older)
+        late.fetch()
+        result = pipeline.deploy(shared, late, "test", by="salt1")
+        assert (result["changed"], result["new"]["id"]) == (True, older)

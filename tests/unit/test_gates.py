@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from envflow import pipeline, records
+from envflow import fleet, pipeline, records
 from envflow.config import parse
 from envflow.errors import GateBlocked
 from envflow.served import ServedDir
@@ -61,6 +61,41 @@ def test_gates_open_one_by_one(gated, mirror):
     records.add(mirror, promotion.new, "approved", "prod", {"by": "bob"})
     assert pipeline.blocking_gates(promotion, mirror, now=later(0.5))[0].startswith("soak: stage has served it for 30m")
     assert pipeline.blocking_gates(promotion, mirror, now=later(1)) == []
+
+
+def test_the_verified_gate_counts_the_minions_of_every_master_that_reports_them(gated, mirror):
+    """salt1's job passed on web1 and web2; salt2 serves stage to web3 as well, whose job went to salt2 alone."""
+    minions = {"salt1": ["web1", "web2"], "salt2": ["web2", "web3"], "salt3": ["web9"]}
+    for master, listed in minions.items():
+        at = fleet.now() - datetime.timedelta(seconds=fleet.SILENT + 60 if master == "salt3" else 0)  # salt3: silent
+        assert fleet.report(mirror, gated, master, at=at, minions_of=lambda env, listed=listed: listed) is None
+    mirror.fetch()
+    promotion = pipeline.plan(gated, mirror, "prod")
+    short = promotion.new[:10]
+    records.add(
+        mirror,
+        promotion.new,
+        "verified",
+        "stage",
+        {"by": "root", "jid": "1", "master": "salt1", "minions": ["web1", "web2"]},
+    )
+    blocked = pipeline.blocking_gates(promotion, mirror, now=later(2))
+    assert blocked[0] == (
+        f"verified: {short} passed in stage on web1, web2, not yet on web3 of salt2; "
+        "run salt-run envflow.verify stage jid=last on salt2 once it passed there"
+    )
+    records.add(
+        mirror, promotion.new, "verified", "stage", {"by": "root", "jid": "2", "master": "salt2", "minions": ["web3"]}
+    )
+    assert not [line for line in pipeline.blocking_gates(promotion, mirror, now=later(2)) if "verified" in line]
+
+
+def test_a_verification_without_a_job_is_its_authors_word_for_every_minion(gated, mirror):
+    assert fleet.report(mirror, gated, "salt2", minions_of=lambda env: ["web3"]) is None
+    mirror.fetch()
+    promotion = pipeline.plan(gated, mirror, "prod")
+    records.add(mirror, promotion.new, "verified", "stage", {"by": "root", "master": "salt1"})
+    assert not [line for line in pipeline.blocking_gates(promotion, mirror, now=later(2)) if "verified" in line]
 
 
 def test_force_needs_a_reason(gated, mirror):
