@@ -304,9 +304,10 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
         before = _served_id(served)
         if pin:
             deployment.commit = mirror.commit(pin["commit"])
-        elif rev is None and _ahead(mirror, before, deployment.commit.id):
-            # The directory serves a descendant of the tip fetched: another master deploying into this directory
-            # may have served a newer tip since this one fetched. Serve the branch's tip as it is now.
+        elif rev is None and _served_newer(mirror, before, deployment.commit.id):
+            # The directory serves a descendant of the tip fetched, or a commit this mirror has not fetched yet:
+            # another master deploying into this directory served a newer tip since this one fetched. Serve the
+            # branch's tip as it is now.
             mirror.fetch()
             deployment.commit = target(mirror, env, branch=branch)
         bypassed = []
@@ -326,10 +327,12 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
     return result
 
 
-def _ahead(mirror, served_id, commit_id):
-    """Whether ``served_id`` is a descendant of ``commit_id`` (known to the mirror, and not the same commit)."""
+def _served_newer(mirror, served_id, commit_id):
+    """Whether ``served_id`` may be newer than ``commit_id``: a descendant of it, or a commit the mirror lacks."""
     if served_id is None or served_id == str(commit_id):
         return False
+    if served_id not in mirror.repo:
+        return True
     try:
         return mirror.contains(served_id, commit_id)
     except (KeyError, ValueError, pygit2.GitError):

@@ -3,10 +3,13 @@
 import concurrent.futures
 import threading
 
+import pytest
+
 from envflow import fleet, pipeline
 from envflow.config import parse
 from envflow.remote import Mirror
 from envflow.served import ServedDir
+from tests.conftest import HTTP_PASSWORD, HTTP_USER
 from tests.gitrepo import config, git, tree_files
 
 
@@ -57,11 +60,19 @@ def test_two_masters_sharing_paths_deploy_in_turn_serve_one_whole_tree_and_show_
     assert {entry["commit"] for entry in found["test"].values()} == {now}
 
 
-def test_a_master_whose_fetch_is_older_than_the_tree_another_master_deployed_does_not_move_it_back(remote, tmp_path):
-    shared = parse(config(remote.path, tmp_path / "srv"))
+@pytest.mark.parametrize("transport", ["local", "http"])
+def test_a_master_whose_fetch_is_older_than_the_tree_another_master_deployed_does_not_move_it_back(
+    remote, tmp_path, request, transport
+):
+    """Over HTTP the late master's mirror lacks the newer commit altogether; a local one may share its objects."""
+    raw = config(remote.path, tmp_path / "srv")
+    if transport == "http":
+        raw["repo"] = request.getfixturevalue("git_http").url("automation.git")
+        raw["credentials"] = {"username": HTTP_USER, "password": HTTP_PASSWORD, "allow_http": True}
+    shared = parse(raw)
     with (
-        Mirror(remote.path, str(tmp_path / "cache-salt1")) as late,
-        Mirror(remote.path, str(tmp_path / "cache-salt2")) as early,
+        Mirror(shared.repo, str(tmp_path / "cache-salt1"), shared.credentials, shared.timeout) as late,
+        Mirror(shared.repo, str(tmp_path / "cache-salt2"), shared.credentials, shared.timeout) as early,
     ):
         late.fetch()
         assert pipeline.deploy(shared, late, "test", by="salt1")["changed"] is True
