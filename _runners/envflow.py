@@ -84,7 +84,7 @@ def _deploy(config, mirror, env, force=False, reason=None, by=None):
     reactor runs pushes in threads, where loading grains is not safe).
     """
     served = pipeline.deploy(config, mirror, env, force=force, reason=reason, by=by)
-    return pipeline.deploy_summary(saltbus.after_deploy(config, env, served, lambda: __opts__, _fire))
+    return pipeline.deploy_summary(saltbus.after_deploy(config, env, served, lambda: __opts__, _fire, catch_up=True))
 
 
 @_reported

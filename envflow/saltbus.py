@@ -9,7 +9,8 @@ import logging
 import os
 import shutil
 
-from envflow.errors import ConfigError
+from envflow.errors import ConfigError, EnvflowError
+from envflow.served import ServedDir
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def refresh_caches(master_opts, env):
     }
 
 
-def after_deploy(config, name, served, fileserver_opts, fire):
+def after_deploy(config, name, served, fileserver_opts, fire, catch_up=False):
     """Once environment ``name``'s new tree is served: clear the master's caches of it (and sync its minions), and
     fire ``salt/envflow/<name>/deployed``; return the deploy's result with what was done.
 
@@ -208,15 +209,22 @@ def after_deploy(config, name, served, fileserver_opts, fire):
     this host's directories, or ``None``; ``fire(env, action, data)`` fires
     the event. The new tree is served already, so a failure to clear the
     caches is returned as ``warning`` (and logged), never raised.
+
+    With ``catch_up``, a deploy that changed nothing still clears the caches
+    when the tree was switched since this master last cleared them: by
+    another master deploying into the same directory (see :func:`_caught_up`).
     """
     result = {"env": name, **served, "refreshed": [], "pillar_refreshed": []}
     if not result["changed"]:
+        if catch_up:
+            _caught_up(result, config.environment(name), fileserver_opts)
         return result
     environment, opts = config.environment(name), None
     try:
         opts = fileserver_opts()
         if opts:
             result.update(refresh_caches(opts, environment))
+            _mark_cleared(opts, environment)
     except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
         # salt.config exits on a broken master config.
         result["warning"] = f"envflow: the master's caches for {result['path']} were not cleared: {exc}"
@@ -230,6 +238,56 @@ def after_deploy(config, name, served, fileserver_opts, fire):
     data.update((key, result[key]) for key in ("refreshed", "pillar_refreshed", "minions") if key in result)
     fire(name, "deployed", data)
     return result
+
+
+def _cleared_mark(opts, env):
+    return os.path.join(opts["cachedir"], "envflow", "cleared", env.name)
+
+
+def _switch_of(env):
+    """What tells one switch of ``env``'s directory from another: the commit served and since when."""
+    try:
+        info = ServedDir(env.path).deployed()
+    except EnvflowError:
+        return None
+    return f"{info['id']} {info['deployed_at']}\n" if info else None
+
+
+def _mark_cleared(opts, env):
+    """Note, in this master's cache directory, the switch of ``env`` whose caches it cleared."""
+    switched = _switch_of(env)
+    if switched:
+        mark = _cleared_mark(opts, env)
+        os.makedirs(os.path.dirname(mark), exist_ok=True)
+        with open(f"{mark}.tmp", "w", encoding="utf-8") as handle:
+            handle.write(switched)
+        os.replace(f"{mark}.tmp", mark)
+
+
+def _caught_up(result, env, fileserver_opts):
+    """Clear this master's caches of ``env`` if its directory switched since they were last cleared here.
+
+    Masters deploying into one directory (a shared file system) each keep
+    caches of their own: the one that switched clears its own, and the
+    others, finding the tree already served, clear theirs here.
+    """
+    try:
+        opts = fileserver_opts()
+        if not opts or opts.get("__role") != "master":
+            return
+        switched, mark = _switch_of(env), _cleared_mark(opts, env)
+        try:
+            with open(mark, encoding="utf-8") as handle:
+                if handle.read() == switched:
+                    return
+        except FileNotFoundError:
+            pass
+        if switched:
+            result.update(refresh_caches(opts, env))
+            _mark_cleared(opts, env)
+    except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
+        result["warning"] = f"envflow: the master's caches for {result['path']} were not cleared: {exc}"
+        log.warning("%s", result["warning"])
 
 
 def _warn(result, warning):

@@ -1,11 +1,12 @@
 """Two masters configured with the same paths: one directory, deploys serialized, one whole tree, shown as one."""
 
 import concurrent.futures
+import os
 import threading
 
 import pytest
 
-from envflow import fleet, pipeline
+from envflow import fleet, pipeline, saltbus
 from envflow.config import parse
 from envflow.remote import Mirror
 from envflow.served import ServedDir
@@ -90,3 +91,57 @@ def test_a_master_whose_fetch_is_older_than_the_tree_another_master_deployed_doe
         late.fetch()
         result = pipeline.deploy(shared, late, "test", by="salt1")
         assert (result["changed"], result["new"]["id"]) == (True, older)
+
+
+def _cache_of(opts, saltenv):
+    """The master's roots caches of ``saltenv`` as its file server leaves them: a file hash and the file list."""
+    hashes = os.path.join(opts["cachedir"], "roots", "hash", saltenv)
+    os.makedirs(hashes, exist_ok=True)
+    with open(os.path.join(hashes, "top.sls.hash.sha256"), "w", encoding="utf-8") as handle:
+        handle.write("0:stale\n")
+    lists = os.path.join(opts["cachedir"], "file_lists", "roots")
+    os.makedirs(lists, exist_ok=True)
+    with open(os.path.join(lists, f"{saltenv}.p"), "wb") as handle:
+        handle.write(b"stale")
+    return [hashes, os.path.join(lists, f"{saltenv}.p")]
+
+
+def test_a_master_finding_its_shared_directory_switched_by_another_clears_its_own_caches(remote, tmp_path):
+    shared = parse(config(remote.path, tmp_path / "srv"))
+    opts = {
+        name: {
+            "__role": "master",
+            "id": name,
+            "cachedir": str(tmp_path / f"cache-{name}"),
+            "file_roots": {env.name: [env.path] for env in shared.environments},
+        }
+        for name in ("salt1", "salt2")
+    }
+    fired = []
+
+    def deploy(name, catch_up=True):
+        with Mirror.of(shared, opts[name]["cachedir"]) as mirror:
+            mirror.fetch()
+            served = pipeline.deploy(shared, mirror, "test", by=name)
+        fire = lambda *event: fired.append(event)  # noqa: E731
+        return saltbus.after_deploy(shared, "test", served, lambda: opts[name], fire, catch_up=catch_up)
+
+    assert deploy("salt1")["changed"] is True
+    caches = {name: _cache_of(opts[name], "test") for name in opts}
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    switched = deploy("salt1")
+    assert (switched["changed"], switched["refreshed"]) == (True, ["test"])
+    assert not any(os.path.exists(path) for path in caches["salt1"])
+    # salt2 serves the same directory: its own caches still hold the old tree until it looks.
+    assert all(os.path.exists(path) for path in caches["salt2"])
+    assert deploy("salt2", catch_up=False)["refreshed"] == []
+    assert all(os.path.exists(path) for path in caches["salt2"])
+    caught = deploy("salt2")
+    assert (caught["changed"], caught["refreshed"]) == (False, ["test"])
+    assert not any(os.path.exists(path) for path in caches["salt2"])
+    assert "warning" not in caught
+    # Once caught up, a deploy that changes nothing clears nothing.
+    caches["salt2"] = _cache_of(opts["salt2"], "test")
+    assert deploy("salt2")["refreshed"] == []
+    assert all(os.path.exists(path) for path in caches["salt2"])
+    assert [event[:2] for event in fired] == [("test", "deployed"), ("test", "deployed")]
