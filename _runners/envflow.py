@@ -158,8 +158,9 @@ def status(env=None):
     ``problem``; ``warnings`` when there are any; ``fleet`` once masters
     record what they serve on the remote (see :mod:`envflow.fleet`): per
     environment, per master, its ``commit``, ``since``, ``seen`` (when it last
-    reported), ``silent``, ``behind_branch``, ``behind_others`` and
-    ``behind_for``; and ``outputter: envflow``, which makes ``salt-run`` print
+    reported), ``silent``, ``this`` (the master asked), ``shared_with``
+    (the masters deploying into the same directory), ``behind_branch``,
+    ``behind_others`` and ``behind_for``; and ``outputter: envflow``, which makes ``salt-run`` print
     the tables.
 
     CLI Example:
