@@ -7,6 +7,10 @@ master has directories of its own, records what it serves on the remote, and
 runs the shipped schedule.conf with the interval set to an hour: only its round
 at start acts, as for a master that was down and comes back. Nobody runs
 anything on a master but the one a test acts on.
+
+One minion is connected to the three at once (hot multi-master): it keeps a
+connection to each, and a job one master publishes fetches its files from that
+master, so what the minion reads through each master is what that master serves.
 """
 
 import concurrent.futures
@@ -16,15 +20,19 @@ import os
 import pathlib
 import shutil
 import threading
+import time
 import uuid
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from saltfactories.utils import random_string
 
 from tests import gitrepo, servers
 from tests.conftest import HTTP_PASSWORD, HTTP_USER
 from tests.integration.conftest import (
+    CLI_TIMEOUT,
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
     MOTD,
@@ -68,10 +76,53 @@ def _master(salt_factories, work, name, repo, tls):
     return master, master.salt_api_daemon(), envflow, url
 
 
+def _key_pair():
+    """An RSA key pair as Salt writes one (salt.crypt): the private key and the public key, in PEM."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private.decode(), public.decode()
+
+
+def _write_key_pair(pki_dir, name, pair):
+    pki_dir = pathlib.Path(pki_dir)
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    private, public = pair
+    (pki_dir / f"{name}.pem").write_text(private, encoding="utf-8")
+    (pki_dir / f"{name}.pem").chmod(0o400)
+    (pki_dir / f"{name}.pub").write_text(public, encoding="utf-8")
+
+
+def _minion_of_all(masters):
+    """A minion whose ``master`` lists every one of ``masters`` (hot multi-master), its key accepted by each.
+
+    The keys are made before anything starts: the masters share one key pair, as a minion refuses a master
+    whose key is not the one it has seen (the way Salt's tests/pytests/scenarios/multimaster does it).
+    """
+    minion = fits_unix_sockets(
+        masters[0].salt_minion_daemon(
+            random_string("n-", uppercase=False),
+            overrides={**LOG_FILE_LEVEL, "master": [f"127.0.0.1:{master.config['ret_port']}" for master in masters]},
+        )
+    )
+    master_key, minion_key = _key_pair(), _key_pair()
+    _write_key_pair(minion.config["pki_dir"], "minion", minion_key)
+    for master in masters:
+        _write_key_pair(master.config["pki_dir"], "master", master_key)
+        accepted = pathlib.Path(master.config["pki_dir"]) / "minions"
+        accepted.mkdir(parents=True, exist_ok=True)
+        (accepted / minion.id).write_text(minion_key[1], encoding="utf-8")
+    return minion
+
+
 class Fleet:
-    def __init__(self, remote, masters):
+    def __init__(self, remote, masters, minion):
         self.remote = remote
         self.masters = masters  # name -> (_Served, api, hook url)
+        self.minion = minion
+        self.salt_clis = {name: site.master.salt_cli(timeout=CLI_TIMEOUT) for name, (site, *_rest) in masters.items()}
 
     def site(self, name):
         return self.masters[name][0]
@@ -95,9 +146,22 @@ class Fleet:
     def status(self, name):
         return ok(self.run(name, "envflow.status"))
 
+    def minion_reads(self, name, path, saltenv="stage"):
+        """What the minion gets for ``salt://<path>`` in a job master ``name`` publishes: what that master serves."""
+        ret = self.salt_clis[name].run(
+            "cp.get_file_str", f"salt://{path}", f"saltenv={saltenv}", minion_tgt=self.minion.id
+        )
+        return ok(ret)
+
+    def minion_reads_through_each(self, path, saltenv="stage"):
+        """What the minion gets for ``salt://<path>`` through each master, the three asked at once: name -> content."""
+        with concurrent.futures.ThreadPoolExecutor(len(NAMES)) as pool:
+            reads = {name: pool.submit(self.minion_reads, name, path, saltenv) for name in NAMES}
+        return {name: read.result() for name, read in reads.items()}
+
 
 @pytest.fixture(scope="module")
-def fleet(salt_factories, tmp_path_factory):
+def fleet(salt_factories, tmp_path_factory, event_listener):
     work = tmp_path_factory.mktemp("fleet")
     tls = servers.make_ca_and_certificate(work / "tls")
     remote = gitrepo.Remote(work / "git", files={"top.sls": "{}\n", MOTD: motd("initial")})
@@ -119,15 +183,25 @@ def fleet(salt_factories, tmp_path_factory):
         masters = {
             name: (_Served(master, remote, envflow), api, url) for name, (master, api, envflow, url) in built.items()
         }
-        started = Fleet(remote, masters)
+        minion = _minion_of_all([built[name][0] for name in NAMES])
+        started = Fleet(remote, masters, minion)
         try:
-            # Started together: most of a daemon's start is waiting, which three need not spend in turn.
-            _at_once([functools.partial(started.start, name) for name in NAMES])
+            # Started together: most of a daemon's start is waiting, which three need not spend in turn;
+            # the minion signs in to the masters while their salt-api start.
+            _at_once([started.site(name).master.start for name in NAMES])
+            since = time.time()
+            _at_once([*(api.start for _site, api, _url in masters.values()), minion.start])
+            # salt-factories' start check heard the minion's start event on the first master only;
+            # a job published by a master it has not signed in to yet would be lost.
+            signed_in = [(started.site(name).master.id, f"salt/minion/{minion.id}/start") for name in NAMES]
+            matched = event_listener.wait_for_events(signed_in, after_time=since, timeout=CLI_TIMEOUT)
+            assert not matched.missed, f"the minion did not sign in to {matched.missed}"
             tip = remote.tip("develop")
             # Each master's round at start deploys every environment.
             assert wait_for(lambda: all(started.all_serve(env, tip) for env in ("test", "stage", "prod")))
             yield started
         finally:
+            minion.terminate()
             _at_once([functools.partial(started.stop, name) for name in NAMES])
     finally:
         server.stop()
@@ -149,6 +223,23 @@ def test_a_push_and_a_promotion_made_on_one_master_reach_every_master(fleet):
     assert not any(entry["behind_others"] or entry["behind_branch"] for entry in found.values())
 
 
+def test_after_a_promotion_on_one_master_the_minion_reads_the_new_file_through_every_master(fleet):
+    content = fresh_motd("fleet-minion")
+    commit = fleet.remote.commit("develop", {MOTD: content}, "for the minion")
+    assert wait_for(lambda: fleet.all_serve("test", commit))
+    assert ok(fleet.run("one", "envflow.promote", "stage"))["new"] == commit
+    promoted, seconds = time.monotonic(), {}
+
+    def read_through_every_master():
+        for name, read in fleet.minion_reads_through_each(MOTD).items():
+            if read == content:
+                seconds.setdefault(name, round(time.monotonic() - promoted, 1))
+        return len(seconds) == len(NAMES)
+
+    assert wait_for(read_through_every_master), f"the minion read the promoted file only through {sorted(seconds)}"
+    print(f"\nseconds from the promotion on one until the minion read the new file through each master: {seconds}")
+
+
 def test_a_rollback_on_one_master_pins_every_master_and_promotions_from_another_are_refused(fleet):
     before = fleet.site("one").deployed("stage")
     commit = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-bad")}, "a bad change")
@@ -157,6 +248,10 @@ def test_a_rollback_on_one_master_pins_every_master_and_promotions_from_another_
     assert wait_for(lambda: fleet.all_serve("stage", commit))
     ok(fleet.run("two", "envflow.rollback", "stage", "reason=bad change"))
     assert wait_for(lambda: fleet.all_serve("stage", before)), "the rollback did not reach every master"
+    pinned = gitrepo.git("show", f"{before}:{MOTD}", cwd=fleet.remote.path, text=False).decode("utf-8")
+    assert wait_for(lambda: set(fleet.minion_reads_through_each(MOTD).values()) == {pinned}), (
+        f"the minion does not read the pinned file through every master: {fleet.minion_reads_through_each(MOTD)}"
+    )
     refused = fleet.run("three", "envflow.promote", "stage")
     assert refused.returncode == 1 and "stage is pinned to" in refused.data["error"], refused.data
     ok(fleet.run("three", "envflow.unpin", "stage"))
