@@ -8,6 +8,7 @@ dict; on failure it holds ``retcode: 1`` and a one-line ``error``, so
 
 import contextlib
 import functools
+import os
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -285,12 +286,18 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
 
 
 @_reported
-def pushed(branches, source=None, sender=None, pusher=None, delivery=None):
+def pushed(branches, source=None, sender=None, pusher=None, delivery=None, history=False):
     """
     Serve a push: fetch, and deploy the branch tip in each environment whose
     branch is one of ``branches``, exactly as :py:func:`refresh` does (pins,
     freezes and hand edits respected and reported, events fired, history
     recorded).
+
+    With ``history`` (the push moved ``refs/envflow/history``), every
+    environment is refreshed too when the holds (pins and freezes) at the
+    history's tip are not the ones this master last served: a pin, freeze or
+    rollback made on another master reaches this one, and the record of a
+    deploy made elsewhere costs one fetch (``holds: unchanged``).
 
     The shipped reactor (``docs/pipelines/push.conf``) calls it for each
     verified push hook; the push's own commit ids are not used, so a replayed
@@ -309,19 +316,29 @@ def pushed(branches, source=None, sender=None, pusher=None, delivery=None):
         Where the push came from (the git server's kind and address, who
         pushed, the delivery id), for the log and the history.
 
+    history : False
+        Whether the push moved envflow's history.
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-run envflow.pushed develop
         salt-run envflow.pushed '[develop, stage]' source=github sender=192.0.2.10
+        salt-run envflow.pushed '[]' history=True
     """
     names = [branches] if isinstance(branches, str) else list(branches or [])
     by = pusher or _user()
     if source:
         by = f"{by} (push from {source})"
+    mark, holds = os.path.join(__opts__["cachedir"], "envflow", "holds.served"), None
     try:
         config = _config()
+        if history:
+            with _mirror(config) as mirror:
+                holds = pushes.holds_unserved(mirror, mark)
+            if holds is not None:
+                names = list(dict.fromkeys(names + [env.branch for env in config.environments]))
     except EnvflowError as exc:
         return _failure(str(exc))
 
@@ -332,6 +349,10 @@ def pushed(branches, source=None, sender=None, pusher=None, delivery=None):
     report = pushes.serve(config, names, deploy)
     errors = [f"{env}: {entry['error']}" for env, entry in report.items() if "error" in entry]
     done = {"branches": names, "sender": sender, "delivery": delivery, "environments": report}
+    if history:
+        done["holds"] = "unchanged" if holds is None else "served"
+        if holds is not None and not errors:
+            pushes.holds_served(mark, holds)
     return {**done, **_failure("; ".join(errors))} if errors else done
 
 

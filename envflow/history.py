@@ -64,6 +64,17 @@ def _holds_at(repo, commit_id):
     return {env: held for env, held in data.items() if isinstance(env, str) and isinstance(held, dict)}
 
 
+def holds_id(mirror):
+    """The id of the holds (``holds.json``) at the history's tip in the fetched mirror: ``"none"`` without one."""
+    tip = _tip(mirror)
+    if tip is None:
+        return "none"
+    try:
+        return str(mirror.repo[tip].peel(pygit2.Tree)[_HOLDS].id)
+    except KeyError:
+        return "none"
+
+
 def holds(mirror):
     """Every environment's holds: ``{env: {"pin": {...}, "freeze": {...}}}`` (either may be missing)."""
     return _holds_at(mirror.repo, _tip(mirror))

@@ -263,16 +263,15 @@ def ignored(config, push):
 
 
 def served_branches(config, push):
-    """The branches of ``push`` that environments of ``config`` serve, in the push's order.
-
-    A push of envflow's history (``refs/envflow/history``: a pin, unpin,
-    freeze, thaw or rollback made on another master) names every
-    environment's branch: each refresh then serves what the holds say.
-    """
+    """The branches of ``push`` that environments of ``config`` serve, in the push's order."""
     served = list(dict.fromkeys(env.branch for env in config.environments))
-    if any(update.ref == HISTORY and not update.deleted for update in push.updates):
-        return served
     return [branch for branch in push.branches if branch in served]
+
+
+def moves_history(push):
+    """Whether ``push`` moved envflow's history (``refs/envflow/history``): a pin, unpin, freeze, thaw or
+    rollback made on another master, or the record of a deploy there; the runner then looks at the holds."""
+    return any(update.ref == HISTORY and not update.deleted for update in push.updates)
 
 
 def reaction(config_of, headers, body, refuse):
@@ -294,13 +293,14 @@ def reaction(config_of, headers, body, refuse):
     except ConfigError as exc:
         refuse(str(exc), None)
         return None
-    branches = served_branches(config, push)
-    if not branches:
+    branches, history = served_branches(config, push), moves_history(push)
+    if not branches and not history:
         log.info("envflow: %s %s from %s: %s; nothing deployed", push.source, push.event, where, ignored(config, push))
         return None
-    log.info("envflow: %s push from %s to %s", push.source, where, ", ".join(branches))
+    log.info("envflow: %s push from %s to %s", push.source, where, ", ".join(branches + ["history"] * history))
     return {
         "branches": branches,
+        **({"history": True} if history else {}),
         "source": push.source,
         "sender": where,
         "pusher": push.pusher,

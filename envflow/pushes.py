@@ -1,7 +1,12 @@
 """Serving pushes: each environment whose branch was pushed deploys its branch tip, bursts coalesced.
 
 A push hook only says "look again": what is deployed is the tip fetched from
-the remote afterwards. Twenty pushes within a second must not make twenty
+the remote afterwards. A push of envflow's history (a pin, a freeze, or the
+record of a deploy made on another master) refreshes every environment only
+when the holds it carries are not the ones this master last served
+(:func:`holds_unserved`): the records of the deploys that every master
+writes after each change would otherwise make each master refresh every
+environment once per master, for nothing. Twenty pushes within a second must not make twenty
 deploys, nor keep twenty reactor threads waiting for one environment's lock.
 So each push marks the environment (``push.pending``) and tries its push
 lock once: the one that gets it deploys, and deploys again while new marks
@@ -12,6 +17,7 @@ go: it takes the lock again and serves it.
 
 import os
 
+from envflow import history
 from envflow.errors import EnvflowError
 from envflow.layout import Layout
 from envflow.locking import attempted
@@ -67,3 +73,27 @@ def serve(config, branches, deploy):
     return {
         env.name: coalesced(env, lambda env=env: deploy(env)) for env in config.environments if env.branch in branches
     }
+
+
+def holds_unserved(mirror, mark):
+    """The id of the holds at the fetched history's tip when this master has not served them yet, else ``None``.
+
+    ``mark`` is the file in this master's cache directory where
+    :func:`holds_served` noted the holds it last served.
+    """
+    now = history.holds_id(mirror)
+    try:
+        with open(mark, encoding="utf-8") as handle:
+            if handle.read().strip() == now:
+                return None
+    except FileNotFoundError:
+        pass
+    return now
+
+
+def holds_served(mark, holds):
+    """Note that every environment was refreshed with the holds whose id is ``holds``."""
+    os.makedirs(os.path.dirname(mark), exist_ok=True)
+    with open(f"{mark}.tmp", "w", encoding="utf-8") as handle:
+        handle.write(f"{holds}\n")
+    os.replace(f"{mark}.tmp", mark)

@@ -414,3 +414,29 @@ def test_a_genuine_push_no_environment_serves_gets_no_reaction(master_base_opts,
     [line] = logged(caplog, logging.INFO)
     assert line.startswith(f"envflow: github push from {ADDRESS}") and line.endswith("; nothing deployed")
     assert "refs/tags/v1.0" in line and "\n" not in line
+
+
+def test_a_push_of_the_history_refreshes_every_environment_only_when_the_holds_are_new_here(
+    runners, envflow_block, remote
+):
+    """The records of deploys made on other masters change no hold: one fetch, nothing deployed."""
+    runners["envflow.refresh"]()
+    first = runners["envflow.pushed"]([], history=True)
+    assert first["holds"] == "served" and set(first["environments"]) == {"test", "stage", "prod"}
+    assert all(not entry["deploys"][0]["changed"] for entry in first["environments"].values())
+    newer = remote.commit("develop", {WEB: "# web v2\n"}, message="web v2")
+    before = everything(envflow_block), remote.refs()
+    unchanged = runners["envflow.pushed"]([], history=True)
+    assert (unchanged["holds"], unchanged["environments"]) == ("unchanged", {})
+    assert "retcode" not in unchanged
+    assert (everything(envflow_block), remote.refs()) == before
+    # A pin made elsewhere changes the holds: every environment is refreshed, so test serves the new tip too.
+    assert runners["envflow.pin"]("prod", reason="release tomorrow")["changed"] is True
+    served = runners["envflow.pushed"]([], history=True)
+    assert served["holds"] == "served" and served["environments"]["test"]["deploys"][0]["new"] == newer
+    assert served["environments"]["prod"]["deploys"][0]["pinned"]["reason"] == "release tomorrow"
+    assert runners["envflow.pushed"]([], history=True)["environments"] == {}
+    # A branch pushed with the history is served whatever the holds.
+    newest = remote.commit("develop", {WEB: "# web v3\n"}, message="web v3")
+    both = runners["envflow.pushed"](["develop"], history=True)
+    assert both["holds"] == "unchanged" and both["environments"]["test"]["deploys"][0]["new"] == newest

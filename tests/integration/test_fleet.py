@@ -44,6 +44,7 @@ from tests.integration.conftest import (
     ok,
     salt_run,
     wait_for,
+    write_roots,
 )
 from tests.integration.test_push_schedule import _Served
 
@@ -68,10 +69,11 @@ def _master(salt_factories, work, name, repo, tls):
     master = fits_unix_sockets(
         salt_factories.salt_master_daemon(
             master_id,
-            defaults={"root_dir": str(root), "file_roots": {e["name"]: [e["path"]] for e in envflow["environments"]}},
+            defaults={"root_dir": str(root)},
             overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **shipped, **schedule, "envflow": envflow},
         )
     )
+    write_roots(master, {env["name"]: [env["path"]] for env in envflow["environments"]}, {})  # envflow's only
     url = f"https://127.0.0.1:{shipped['rest_cherrypy']['port']}/hook/envflow"
     return master, master.salt_api_daemon(), envflow, url
 
@@ -259,27 +261,55 @@ def test_a_rollback_on_one_master_pins_every_master_and_promotions_from_another_
 
 
 def test_a_master_that_was_down_is_shown_behind_holds_promotions_back_and_catches_up(fleet):
+    tested = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-tested")}, "tested everywhere")
+    # Served, and said so on the remote: a master records what it serves just after it switched.
+    assert wait_for(
+        lambda: (
+            fleet.all_serve("test", tested)
+            and all(_served_record(fleet, name)["environments"]["test"]["commit"] == tested for name in NAMES)
+        )
+    )
     fleet.stop("three")
-    old = fleet.site("three").deployed("test")
+    one, three = fleet.site("one").master.id, fleet.site("three").master.id
+    old_stage = fleet.site("three").deployed("stage")
+    # Promote while three is down: the others serve it, three is shown behind on stage.
+    assert ok(fleet.run("one", "envflow.promote", "stage"))["new"] == tested
+    assert wait_for(lambda: all(fleet.site(name).deployed("stage") == tested for name in ("one", "two")))
+    assert fleet.site("three").deployed("stage") == old_stage
+    found = fleet.status("one")["fleet"]["stage"]
+    assert found[three]["commit"] == old_stage and found[three]["behind_others"] and found[three]["behind_branch"]
+    assert not found[one]["behind_others"] and not found[one]["behind_branch"]
+    # A push while three is down: the next promotion would take a commit three does not serve in test.
+    old_test = fleet.site("three").deployed("test")
     commit = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-down")}, "while three is down")
     assert wait_for(lambda: all(fleet.site(name).deployed("test") == commit for name in ("one", "two")))
-    three = fleet.site("three").master.id
     found = fleet.status("one")["fleet"]["test"]
-    assert found[three]["commit"] == old and found[three]["behind_others"] and found[three]["behind_branch"]
+    assert found[three]["commit"] == old_test and found[three]["behind_others"] and found[three]["behind_branch"]
     printed = salt_run(fleet.site("one").master.config_dir, "envflow.status").stdout
     print(f"\nwhile {three} is down:\n{printed}")
     assert three in printed and "behind the others for" in printed, printed
     refused = fleet.run("one", "envflow.promote", "stage")
     assert refused.returncode == 1
-    one = fleet.site("one").master.id
     assert refused.data["error"] == (
         f"envflow: the masters disagree on what test serves: {one} serves {commit[:10]}, "
-        f"{three} serves {old[:10]}; promote once they agree (salt-run envflow.status shows them), "
+        f"{three} serves {old_test[:10]}; promote once they agree (salt-run envflow.status shows them), "
         "or name the commit with rev="
     )
+    assert fleet.remote.tip("stage") == tested
+    # Started again, three catches up on both with nobody running anything on it.
     fleet.start("three")
-    assert wait_for(lambda: fleet.all_serve("test", commit)), "three did not catch up when it started"
-    assert wait_for(lambda: not fleet.status("one")["fleet"]["test"][three]["behind_others"])
+    assert wait_for(lambda: fleet.all_serve("test", commit) and fleet.all_serve("stage", tested)), (
+        "three did not catch up when it started"
+    )
+    assert wait_for(
+        lambda: (
+            not any(
+                entry["behind_others"] or entry["behind_branch"]
+                for env in ("test", "stage")
+                for entry in fleet.status("one")["fleet"][env].values()
+            )
+        )
+    )
     printed = salt_run(fleet.site("one").master.config_dir, "envflow.status").stdout
     print(f"\nafter {three} caught up:\n{printed}")
     assert ok(fleet.run("one", "envflow.promote", "stage"))["new"] == commit

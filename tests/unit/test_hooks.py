@@ -585,11 +585,22 @@ def test_the_sender_is_the_address_cherrypy_recorded():
     assert hooks.sender(None) == "an unknown address"
 
 
-def test_a_push_of_envflows_history_serves_every_environment_and_a_masters_record_none():
-    """A pin or freeze set on another master moves refs/envflow/history: every environment is refreshed."""
+def test_a_push_of_envflows_history_makes_the_runner_look_at_the_holds_and_a_masters_record_nothing(caplog):
+    """A pin or freeze set on another master moves refs/envflow/history: the runner compares the holds."""
+    caplog.set_level(logging.INFO, logger="envflow")
     config = parse(block(secret=SECRET))
     history = hooksign.plain(SECRET, [("refs/envflow/history", ZERO, "a" * 40)])
     push = hooks.verify(config.webhook, *history)
-    assert hooks.served_branches(config, push) == ["develop", "stage", "master"]
+    assert hooks.served_branches(config, push) == [] and hooks.moves_history(push)
+    found = hooks.reaction(lambda: config, *as_salt_api(*history), Refusals())
+    assert (found["branches"], found["history"]) == ([], True)
+    assert f"envflow: envflow push from {ADDRESS} to history" in caplog.messages
+    both = hooksign.plain(SECRET, [("refs/heads/stage", BEFORE, AFTER), ("refs/envflow/history", ZERO, "a" * 40)])
+    found = hooks.reaction(lambda: config, *as_salt_api(*both), Refusals())
+    assert (found["branches"], found["history"]) == (["stage"], True)
     record = hooksign.plain(SECRET, [("refs/envflow/served/salt2", ZERO, "b" * 40)])
     assert hooks.served_branches(config, hooks.verify(config.webhook, *record)) == []
+    assert not hooks.moves_history(hooks.verify(config.webhook, *record))
+    assert hooks.reaction(lambda: config, *as_salt_api(*record), Refusals()) is None
+    deleted = hooksign.plain(SECRET, [("refs/envflow/history", "a" * 40, ZERO)])
+    assert not hooks.moves_history(hooks.verify(config.webhook, *deleted))
