@@ -145,6 +145,19 @@ class Fleet:
     def all_serve(self, env, commit):
         return all(self.site(name).deployed(env) == commit for name in NAMES)
 
+    def where(self, env):
+        """For a failure's message: per master, what its directory serves and what its record says."""
+        return {
+            name: (self.site(name).deployed(env), _served_record(self, name)["environments"].get(env, {}).get("commit"))
+            for name in NAMES
+        }
+
+    def settled(self, env, commit):
+        """Every master serves ``commit`` in ``env`` and says so on the remote: its record follows its switch, and
+        a promotion compares the records."""
+        records = [_served_record(self, name)["environments"].get(env, {}) for name in NAMES]
+        return self.all_serve(env, commit) and all(record.get("commit") == commit for record in records)
+
     def status(self, name):
         return ok(self.run(name, "envflow.status"))
 
@@ -216,10 +229,9 @@ def _served_record(fleet, name):
 
 def test_a_push_and_a_promotion_made_on_one_master_reach_every_master(fleet):
     commit = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-push")}, "pushed to the git server")
-    assert wait_for(lambda: fleet.all_serve("test", commit)), "the push did not reach every master"
+    assert wait_for(lambda: fleet.settled("test", commit)), "the push did not reach every master"
     assert ok(fleet.run("one", "envflow.promote", "stage"))["new"] == commit
-    assert wait_for(lambda: fleet.all_serve("stage", commit)), "the promotion did not reach every master"
-    assert all(_served_record(fleet, name)["environments"]["stage"]["commit"] == commit for name in NAMES)
+    assert wait_for(lambda: fleet.settled("stage", commit)), "the promotion did not reach every master"
     found = fleet.status("two")["fleet"]["stage"]
     assert {entry["commit"] for entry in found.values()} == {commit} and len(found) == 3
     assert not any(entry["behind_others"] or entry["behind_branch"] for entry in found.values())
@@ -228,7 +240,7 @@ def test_a_push_and_a_promotion_made_on_one_master_reach_every_master(fleet):
 def test_after_a_promotion_on_one_master_the_minion_reads_the_new_file_through_every_master(fleet):
     content = fresh_motd("fleet-minion")
     commit = fleet.remote.commit("develop", {MOTD: content}, "for the minion")
-    assert wait_for(lambda: fleet.all_serve("test", commit))
+    assert wait_for(lambda: fleet.settled("test", commit))
     assert ok(fleet.run("one", "envflow.promote", "stage"))["new"] == commit
     promoted, seconds = time.monotonic(), {}
 
@@ -242,39 +254,44 @@ def test_after_a_promotion_on_one_master_the_minion_reads_the_new_file_through_e
     print(f"\nseconds from the promotion on one until the minion read the new file through each master: {seconds}")
 
 
-def test_a_rollback_on_one_master_pins_every_master_and_promotions_from_another_are_refused(fleet):
+def test_a_rollback_or_freeze_on_one_master_holds_on_every_master(fleet):
     before = fleet.site("one").deployed("stage")
     commit = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-bad")}, "a bad change")
-    assert wait_for(lambda: fleet.all_serve("test", commit))
+    assert wait_for(lambda: fleet.settled("test", commit))
     ok(fleet.run("one", "envflow.promote", "stage"))
-    assert wait_for(lambda: fleet.all_serve("stage", commit))
+    assert wait_for(lambda: fleet.all_serve("stage", commit)), fleet.where("stage")
     ok(fleet.run("two", "envflow.rollback", "stage", "reason=bad change"))
     assert wait_for(lambda: fleet.all_serve("stage", before)), "the rollback did not reach every master"
     pinned = gitrepo.git("show", f"{before}:{MOTD}", cwd=fleet.remote.path, text=False).decode("utf-8")
     assert wait_for(lambda: set(fleet.minion_reads_through_each(MOTD).values()) == {pinned}), (
         f"the minion does not read the pinned file through every master: {fleet.minion_reads_through_each(MOTD)}"
     )
-    refused = fleet.run("three", "envflow.promote", "stage")
+    refused = fleet.run("one", "envflow.promote", "stage")
     assert refused.returncode == 1 and "stage is pinned to" in refused.data["error"], refused.data
     ok(fleet.run("three", "envflow.unpin", "stage"))
     assert wait_for(lambda: fleet.all_serve("stage", commit)), "the unpin did not reach every master"
+    # A freeze set on three holds on one: a push to develop is not served in test while it lasts.
+    ok(fleet.run("three", "envflow.freeze", "test", "reason=release week"))
+    frozen_at = fleet.site("one").deployed("test")
+    newer = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-frozen")}, "during the freeze")
+    refused = fleet.run("one", "envflow.refresh", "test")
+    assert refused.returncode == 1 and "test is frozen by" in refused.data["error"], refused.data
+    assert fleet.site("one").deployed("test") == frozen_at
+    ok(fleet.run("three", "envflow.thaw", "test"))
+    assert wait_for(lambda: fleet.settled("test", newer)), "the thaw did not reach every master"
 
 
 def test_a_master_that_was_down_is_shown_behind_holds_promotions_back_and_catches_up(fleet):
     tested = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-tested")}, "tested everywhere")
-    # Served, and said so on the remote: a master records what it serves just after it switched.
-    assert wait_for(
-        lambda: (
-            fleet.all_serve("test", tested)
-            and all(_served_record(fleet, name)["environments"]["test"]["commit"] == tested for name in NAMES)
-        )
-    )
+    assert wait_for(lambda: fleet.settled("test", tested)), fleet.where("test")
     fleet.stop("three")
     one, three = fleet.site("one").master.id, fleet.site("three").master.id
     old_stage = fleet.site("three").deployed("stage")
     # Promote while three is down: the others serve it, three is shown behind on stage.
     assert ok(fleet.run("one", "envflow.promote", "stage"))["new"] == tested
-    assert wait_for(lambda: all(fleet.site(name).deployed("stage") == tested for name in ("one", "two")))
+    assert wait_for(lambda: all(fleet.site(name).deployed("stage") == tested for name in ("one", "two"))), fleet.where(
+        "stage"
+    )
     assert fleet.site("three").deployed("stage") == old_stage
     found = fleet.status("one")["fleet"]["stage"]
     assert found[three]["commit"] == old_stage and found[three]["behind_others"] and found[three]["behind_branch"]
@@ -282,7 +299,9 @@ def test_a_master_that_was_down_is_shown_behind_holds_promotions_back_and_catche
     # A push while three is down: the next promotion would take a commit three does not serve in test.
     old_test = fleet.site("three").deployed("test")
     commit = fleet.remote.commit("develop", {MOTD: fresh_motd("fleet-down")}, "while three is down")
-    assert wait_for(lambda: all(fleet.site(name).deployed("test") == commit for name in ("one", "two")))
+    assert wait_for(lambda: all(fleet.site(name).deployed("test") == commit for name in ("one", "two"))), fleet.where(
+        "test"
+    )
     found = fleet.status("one")["fleet"]["test"]
     assert found[three]["commit"] == old_test and found[three]["behind_others"] and found[three]["behind_branch"]
     printed = salt_run(fleet.site("one").master.config_dir, "envflow.status").stdout
@@ -298,8 +317,8 @@ def test_a_master_that_was_down_is_shown_behind_holds_promotions_back_and_catche
     assert fleet.remote.tip("stage") == tested
     # Started again, three catches up on both with nobody running anything on it.
     fleet.start("three")
-    assert wait_for(lambda: fleet.all_serve("test", commit) and fleet.all_serve("stage", tested)), (
-        "three did not catch up when it started"
+    assert wait_for(lambda: fleet.settled("test", commit) and fleet.settled("stage", tested)), (
+        f"three did not catch up when it started: test {fleet.where('test')}, stage {fleet.where('stage')}"
     )
     assert wait_for(
         lambda: (
@@ -309,11 +328,11 @@ def test_a_master_that_was_down_is_shown_behind_holds_promotions_back_and_catche
                 for entry in fleet.status("one")["fleet"][env].values()
             )
         )
-    )
+    ), fleet.status("one")["fleet"]
     printed = salt_run(fleet.site("one").master.config_dir, "envflow.status").stdout
     print(f"\nafter {three} caught up:\n{printed}")
     assert ok(fleet.run("one", "envflow.promote", "stage"))["new"] == commit
-    assert wait_for(lambda: fleet.all_serve("stage", commit))
+    assert wait_for(lambda: fleet.all_serve("stage", commit)), fleet.where("stage")
 
 
 def test_a_promotion_on_one_master_and_a_pin_on_another_started_together_never_slip_past_the_pin(fleet):
