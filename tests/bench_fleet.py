@@ -581,8 +581,8 @@ def report(results, args, started):
         out(
             f"{'':>6}  (history entries added to refs/envflow/history per round: "
             f"{'/'.join(map(str, by_push)) or '-'} by the develop push, "
-            f"{'/'.join(map(str, by_promotion)) or '-'} by the promotion; each entry is a push whose hook makes every "
-            "master refresh every environment)"
+            f"{'/'.join(map(str, by_promotion)) or '-'} by the promotion; each entry is a push whose hook has every "
+            "master fetch and compare the holds, refreshing every environment only when they are new to it)"
         )
 
     out("")
@@ -626,8 +626,8 @@ def report(results, args, started):
             f"environment on each master, one after another: {first or '-'} ms"
         )
         out(
-            "    (master 1's first deploys push history entries, whose hooks have masters 2 and 3 deploy every "
-            "environment meanwhile: their own refresh finds little left to do)"
+            "    (master 1's first deploys push history entries; the first history hook a master gets refreshes "
+            "every environment there, as no holds were served yet: their own refresh finds little left to do)"
         )
         for log in res.get("logs", []):
             served = ", ".join(f"{count} to {branches}" for branches, count in sorted(log["served"].items()))
