@@ -315,6 +315,7 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
             bypassed = holds.overridden(found, env.name, "deploy", force=force, reason=reason)
         result = deployment.switch(deployment.prepare(force=force))
         if result["changed"]:
+            result["changes"] = tree_changes(mirror, before, deployment.commit.id, served)
             entry = {"action": "deployed", "env": env.name, "by": by, "from": before, "to": str(deployment.commit.id)}
             if bypassed:
                 entry.update(bypassed=bypassed, reason=holds.reason_text(reason, "a forced deploy"))
@@ -325,6 +326,31 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
         result["pinned"] = pin
         result["comment"] = holds.pinned_comment(env.name, pin)
     return result
+
+
+def tree_changes(mirror, old_id, new_id, served):
+    """What a switch from ``old_id``'s tree to ``new_id``'s changed, for the master's caches: ``{"paths", "listing"}``.
+
+    ``paths`` are the paths whose content or kind differ (added, deleted,
+    modified, changed type), ``listing`` whether the list of paths changed
+    (anything but a modified file). ``None`` when that is not known: nothing
+    served before, a commit the mirror lacks, or a tree holding symlinks,
+    through which a path's content can change while the path does not.
+    """
+    if old_id is None:
+        return None
+    try:
+        record = served.layout.record(served.served_slot())
+        if record is None or record.links or old_id not in mirror.repo:
+            return None
+        diff = mirror.repo.diff(mirror.repo[old_id].peel(pygit2.Tree), mirror.repo[str(new_id)].peel(pygit2.Tree))
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
+    paths, listing = [], False
+    for delta in diff.deltas:
+        paths.append(delta.new_file.path or delta.old_file.path)
+        listing = listing or delta.status_char() != "M" or delta.old_file.mode != delta.new_file.mode
+    return {"paths": paths, "listing": listing}
 
 
 def _served_newer(mirror, served_id, commit_id):
@@ -452,6 +478,8 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
                 f"envflow: {env.branch} now points at {_short(promotion.new)}, but deploying it to {env.name} "
                 f"failed: {exc}; fix that, then run envflow.refresh {env.name}"
             ) from None
+        if result["changed"]:
+            result["changes"] = tree_changes(mirror, served_before, promotion.new, served)
         if moves or result["changed"]:
             warning = holds.record_after(mirror, *_promotion_entry(promotion, served_before, bypassed, reason, by))
             if warning:

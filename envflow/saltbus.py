@@ -5,6 +5,7 @@ needs nothing but pygit2.
 """
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
@@ -117,13 +118,45 @@ def forget_roots_cache(cachedir, saltenv):
         os.unlink(os.path.join(cachedir, "file_lists", "roots", f"{saltenv}.p"))
 
 
-def refresh_fileserver(master_opts, path):
-    """Make the master serve what is now at ``path`` at once; return the saltenvs refreshed."""
+def forget_changed(cachedir, saltenv, changes, prefix=""):
+    """Drop what the ``roots`` caches of ``saltenv`` hold of the paths a switch changed, and keep the rest.
+
+    ``changes`` is :func:`envflow.pipeline.tree_changes`'s; ``prefix`` the
+    saltenv's root inside the tree (``states/``, or empty). The hash of each
+    changed path is dropped (the roots cache trap: a file of the same size
+    rewritten within one clock tick keeps its mtime); the file list only when
+    paths came, went or changed type. Every other hash stays: the master
+    rehashes a file only when its mtime moved, so a deploy costs the master
+    what it changed, not a walk and a hash of the whole tree.
+    """
+    hashes = os.path.join(cachedir, "roots", "hash", saltenv)
+    listing = False
+    for path in changes["paths"]:
+        if not path.startswith(prefix):
+            continue
+        listing = listing or changes["listing"]
+        for stale in glob.glob(f"{glob.escape(os.path.join(hashes, path[len(prefix) :]))}.hash.*"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+    if listing:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(cachedir, "file_lists", "roots", f"{saltenv}.p"))
+
+
+def refresh_fileserver(master_opts, path, changes=None, prefix=""):
+    """Make the master serve what is now at ``path`` at once; return the saltenvs refreshed.
+
+    With ``changes`` (see :func:`forget_changed`) only the changed paths are
+    forgotten; without, every cache of the saltenvs.
+    """
     saltenvs = saltenvs_serving(master_opts.get("file_roots"), path)
     if not saltenvs:
         return []
     for saltenv in saltenvs:
-        forget_roots_cache(master_opts["cachedir"], saltenv)
+        if changes is None:
+            forget_roots_cache(master_opts["cachedir"], saltenv)
+        else:
+            forget_changed(master_opts["cachedir"], saltenv, changes, prefix)
     if master_opts.get("fileserver_events"):
         # The roots update walks every file_roots directory (0.3 s at 20,000 files);
         # forgetting the caches is enough to serve the new tree, and the update's
@@ -186,16 +219,19 @@ def forget_pillar_cache(master_opts, path):
     return pillarenvs
 
 
-def refresh_caches(master_opts, env):
+def refresh_caches(master_opts, env, changes=None):
     """After ``env`` (an :class:`~envflow.config.Environment`) switched: clear the master's caches of it.
 
     Returns ``refreshed`` (the saltenvs whose file-server caches were
     cleared: those listing ``env``'s states directory, the path itself unless
     ``envflow:states`` says otherwise) and ``pillar_refreshed`` (the
-    pillarenvs whose cached pillars were forgotten).
+    pillarenvs whose cached pillars were forgotten). With ``changes`` (what
+    the switch changed, :func:`envflow.pipeline.tree_changes`), the file
+    server forgets only those paths.
     """
+    prefix = "" if env.states_dir == env.path else os.path.relpath(env.states_dir, env.path) + "/"
     return {
-        "refreshed": refresh_fileserver(master_opts, env.states_dir),
+        "refreshed": refresh_fileserver(master_opts, env.states_dir, changes, prefix),
         "pillar_refreshed": forget_pillar_cache(master_opts, env.pillar_dir) if env.pillar_dir else [],
     }
 
@@ -215,6 +251,7 @@ def after_deploy(config, name, served, fileserver_opts, fire, catch_up=False):
     another master deploying into the same directory (see :func:`_caught_up`).
     """
     result = {"env": name, **served, "refreshed": [], "pillar_refreshed": []}
+    changes = result.pop("changes", None)  # for the caches only: it may list every path of the tree
     if not result["changed"]:
         if catch_up:
             _caught_up(result, config.environment(name), fileserver_opts)
@@ -223,7 +260,7 @@ def after_deploy(config, name, served, fileserver_opts, fire, catch_up=False):
     try:
         opts = fileserver_opts()
         if opts:
-            result.update(refresh_caches(opts, environment))
+            result.update(refresh_caches(opts, environment, changes))
             _mark_cleared(opts, environment)
     except (Exception, SystemExit) as exc:  # pylint: disable=broad-except
         # salt.config exits on a broken master config.

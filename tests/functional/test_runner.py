@@ -111,24 +111,39 @@ def test_status_reports_every_environment(runners, envflow_block, remote):
     assert report["prod"]["drift"] == 1
 
 
-def test_a_deploy_forgets_the_masters_roots_caches_for_that_saltenv(runners, master_base_opts, remote):
-    runners["envflow.refresh"]()
-    remote.commit("stage", {"web/init.sls": "# web v2\n"})
-    cachedir = master_base_opts["cachedir"]
+def _plant(cachedir, saltenv, paths):
+    """The roots caches of ``saltenv`` as Salt's file server writes them: each path's hash, and the file list."""
     planted = {}
-    for saltenv in ("stage", "prod"):
-        hashes = os.path.join(cachedir, "roots", "hash", saltenv, "web")
-        os.makedirs(hashes, exist_ok=True)
-        planted[saltenv] = os.path.join(hashes, "init.sls.hash.sha256")
-        with open(planted[saltenv], "w", encoding="utf-8") as handle:
+    for path in paths:
+        planted[path] = os.path.join(cachedir, "roots", "hash", saltenv, f"{path}.hash.sha256")
+        os.makedirs(os.path.dirname(planted[path]), exist_ok=True)
+        with open(planted[path], "w", encoding="utf-8") as handle:
             handle.write("0" * 64 + ":1.0")
-        os.makedirs(os.path.join(cachedir, "file_lists", "roots"), exist_ok=True)
-        with open(os.path.join(cachedir, "file_lists", "roots", f"{saltenv}.p"), "wb") as handle:
-            handle.write(b"\x80")
+    listing = os.path.join(cachedir, "file_lists", "roots", f"{saltenv}.p")
+    os.makedirs(os.path.dirname(listing), exist_ok=True)
+    with open(listing, "wb") as handle:
+        handle.write(b"\x80")
+    return planted, listing
+
+
+def test_a_deploy_forgets_what_it_changed_in_the_masters_roots_caches_of_that_saltenv(
+    runners, master_base_opts, remote
+):
+    runners["envflow.refresh"]()
+    cachedir = master_base_opts["cachedir"]
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    stage, stage_list = _plant(cachedir, "stage", ["web/init.sls", "top.sls"])
+    prod, prod_list = _plant(cachedir, "prod", ["web/init.sls"])
     runners["envflow.refresh"]("stage")
-    assert not os.path.exists(planted["stage"])
-    assert not os.path.exists(os.path.join(cachedir, "file_lists", "roots", "stage.p"))
-    assert os.path.exists(planted["prod"])
+    # A modified file: its hash is forgotten, the others' and the file list are kept.
+    assert not os.path.exists(stage["web/init.sls"])
+    assert os.path.exists(stage["top.sls"]) and os.path.exists(stage_list)
+    assert os.path.exists(prod["web/init.sls"]) and os.path.exists(prod_list)
+    # A file added: the file list goes too.
+    remote.commit("stage", {"web/extra.sls": "# extra\n"})
+    runners["envflow.refresh"]("stage")
+    assert not os.path.exists(stage_list) and os.path.exists(stage["top.sls"])
+    assert os.path.exists(prod_list)
 
 
 def test_promotion_into_an_edited_directory_is_refused_before_the_branch_moves(runners, envflow_block, remote):
