@@ -8,6 +8,7 @@ changed. envflow writes the index entries itself, from the stat of the files
 it wrote: no file is read back to hash it.
 """
 
+import bisect
 import ctypes
 import os
 import shutil
@@ -200,6 +201,15 @@ def _edits_of(deltas):
     return edits
 
 
+def count_under(paths, directory):
+    """How many of ``paths`` (sorted, as index entries are) lie under ``directory/``.
+
+    Those sit between ``directory/`` and ``directory0`` (``0`` follows ``/``):
+    two bisections, not a comparison with every path, for each directory.
+    """
+    return bisect.bisect_left(paths, directory + "0") - bisect.bisect_left(paths, directory + "/")
+
+
 def scan_halves(index, tree, root, minimum=4000):
     """Split a scan of ``root`` (holding ``tree``, listed by ``index``) into two halves of similar size.
 
@@ -212,11 +222,11 @@ def scan_halves(index, tree, root, minimum=4000):
     total = len(index)
     if total < minimum:
         return None
-    paths = [entry.path for entry in (index[position] for position in range(0, total, max(1, total // 128)))]
+    step = max(1, total // 128)
+    paths = [entry.path for entry in (index[position] for position in range(0, total, step))]
 
     def size(path):
-        # Index entries are sorted by path: those under ``path/`` sit between ``path/`` and ``path0``.
-        return max(1, sum(1 for sample in paths if sample.startswith(path + "/")) * max(1, total // 128))
+        return max(1, count_under(paths, path) * step)
 
     frontier = {item.name: (item, size(item.name) if item.filemode == FileMode.TREE else 1) for item in tree}
     opened = [("", tree)]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import hypothesis
 import pygit2
 import pytest
 
@@ -815,3 +816,19 @@ def test_a_lost_standby_is_made_again_from_a_served_tree_whose_index_has_changes
     deploy(served, mirror, "stage")
     assert tree_files(served.path) == {"web/init.sls": "# web v4\n", "other.sls": "# other\n"}
     assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
+
+
+_NAMES = hypothesis.strategies.sampled_from(["a", "b", "a-b", "a.b", "a0", "ab", "b/c", "é"])
+
+
+@hypothesis.given(
+    paths=hypothesis.strategies.lists(
+        hypothesis.strategies.lists(_NAMES, min_size=1, max_size=4).map("/".join), max_size=60
+    ),
+    directory=hypothesis.strategies.lists(_NAMES, min_size=1, max_size=3).map("/".join),
+)
+def test_count_under_counts_the_sorted_paths_under_a_directory_as_a_prefix_test_would(paths, directory):
+    """The scan's split sizes each directory by bisecting the index's sorted sample: the same count as testing
+    every path's prefix (names sorting around ``/``, such as ``a-b``, ``a.b`` and ``a0``, included)."""
+    ordered = sorted(paths, key=lambda path: path.encode())  # the index's order: by bytes
+    assert slots.count_under(ordered, directory) == sum(path.startswith(directory + "/") for path in ordered)
