@@ -5,7 +5,6 @@ needs nothing but pygit2.
 """
 
 import contextlib
-import glob
 import logging
 import os
 import shutil
@@ -118,27 +117,31 @@ def forget_roots_cache(cachedir, saltenv):
         os.unlink(os.path.join(cachedir, "file_lists", "roots", f"{saltenv}.p"))
 
 
-def forget_changed(cachedir, saltenv, changes, prefix=""):
+# Past this many changed paths, forgetting the saltenv's whole hash cache costs less than one unlink per path.
+FORGET_ALL_PAST = 1000
+
+
+def forget_changed(cachedir, saltenv, changes, prefix="", hash_type="sha256"):
     """Drop what the ``roots`` caches of ``saltenv`` hold of the paths a switch changed, and keep the rest.
 
     ``changes`` is :func:`envflow.pipeline.tree_changes`'s; ``prefix`` the
-    saltenv's root inside the tree (``states/``, or empty). The hash of each
-    changed path is dropped (the roots cache trap: a file of the same size
-    rewritten within one clock tick keeps its mtime); the file list only when
-    paths came, went or changed type. Every other hash stays: the master
-    rehashes a file only when its mtime moved, so a deploy costs the master
-    what it changed, not a walk and a hash of the whole tree.
+    saltenv's root inside the tree (``states/``, or empty); ``hash_type`` the
+    master's. The hash of each changed path is dropped (the roots cache trap:
+    a file of the same size rewritten within one clock tick keeps its mtime);
+    the file list only when paths came, went or changed type. Every other
+    hash stays: the master rehashes a file only when its mtime moved, so a
+    deploy costs the master what it changed, not a walk and a hash of the
+    whole tree. Past :data:`FORGET_ALL_PAST` changed paths, every hash goes.
     """
+    paths = [path[len(prefix) :] for path in changes["paths"] if path.startswith(prefix)]
     hashes = os.path.join(cachedir, "roots", "hash", saltenv)
-    listing = False
-    for path in changes["paths"]:
-        if not path.startswith(prefix):
-            continue
-        listing = listing or changes["listing"]
-        for stale in glob.glob(f"{glob.escape(os.path.join(hashes, path[len(prefix) :]))}.hash.*"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stale)
-    if listing:
+    if len(paths) > FORGET_ALL_PAST:
+        shutil.rmtree(hashes, ignore_errors=True)
+    else:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(os.path.join(hashes, f"{path}.hash.{hash_type}"))
+    if paths and changes["listing"]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(cachedir, "file_lists", "roots", f"{saltenv}.p"))
 
@@ -156,7 +159,7 @@ def refresh_fileserver(master_opts, path, changes=None, prefix=""):
         if changes is None:
             forget_roots_cache(master_opts["cachedir"], saltenv)
         else:
-            forget_changed(master_opts["cachedir"], saltenv, changes, prefix)
+            forget_changed(master_opts["cachedir"], saltenv, changes, prefix, master_opts.get("hash_type") or "sha256")
     if master_opts.get("fileserver_events"):
         # The roots update walks every file_roots directory (0.3 s at 20,000 files);
         # forgetting the caches is enough to serve the new tree, and the update's

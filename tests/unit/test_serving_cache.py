@@ -131,3 +131,19 @@ def test_a_promotion_says_what_its_switch_changed(pipeline_config, mirror, remot
     _deploy(pipeline_config, mirror, remote, {"web/init.sls": "# web v2\n"})
     done = pipeline.promote(pipeline_config, mirror, "stage")
     assert done.deployed["changes"] == {"paths": ["web/init.sls"], "listing": False}
+
+
+def test_a_change_of_more_paths_than_one_unlink_each_is_worth_forgets_the_saltenvs_hashes_whole(tmp_path):
+    made, listing = _cache(str(tmp_path), "stage", ["top.sls", "web/init.sls"])
+    many = [f"web/file{number}.sls" for number in range(saltbus.FORGET_ALL_PAST + 1)]
+    saltbus.forget_changed(str(tmp_path), "stage", {"paths": many, "listing": False})
+    assert not any(os.path.exists(entry) for entry in made.values())
+    assert os.path.exists(listing)  # only modified files: the list still holds
+
+
+def test_only_the_masters_hash_type_is_forgotten(tmp_path):
+    made, _listing = _cache(str(tmp_path), "stage", ["web/init.sls"])
+    saltbus.forget_changed(str(tmp_path), "stage", {"paths": ["web/init.sls"], "listing": False}, hash_type="md5")
+    assert os.path.exists(made["web/init.sls"])  # a sha256 entry is not what a master hashing md5 reads
+    saltbus.forget_changed(str(tmp_path), "stage", {"paths": ["web/init.sls"], "listing": False}, hash_type="sha256")
+    assert not os.path.exists(made["web/init.sls"])
