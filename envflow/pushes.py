@@ -17,7 +17,7 @@ go: it takes the lock again and serves it.
 
 import os
 
-from envflow import history
+from envflow import history, marks
 from envflow.errors import EnvflowError
 from envflow.layout import Layout
 from envflow.locking import attempted
@@ -82,18 +82,9 @@ def holds_unserved(mirror, mark):
     :func:`holds_served` noted the holds it last served.
     """
     now = history.holds_id(mirror)
-    try:
-        with open(mark, encoding="utf-8") as handle:
-            if handle.read().strip() == now:
-                return None
-    except FileNotFoundError:
-        pass
-    return now
+    return None if marks.read(mark) == now else now
 
 
 def holds_served(mark, holds):
     """Note that every environment was refreshed with the holds whose id is ``holds``."""
-    os.makedirs(os.path.dirname(mark), exist_ok=True)
-    with open(f"{mark}.tmp", "w", encoding="utf-8") as handle:
-        handle.write(f"{holds}\n")
-    os.replace(f"{mark}.tmp", mark)
+    marks.write(mark, holds)

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 
+from envflow import marks
 from envflow.errors import ConfigError, EnvflowError
 from envflow.served import ServedDir
 
@@ -290,18 +291,14 @@ def _switch_of(env):
         info = ServedDir(env.path).deployed()
     except EnvflowError:
         return None
-    return f"{info['id']} {info['deployed_at']}\n" if info else None
+    return f"{info['id']} {info['deployed_at']}" if info else None
 
 
 def _mark_cleared(opts, env):
     """Note, in this master's cache directory, the switch of ``env`` whose caches it cleared."""
     switched = _switch_of(env)
     if switched:
-        mark = _cleared_mark(opts, env)
-        os.makedirs(os.path.dirname(mark), exist_ok=True)
-        with open(f"{mark}.tmp", "w", encoding="utf-8") as handle:
-            handle.write(switched)
-        os.replace(f"{mark}.tmp", mark)
+        marks.write(_cleared_mark(opts, env), switched)
 
 
 def _caught_up(result, env, fileserver_opts):
@@ -315,14 +312,8 @@ def _caught_up(result, env, fileserver_opts):
         opts = fileserver_opts()
         if not opts or opts.get("__role") != "master":
             return
-        switched, mark = _switch_of(env), _cleared_mark(opts, env)
-        try:
-            with open(mark, encoding="utf-8") as handle:
-                if handle.read() == switched:
-                    return
-        except FileNotFoundError:
-            pass
-        if switched:
+        switched = _switch_of(env)
+        if switched and marks.read(_cleared_mark(opts, env)) != switched:
             result.update(refresh_caches(opts, env))
             _mark_cleared(opts, env)
     except (Exception, SystemExit) as exc:  # pylint: disable=broad-except

@@ -94,16 +94,17 @@ def test_a_master_whose_fetch_is_older_than_the_tree_another_master_deployed_doe
 
 
 def _cache_of(opts, saltenv):
-    """The master's roots caches of ``saltenv`` as its file server leaves them: a file hash and the file list."""
-    hashes = os.path.join(opts["cachedir"], "roots", "hash", saltenv)
-    os.makedirs(hashes, exist_ok=True)
-    with open(os.path.join(hashes, "top.sls.hash.sha256"), "w", encoding="utf-8") as handle:
+    """The master's roots caches of ``saltenv`` as its file server leaves them: the hash of web/init.sls (the file
+    the test changes) and the file list."""
+    entry = os.path.join(opts["cachedir"], "roots", "hash", saltenv, "web", "init.sls.hash.sha256")
+    os.makedirs(os.path.dirname(entry), exist_ok=True)
+    with open(entry, "w", encoding="utf-8") as handle:
         handle.write("0:stale\n")
     lists = os.path.join(opts["cachedir"], "file_lists", "roots")
     os.makedirs(lists, exist_ok=True)
     with open(os.path.join(lists, f"{saltenv}.p"), "wb") as handle:
         handle.write(b"stale")
-    return [hashes, os.path.join(lists, f"{saltenv}.p")]
+    return [entry, os.path.join(lists, f"{saltenv}.p")]
 
 
 def test_a_master_finding_its_shared_directory_switched_by_another_clears_its_own_caches(remote, tmp_path):
@@ -131,14 +132,15 @@ def test_a_master_finding_its_shared_directory_switched_by_another_clears_its_ow
     remote.commit("develop", {"web/init.sls": "# web v2\n"})
     switched = deploy("salt1")
     assert (switched["changed"], switched["refreshed"]) == (True, ["test"])
-    assert not any(os.path.exists(path) for path in caches["salt1"])
+    # salt1 switched: it forgets the changed file's hash (and keeps the list, as no path came or went).
+    assert [os.path.exists(path) for path in caches["salt1"]] == [False, True]
     # salt2 serves the same directory: its own caches still hold the old tree until it looks.
     assert all(os.path.exists(path) for path in caches["salt2"])
     assert deploy("salt2", catch_up=False)["refreshed"] == []
     assert all(os.path.exists(path) for path in caches["salt2"])
     caught = deploy("salt2")
     assert (caught["changed"], caught["refreshed"]) == (False, ["test"])
-    assert not any(os.path.exists(path) for path in caches["salt2"])
+    assert not any(os.path.exists(path) for path in caches["salt2"])  # it does not know what changed: everything
     assert "warning" not in caught
     # Once caught up, a deploy that changes nothing clears nothing.
     caches["salt2"] = _cache_of(opts["salt2"], "test")
