@@ -30,7 +30,7 @@ from tests.integration.conftest import (
     write_roots,
 )
 
-ROUNDS = 5
+ROUNDS = 3
 # Every commit rewrites each of these files, so a tree holding two commits' files is told from either's.
 FILES = 40
 
