@@ -204,8 +204,7 @@ def _unverified(verifications, mirror, name, commit):
     listed = "; ".join(f"{', '.join(capped(left, 5))} of {master}" for master, left in missing.items())
     return [
         f"verified: {_short(commit)} passed in {name} on {', '.join(capped(sorted(passed), 5)) or 'no minion'}, "
-        f"not yet on "
-        f"{listed}; run salt-run envflow.verify {name} jid=last on {', '.join(missing)} once it passed there"
+        f"not yet on {listed}; run salt-run envflow.verify {name} jid=last on {', '.join(missing)} once it passed there"
     ]
 
 
