@@ -22,7 +22,7 @@ import pygit2
 from pygit2.enums import FileMode
 
 from envflow import links as link_policy
-from envflow import slots
+from envflow import slots, trees
 
 _WRITTEN = (FileMode.BLOB, FileMode.BLOB_EXECUTABLE, FileMode.LINK)
 _PERMISSIONS = {FileMode.BLOB: 0o644, FileMode.BLOB_EXECUTABLE: 0o755}
@@ -95,24 +95,20 @@ def walk(tree, prefix=""):
 def changes(old_tree, new_tree, prefix=""):
     """The files and symlinks that differ between two trees: ``[(path, old, new)]``, ``(id, mode)`` or ``None``.
 
-    Subtrees with the same id are skipped without being read, so the cost
-    follows the change (libgit2's tree-to-tree diff walks both trees whole).
-    Either tree may be ``None`` (empty).
+    Only the entries that differ are looked at (:func:`envflow.trees.differing`
+    compares the rest in C), and subtrees with the same id are not read, so
+    the cost follows the change (libgit2's tree-to-tree diff walks both trees
+    whole). Either tree may be ``None`` (empty).
     """
-    old_items = {item.name: item for item in old_tree} if old_tree is not None else {}
-    new_items = {item.name: item for item in new_tree} if new_tree is not None else {}
     found = []
-    for name in sorted(old_items.keys() | new_items.keys()):
-        old, new = old_items.get(name), new_items.get(name)
-        if old is not None and new is not None and old.id == new.id and old.filemode == new.filemode:
-            continue
+    for name, (old, new) in sorted(trees.differing(old_tree, new_tree).items()):
         path = prefix + name
-        old_sub = old if old is not None and old.filemode == FileMode.TREE else None
-        new_sub = new if new is not None and new.filemode == FileMode.TREE else None
+        old_sub = old_tree[name] if old is not None and old[1] == FileMode.TREE else None
+        new_sub = new_tree[name] if new is not None and new[1] == FileMode.TREE else None
         if old_sub is not None or new_sub is not None:
             found.extend(changes(old_sub, new_sub, f"{path}/"))
-        old_file = (old.id, old.filemode) if old is not None and old.filemode in _WRITTEN else None
-        new_file = (new.id, new.filemode) if new is not None and new.filemode in _WRITTEN else None
+        old_file = old if old is not None and old[1] in _WRITTEN else None
+        new_file = new if new is not None and new[1] in _WRITTEN else None
         if old_file != new_file:
             found.append((path, old_file, new_file))
     return found

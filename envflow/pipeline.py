@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pygit2
 
-from envflow import fleet, history, holds, records
+from envflow import checkout, fleet, history, holds, records
 from envflow.errors import Diverged, EnvflowError, GateBlocked, Held, RevisionError
 from envflow.layout import Layout
 from envflow.remote import commit_info
@@ -342,14 +342,11 @@ def tree_changes(mirror, old_id, new_id, served):
         record = served.layout.record(served.served_slot())
         if record is None or record.links or old_id not in mirror.repo:
             return None
-        diff = mirror.repo.diff(mirror.repo[old_id].peel(pygit2.Tree), mirror.repo[str(new_id)].peel(pygit2.Tree))
+        changed = checkout.changes(mirror.repo[old_id].peel(pygit2.Tree), mirror.repo[str(new_id)].peel(pygit2.Tree))
     except (KeyError, ValueError, pygit2.GitError):
         return None
-    paths, listing = [], False
-    for delta in diff.deltas:
-        paths.append(delta.new_file.path or delta.old_file.path)
-        listing = listing or delta.status_char() != "M" or delta.old_file.mode != delta.new_file.mode
-    return {"paths": paths, "listing": listing}
+    listing = any(old is None or new is None or old[1] != new[1] for _path, old, new in changed)
+    return {"paths": [path for path, _old, _new in changed], "listing": listing}
 
 
 def _served_newer(mirror, served_id, commit_id):

@@ -8,7 +8,6 @@ changed. envflow writes the index entries itself, from the stat of the files
 it wrote: no file is read back to hash it.
 """
 
-import bisect
 import ctypes
 import os
 import shutil
@@ -20,6 +19,8 @@ from pygit2 import C, ffi
 from pygit2.enums import DeltaStatus, DiffOption, FileMode
 from pygit2.errors import check_error
 from pygit2.utils import StrArray
+
+from envflow import trees
 
 # Repository settings that would otherwise come from the user's ~/.gitconfig.
 _SLOT_CONFIG = {
@@ -201,59 +202,47 @@ def _edits_of(deltas):
     return edits
 
 
-def count_under(paths, directory):
-    """How many of ``paths`` (sorted, as index entries are) lie under ``directory/``.
-
-    Those sit between ``directory/`` and ``directory0`` (``0`` follows ``/``):
-    two bisections, not a comparison with every path, for each directory.
-    """
-    return bisect.bisect_left(paths, directory + "0") - bisect.bisect_left(paths, directory + "/")
-
-
 def scan_halves(index, tree, root, minimum=4000):
     """Split a scan of ``root`` (holding ``tree``, listed by ``index``) into two halves of similar size.
 
     Returns two lists of paths (directories and files) that cover the tree
     between them, or ``None`` for a small tree (a thread costs more than it
-    saves). Directories too big for one half are split by their entries; their
-    own listing is checked here, and any name the tree does not have there
-    (added by hand) goes to the first half, which reports it.
+    saves). The split is at the index's middle entry: along its path, the
+    names before it go to the first half, those after to the second, so the
+    halves hold as many files each whatever the folders. Python touches only
+    the folders on that one path; each one's listing is checked here, and any
+    name the tree does not have there (added by hand) goes to the first half,
+    which reports it.
     """
     total = len(index)
     if total < minimum:
         return None
-    step = max(1, total // 128)
-    paths = [entry.path for entry in (index[position] for position in range(0, total, step))]
-
-    def size(path):
-        return max(1, count_under(paths, path) * step)
-
-    frontier = {item.name: (item, size(item.name) if item.filemode == FileMode.TREE else 1) for item in tree}
-    opened = [("", tree)]
-    while frontier:
-        name, (item, count) = max(frontier.items(), key=lambda pair: pair[1][1])
-        if count * 2 <= total or item.filemode != FileMode.TREE:
-            break
-        del frontier[name]
-        opened.append((name, item))
-        for child in item:
-            path = f"{name}/{child.name}"
-            frontier[path] = (child, size(path) if child.filemode == FileMode.TREE else 1)
-    halves, weights = ([], []), [0, 0]
-    for name, (_item, count) in sorted(frontier.items(), key=lambda pair: -pair[1][1]):
-        lighter = 0 if weights[0] <= weights[1] else 1
-        halves[lighter].append(name)
-        weights[lighter] += count
-    for directory, item in opened:
-        expected = {child.name for child in item}
-        where = os.path.join(root, directory) if directory else root
-        if directory and (os.path.islink(where) or not os.path.isdir(where)):
-            continue  # gone or replaced: the half holding its entries reports that
+    halves = ([], [])
+    directory, current = "", tree
+    parts = index[total // 2].path.split("/")
+    for depth, part in enumerate(parts):
+        names = trees.names(current)
         try:
-            found = os.listdir(where)
-        except OSError:
-            continue
-        halves[0].extend(f"{directory}/{name}" if directory else name for name in found if name not in expected)
+            position = names.index(part)
+        except ValueError:
+            return None  # the index lists what the tree lacks: no split to trust
+        prefix = f"{directory}/" if directory else ""
+        halves[0].extend(trees.prefixed(prefix, names[:position]))
+        halves[1].extend(trees.prefixed(prefix, names[position + 1 :]))
+        where = os.path.join(root, directory) if directory else root
+        # Gone or replaced by something else: the half holding its entries reports that.
+        if not directory or (not os.path.islink(where) and os.path.isdir(where)):
+            try:
+                added = set(os.listdir(where)).difference(names)
+            except OSError:
+                added = ()
+            halves[0].extend(trees.prefixed(prefix, sorted(added)))
+        path = prefix + part
+        child = current[part]
+        if depth == len(parts) - 1 or not isinstance(child, pygit2.Tree):
+            halves[1].append(path)
+            break
+        directory, current = path, child
     return halves if all(halves) else None
 
 

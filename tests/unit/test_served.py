@@ -4,6 +4,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import hypothesis
@@ -818,17 +819,48 @@ def test_a_lost_standby_is_made_again_from_a_served_tree_whose_index_has_changes
     assert served.drift(mirror.objects) == {"added": [], "modified": [], "deleted": []}
 
 
-_NAMES = hypothesis.strategies.sampled_from(["a", "b", "a-b", "a.b", "a0", "ab", "b/c", "é"])
+_NAMES = hypothesis.strategies.sampled_from(["a", "b", "a-b", "a.b", "a0", "ab", "é"])
+_PATHS = hypothesis.strategies.lists(_NAMES, min_size=1, max_size=4).map("/".join)
 
 
-@hypothesis.given(
-    paths=hypothesis.strategies.lists(
-        hypothesis.strategies.lists(_NAMES, min_size=1, max_size=4).map("/".join), max_size=60
-    ),
-    directory=hypothesis.strategies.lists(_NAMES, min_size=1, max_size=3).map("/".join),
-)
-def test_count_under_counts_the_sorted_paths_under_a_directory_as_a_prefix_test_would(paths, directory):
-    """The scan's split sizes each directory by bisecting the index's sorted sample: the same count as testing
-    every path's prefix (names sorting around ``/``, such as ``a-b``, ``a.b`` and ``a0``, included)."""
-    ordered = sorted(paths, key=lambda path: path.encode())  # the index's order: by bytes
-    assert slots.count_under(ordered, directory) == sum(path.startswith(directory + "/") for path in ordered)
+def _covering(halves, path):
+    return [
+        (number, listed)
+        for number, half in enumerate(halves)
+        for listed in half
+        if path == listed or path.startswith(listed + "/")
+    ]
+
+
+@hypothesis.settings(deadline=None, max_examples=60)
+@hypothesis.given(paths=hypothesis.strategies.sets(_PATHS, min_size=1, max_size=40), planted=_NAMES)
+def test_the_scan_split_covers_every_path_once_and_sends_names_added_by_hand_to_the_first_half(paths, planted):
+    """Names sorting around ``/`` (``a-b``, ``a.b``, ``a0``) included: each path of the tree lies under exactly one
+    entry of the two halves, the first holding what the index lists before its middle entry; a name added by hand in
+    a folder the split looked into goes to the first half."""
+    files = sorted(path for path in paths if not any(other.startswith(path + "/") for other in paths))
+    with tempfile.TemporaryDirectory() as scratch:
+        repo = pygit2.init_repository(os.path.join(scratch, "repo.git"), bare=True)
+        index = pygit2.Index()
+        root = os.path.join(scratch, "tree")
+        for path in files:
+            blob = repo.create_blob(path.encode())
+            index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
+            os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
+            with open(os.path.join(root, path), "w", encoding="utf-8") as handle:
+                handle.write(path)
+        tree = repo[index.write_tree(repo)]
+        middle = index[len(index) // 2].path
+        folder = os.path.dirname(middle)
+        extra = f"{folder}/{planted}-by-hand" if folder else f"{planted}-by-hand"
+        with open(os.path.join(root, extra), "w", encoding="utf-8") as handle:
+            handle.write("by hand")
+        halves = slots.scan_halves(index, tree, root, minimum=1)
+        if halves is None:  # one half would be empty: a single file
+            assert len(files) == 1
+            return
+        ordered = [index[position].path for position in range(len(index))]
+        for position, path in enumerate(ordered):
+            # The first half holds what the index lists before its middle entry, the second the rest.
+            assert [number for number, _listed in _covering(halves, path)] == [int(position >= len(ordered) // 2)]
+        assert [number for number, _listed in _covering(halves, extra)] == [0]

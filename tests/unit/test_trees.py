@@ -1,0 +1,86 @@
+"""Trees read from their stored form (``envflow.trees``) and the change between two (``checkout.changes``).
+
+libgit2 is the reference: on random pairs of trees, ``checkout.changes`` names
+exactly the files and symlinks its tree-to-tree diff names, with the same ids
+and modes, and ``trees.names`` the names a ``pygit2.Tree`` iterates.
+"""
+
+import hypothesis
+import pygit2
+import pytest
+from pygit2.enums import FileMode, ObjectType
+
+from envflow import checkout, trees
+
+_NAMES = hypothesis.strategies.sampled_from(["a", "b", "a-b", "a.b", "a0", "é", "sp ace", "x"])
+_PATHS = hypothesis.strategies.lists(_NAMES, min_size=1, max_size=3).map("/".join)
+_CONTENT = hypothesis.strategies.sampled_from(["one", "two", "three"])
+_MODES = hypothesis.strategies.sampled_from([FileMode.BLOB, FileMode.BLOB_EXECUTABLE, FileMode.LINK])
+_TREES = hypothesis.strategies.dictionaries(_PATHS, hypothesis.strategies.tuples(_CONTENT, _MODES), max_size=12)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return pygit2.init_repository(str(tmp_path_factory.mktemp("trees") / "repo.git"), bare=True)
+
+
+def _tree(repo, files):
+    """A tree of ``files`` (``{path: (content, mode)}``); a path that is also a folder of another is left out."""
+    index = pygit2.Index()
+    for path, (content, mode) in sorted(files.items()):
+        if any(other.startswith(path + "/") for other in files):
+            continue
+        index.add(pygit2.IndexEntry(path, repo.create_blob(content.encode()), mode))
+    return repo[index.write_tree(repo)]
+
+
+def _libgit2_changes(repo, old, new):
+    """libgit2's diff as ``{(path, old, new)}``: a change of kind comes as a deletion and an addition of one path."""
+    found = {}
+    for delta in repo.diff(old, new).deltas:
+        sides = found.setdefault(delta.new_file.path or delta.old_file.path, [None, None])
+        if delta.status_char() != "A":
+            sides[0] = (delta.old_file.id, delta.old_file.mode)
+        if delta.status_char() != "D":
+            sides[1] = (delta.new_file.id, delta.new_file.mode)
+    return {(path, old_file, new_file) for path, (old_file, new_file) in found.items()}
+
+
+@hypothesis.settings(deadline=None, max_examples=150)
+@hypothesis.given(old=_TREES, new=_TREES)
+def test_changes_name_what_libgit2s_tree_diff_names(repo, old, new):
+    old_tree, new_tree = _tree(repo, old), _tree(repo, new)
+    ours = {(path, before, after) for path, before, after in checkout.changes(old_tree, new_tree)}
+    assert ours == _libgit2_changes(repo, old_tree, new_tree)
+    assert checkout.changes(new_tree, new_tree) == []
+    assert {path for path, _before, after in checkout.changes(None, new_tree)} == {
+        path for path, _oid, _mode in checkout.walk(new_tree)
+    }
+
+
+@hypothesis.settings(deadline=None, max_examples=50)
+@hypothesis.given(files=_TREES)
+def test_names_are_the_names_a_tree_iterates_in_its_order(repo, files):
+    tree = _tree(repo, files)
+    assert trees.names(tree) == [item.name for item in tree]
+    assert len(trees.entries(tree)) == len(tree)
+
+
+def test_old_modes_are_read_as_libgit2_reports_them(repo):
+    """Trees written by old gits hold ``100664`` and the like: read as libgit2 reads them, not as other kinds."""
+    blob = repo.create_blob(b"old\n")
+    raw = b"".join(mode + b" " + name + b"\0" + blob.raw for mode, name in [(b"100664", b"group"), (b"100775", b"run")])
+    old_tree = repo[repo.odb.write(ObjectType.TREE, raw)]
+    assert [item.filemode for item in old_tree] == [FileMode.BLOB, FileMode.BLOB_EXECUTABLE]
+    now = _tree(repo, {"group": ("old\n", FileMode.BLOB), "run": ("old\n", FileMode.BLOB_EXECUTABLE)})
+    assert checkout.changes(old_tree, now) == []
+    assert checkout.changes(None, old_tree) == [
+        ("group", None, (blob, FileMode.BLOB)),
+        ("run", None, (blob, FileMode.BLOB_EXECUTABLE)),
+    ]
+
+
+def test_prefixed_joins_in_c_what_a_comprehension_would():
+    assert trees.prefixed("d/", ["a", "b c", "é"]) == ["d/a", "d/b c", "d/é"]
+    assert trees.prefixed("", ["a"]) == ["a"]
+    assert trees.prefixed("d/", []) == []
