@@ -8,20 +8,33 @@ dict; on failure it holds ``retcode: 1`` and a one-line ``error``, so
 
 import contextlib
 import functools
+import importlib.util
 import os
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
-    from envflow import access, checks, diffs, fleet, holds, jobs, pipeline, pushes, records, saltbus, text
-    from envflow import config as envflow_config
-    from envflow import history as envflow_history
-    from envflow import preview as envflow_preview
     from envflow.errors import EnvflowError
-    from envflow.remote import Mirror, redact
-    from envflow.served import ServedDir
+    from envflow.loader import Deferred
 
-    HAS_ENVFLOW = True
+    # Imported when a function first uses them: a call imports only what it runs (pygit2 alone costs ~60 ms).
+    access = Deferred("envflow.access")
+    checks = Deferred("envflow.checks")
+    diffs = Deferred("envflow.diffs")
+    fleet = Deferred("envflow.fleet")
+    holds = Deferred("envflow.holds")
+    jobs = Deferred("envflow.jobs")
+    pipeline = Deferred("envflow.pipeline")
+    pushes = Deferred("envflow.pushes")
+    records = Deferred("envflow.records")
+    remote = Deferred("envflow.remote")
+    saltbus = Deferred("envflow.saltbus")
+    served = Deferred("envflow.served")
+    text = Deferred("envflow.text")
+    envflow_config = Deferred("envflow.config")
+    envflow_history = Deferred("envflow.history")
+    envflow_preview = Deferred("envflow.preview")
+    HAS_ENVFLOW = importlib.util.find_spec("pygit2") is not None
 except ImportError:
     HAS_ENVFLOW = False
 
@@ -45,7 +58,7 @@ def _config():
 @contextlib.contextmanager
 def _mirror(config):
     """envflow's mirror of the configured repository, fetched."""
-    with Mirror.of(config, __opts__["cachedir"]) as mirror:
+    with remote.Mirror.of(config, __opts__["cachedir"]) as mirror:
         mirror.fetch()
         yield mirror
 
@@ -67,7 +80,7 @@ def _reported(function):
             return function(*args, **kwargs)
         except Exception as exc:  # pylint: disable=broad-except
             text = " ".join(str(exc).split())
-            text = access.scrub_held(redact(text))
+            text = access.scrub_held(remote.redact(text))
             return _failure(f"envflow: {function.__name__} failed: {type(exc).__name__}: {text}")
 
     return reporting
@@ -84,8 +97,8 @@ def _deploy(config, mirror, env, force=False, reason=None, by=None):
     execution module and the grains would cost more than the deploy, and the
     reactor runs pushes in threads, where loading grains is not safe).
     """
-    served = pipeline.deploy(config, mirror, env, force=force, reason=reason, by=by)
-    return pipeline.deploy_summary(saltbus.after_deploy(config, env, served, lambda: __opts__, _fire, catch_up=True))
+    done = pipeline.deploy(config, mirror, env, force=force, reason=reason, by=by)
+    return pipeline.deploy_summary(saltbus.after_deploy(config, env, done, lambda: __opts__, _fire, catch_up=True))
 
 
 @_reported
@@ -640,14 +653,14 @@ def verify(env, jid=None, dry_run=False):
     try:
         config = _config()
         environment = config.environment(env)
-        served = ServedDir(environment.path).deployed()
-        if served is None:
+        current = served.ServedDir(environment.path).deployed()
+        if current is None:
             return _failure(f"envflow: nothing is deployed in {env}, so there is nothing to verify")
         entry = {"by": _user(), "master": str(__opts__["id"])}
         if jid is not None:
             jid = entry["jid"] = jobs.verified_job(
                 env,
-                served,
+                current,
                 jid,
                 jids=lambda: __salt__["jobs.list_jobs"](search_function=list(jobs.STATE_FUNCTIONS)),
                 job_of=__salt__["jobs.list_job"],
@@ -656,12 +669,12 @@ def verify(env, jid=None, dry_run=False):
             )
             # The minions it passed on: the verified gate counts them against every master's.
             entry["minions"] = sorted(__salt__["jobs.list_job"](jid).get("Result") or {})
-        report = {"env": env, "commit": served["id"], "verified_by": entry["by"], "jid": jid}
+        report = {"env": env, "commit": current["id"], "verified_by": entry["by"], "jid": jid}
         report.update((key, entry[key]) for key in ("master", "minions") if key in entry)
         if dry_run:
             return {"dry_run": True, **report}
         with _mirror(config) as mirror:
-            records.add(mirror, served["id"], "verified", env, entry)
+            records.add(mirror, current["id"], "verified", env, entry)
         return report
     except EnvflowError as exc:
         return _failure(str(exc))

@@ -18,8 +18,10 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 # Without envflow the execution module is missing too, and __virtual__ says so.
 with contextlib.suppress(ImportError):
-    from envflow.served import drift_message
+    from envflow.loader import Deferred
     from envflow.text import short
+
+    served = Deferred("envflow.served")  # imported when a comment needs it
 
 __virtualname__ = "envflow"
 
@@ -102,7 +104,7 @@ def _preview(ret, name, rev, branch, force):
     old, new, drift = plan["old"], plan["new"], plan["drift"]
     edited = any(drift.values())
     if edited and not force:
-        ret["comment"] = drift_message(plan["path"], drift)
+        ret["comment"] = served.drift_message(plan["path"], drift)
         return ret
     pinned = f"; {plan['comment']}" if plan.get("pinned") else ""
     if old is not None and old["id"] == new["id"] and not edited:
@@ -179,7 +181,7 @@ def _preview_promotion(ret, name, plan, force, reason):
     """Test mode for :py:func:`promoted`: the commits a promotion would bring, or why it would be refused."""
     edited = any(plan["drift"].values())
     if edited and not force:
-        ret["comment"] = drift_message(plan["path"], plan["drift"], "promote with force=True")
+        ret["comment"] = served.drift_message(plan["path"], plan["drift"], "promote with force=True")
         return ret
     if plan["old"] == plan["new"] and plan["served"] == plan["new"] and not edited:
         ret.update(result=True, comment=f"{name} already holds and serves {short(plan['new'])}")

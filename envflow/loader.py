@@ -1,5 +1,6 @@
-"""Where Salt finds envflow's loader modules (the ``salt.loader`` entry point)."""
+"""Where Salt finds envflow's loader modules (the ``salt.loader`` entry point), and how they import the package."""
 
+import importlib
 import os
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -18,3 +19,21 @@ def salt_dirs():
                 dirs[kind] = [candidate]
                 break
     return dirs
+
+
+class Deferred:
+    """One of envflow's modules, imported when a call first uses it: a call imports only what it runs.
+
+    Salt's loader looks at every public name of a loader module to find its
+    functions (``inspect.isfunction``); a deferred module answers that
+    without being imported.
+    """
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self):
+        return f"<deferred {self._name}>"

@@ -1,6 +1,9 @@
 """The envflow runner, loaded by Salt's runner loader with master options (no daemon running)."""
 
+import json
 import os
+import subprocess
+import sys
 
 from tests.functional.conftest import env_path, served_file
 from tests.gitrepo import tree_files
@@ -204,3 +207,42 @@ def test_a_refresh_whose_record_cannot_be_written_says_so_once_beside_the_enviro
     assert all(entry["changed"] is True for entry in result["environments"].values())
     assert result["warning"].startswith("envflow: what ") and "could not be recorded on the remote" in result["warning"]
     assert "\n" not in result["warning"] and "retcode" not in result
+
+
+_IMPORTS_PROBE = """
+import json, sys
+import salt.loader
+opts = json.load(open(sys.argv[1]))
+runners = salt.loader.runner(opts, utils=salt.loader.utils(opts), context={})
+seen = {}
+def loaded():
+    return sorted(name for name in sys.modules if name == "pygit2" or name.startswith("envflow."))
+assert "envflow.status" in runners
+seen["loaded"] = loaded()
+assert "error" not in runners["envflow.refresh"]()
+seen["refresh"] = loaded()
+print(json.dumps(seen))
+"""
+
+
+def test_a_call_imports_the_modules_it_runs_and_loading_the_runner_imports_none(master_base_opts, remote, tmp_path):
+    """Salt loads the runner module to find its functions: that imports neither pygit2 nor envflow's engine. A
+    refresh imports what a deploy runs, and none of what other calls need (the preview, diffs, backports, push
+    hooks, job lookups)."""
+    options = tmp_path / "opts.json"
+    options.write_text(json.dumps(master_base_opts, default=str), encoding="utf-8")
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    found = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_PROBE, str(options)],
+        env={**os.environ, "PYTHONPATH": checkout},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(found.stdout.strip().splitlines()[-1])
+    assert "pygit2" not in seen["loaded"]
+    assert not {"envflow.pipeline", "envflow.served", "envflow.remote"} & set(seen["loaded"])
+    assert {"pygit2", "envflow.pipeline", "envflow.served", "envflow.remote"} <= set(seen["refresh"])
+    assert not {"envflow.preview", "envflow.diffs", "envflow.backport", "envflow.hooks", "envflow.jobs"} & set(
+        seen["refresh"]
+    )
