@@ -19,7 +19,7 @@ import time
 import pygit2
 from pygit2.enums import FileMode
 
-from envflow import checkout, slots, switch
+from envflow import checkout, slots, switch, trees
 from envflow.errors import Drift, EnvflowError
 from envflow.layout import Layout, Record
 from envflow.locking import held
@@ -327,11 +327,11 @@ class Deployment:
         entries = {path: checkout.entry(new_tree, path) for path in paths | new_links}
         stamped = checkout.index_entries(index, root, entries, changed=index.changes)
         index_changes = self._write_index(index, standby)
-        dirs = {
-            path: stamp
-            for path, stamp in standby_record.dirs.items()
-            if not any(path == gone or path.startswith(gone + "/") for gone in writer.removed_dirs)
-        }
+        dirs = dict(standby_record.dirs)
+        ordered = sorted(dirs) if writer.removed_dirs else []
+        for gone in writer.removed_dirs:  # the seals of the directories removed, with all they held
+            for path in [gone, *trees.under(ordered, gone)]:
+                dirs.pop(path, None)
         changed = writer.touched | broken
         for path in changed:
             dirs.pop(path, None)

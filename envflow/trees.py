@@ -7,6 +7,7 @@ strings: the work per entry is done in C, and Python handles only the
 entries that matter (those that differ, or the one a path goes through).
 """
 
+import bisect
 import functools
 import os
 import re
@@ -73,3 +74,11 @@ def prefixed(prefix, listed):
     if not listed:
         return []
     return (prefix + ("\0" + prefix).join(listed)).split("\0")
+
+
+def under(paths, directory):
+    """The paths of ``paths`` (sorted) that lie under ``directory/``: two bisections, not a test of each path.
+
+    They sit between ``directory/`` and ``directory0`` (``0`` follows ``/``).
+    """
+    return paths[bisect.bisect_left(paths, directory + "/") : bisect.bisect_left(paths, directory + "0")]

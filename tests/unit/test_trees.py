@@ -84,3 +84,18 @@ def test_prefixed_joins_in_c_what_a_comprehension_would():
     assert trees.prefixed("d/", ["a", "b c", "é"]) == ["d/a", "d/b c", "d/é"]
     assert trees.prefixed("", ["a"]) == ["a"]
     assert trees.prefixed("d/", []) == []
+
+
+_SEGMENTS = hypothesis.strategies.sampled_from(["a", "b", "a-b", "a.b", "a0", "ab", "é"])
+
+
+@hypothesis.given(
+    paths=hypothesis.strategies.lists(
+        hypothesis.strategies.lists(_SEGMENTS, min_size=1, max_size=4).map("/".join), max_size=60
+    ),
+    directory=hypothesis.strategies.lists(_SEGMENTS, min_size=1, max_size=3).map("/".join),
+)
+def test_under_finds_by_bisection_what_a_prefix_test_of_every_path_finds(paths, directory):
+    """Names sorting around ``/`` (``a-b``, ``a.b``, ``a0``) included."""
+    ordered = sorted(set(paths))
+    assert trees.under(ordered, directory) == [path for path in ordered if path.startswith(directory + "/")]
