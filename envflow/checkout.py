@@ -92,13 +92,14 @@ def walk(tree, prefix=""):
                 yield base + item.name, item.id, mode
 
 
-def changes(old_tree, new_tree, prefix=""):
+def changes(old_tree, new_tree, prefix="", kinds=_WRITTEN):
     """The files and symlinks that differ between two trees: ``[(path, old, new)]``, ``(id, mode)`` or ``None``.
 
     Only the entries that differ are looked at (:func:`envflow.trees.differing`
     compares the rest in C), and subtrees with the same id are not read, so
     the cost follows the change (libgit2's tree-to-tree diff walks both trees
-    whole). Either tree may be ``None`` (empty).
+    whole). Either tree may be ``None`` (empty). ``kinds`` are the modes
+    reported (files and symlinks; ``(FileMode.COMMIT,)`` for gitlinks).
     """
     found = []
     for name, (old, new) in sorted(trees.differing(old_tree, new_tree).items()):
@@ -106,9 +107,9 @@ def changes(old_tree, new_tree, prefix=""):
         old_sub = old_tree[name] if old is not None and old[1] == FileMode.TREE else None
         new_sub = new_tree[name] if new is not None and new[1] == FileMode.TREE else None
         if old_sub is not None or new_sub is not None:
-            found.extend(changes(old_sub, new_sub, f"{path}/"))
-        old_file = old if old is not None and old[1] in _WRITTEN else None
-        new_file = new if new is not None and new[1] in _WRITTEN else None
+            found.extend(changes(old_sub, new_sub, f"{path}/", kinds))
+        old_file = old if old is not None and old[1] in kinds else None
+        new_file = new if new is not None and new[1] in kinds else None
         if old_file != new_file:
             found.append((path, old_file, new_file))
     return found

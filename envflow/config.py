@@ -22,7 +22,7 @@ from envflow.text import echo
 _SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # Settings given for the whole block that an environment may override.
 _SHARED_KEYS = {"states", "pillar", "sync_minions"}
-_TOP_KEYS = {"repo", "environments", "master_config", "credentials", "timeout", "webhook", *_SHARED_KEYS}
+_TOP_KEYS = {"repo", "environments", "master_config", "credentials", "timeout", "webhook", "submodules", *_SHARED_KEYS}
 _ENV_KEYS = {"name", "branch", "path"}
 _OPTIONAL_ENV_KEYS = {"target", "gates", "preview_path", *_SHARED_KEYS}
 # The saltenv of an environment's preview directory is its name with this suffix.
@@ -136,6 +136,7 @@ class Config:
     credentials: Credentials = dataclasses.field(default_factory=Credentials)
     timeout: int = DEFAULT_TIMEOUT
     webhook: Webhook = dataclasses.field(default_factory=Webhook)
+    submodules: bool = True
 
     def environment(self, name):
         """Return the environment called ``name``, or raise :class:`UnknownEnvironment`."""
@@ -470,6 +471,12 @@ def _check_preview_saltenvs(environments):
             )
 
 
+def _submodules(value):
+    if not isinstance(value, bool):
+        _fail("envflow:submodules", f"{echo(value)} is not true or false; submodules are served unless set to false")
+    return value
+
+
 def parse(raw, resolve=None):
     """Validate the ``envflow`` configuration block ``raw`` and return a :class:`Config`.
 
@@ -521,4 +528,5 @@ def parse(raw, resolve=None):
         credentials=_credentials(raw.get("credentials"), repo, resolve),
         timeout=_timeout(raw.get("timeout")),
         webhook=_webhook(raw.get("webhook"), resolve),
+        submodules=_submodules(raw.get("submodules", True)),
     )

@@ -20,7 +20,7 @@ happen one after the other, and the history lists them in that order.
 import datetime
 import re
 
-from envflow import history
+from envflow import history, submodules
 from envflow.errors import EnvflowError, Held, RevisionError
 from envflow.served import ServedDir
 from envflow.text import echo, short
@@ -191,7 +191,7 @@ def rollback(config, mirror, name, to=None, reason=None, force=False, by=None, d
             current, target_id = _rollback_target(mirror, env, served, to)
         report = {"env": env.name, "from": current["id"], "to": target_id, "changed": False, "dry_run": True}
         return {**report, "drift": served.drift(mirror.objects)}  # drift takes the lock itself
-    with served.deploying(mirror.objects) as deployment:
+    with served.deploying(mirror.objects, compose=submodules.Composer(mirror, config.submodules)) as deployment:
         current, target_id = _rollback_target(mirror, env, served, to)
         pin = history.pin_of(history.holds(mirror), env.name)
         if pin and pin["commit"] == target_id == current["id"]:

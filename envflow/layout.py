@@ -44,6 +44,9 @@ class Record:
     path's ``[id, mode, *stamp]``, or ``None`` where the path left the index.
     ``racy`` maps the paths whose entries were stamped within a clock tick of
     their last change to that change's time (ns): the next scan reads them.
+    ``tree`` is the id of the tree served when it is not the commit's own
+    (submodules made the pinned commits' trees), and ``submodules`` what
+    :class:`envflow.submodules.Composer` made it of (``None``: none).
     """
 
     commit: dict
@@ -55,6 +58,8 @@ class Record:
     sealed_at: int = 0
     index_changes: dict = field(default_factory=dict)
     racy: dict = field(default_factory=dict)
+    tree: str = None
+    submodules: dict = None
 
     @classmethod
     def from_json(cls, data):

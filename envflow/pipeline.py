@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pygit2
 
-from envflow import checkout, fleet, history, holds, records
+from envflow import checkout, fleet, history, holds, records, submodules
 from envflow.errors import Diverged, EnvflowError, GateBlocked, Held, RevisionError
 from envflow.layout import Layout
 from envflow.remote import commit_info
@@ -297,7 +297,7 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
     env = config.environment(name)
     commit = target(mirror, env, rev, branch)
     served = ServedDir(env.path)
-    with served.deploying(mirror.objects, commit) as deployment:
+    with served.deploying(mirror.objects, commit, submodules.Composer(mirror, config.submodules)) as deployment:
         found = history.holds(mirror)
         pin = history.pin_of(found, env.name)
         before = _served_id(served)
@@ -445,7 +445,8 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
         )
         return Promoted(report)
     moves = promotion.old != promotion.new
-    with served.deploying(mirror.objects, mirror.commit(promotion.new)) as deployment:
+    compose = submodules.Composer(mirror, config.submodules)
+    with served.deploying(mirror.objects, mirror.commit(promotion.new), compose) as deployment:
         # Read under the lock: a pin or freeze set meanwhile on this master holds this promotion back.
         found = history.holds(mirror)
         served_before = _served_id(served)

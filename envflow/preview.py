@@ -21,7 +21,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from envflow import pipeline, records, saltbus
+from envflow import pipeline, records, saltbus, submodules
 from envflow.errors import Drift, EnvflowError, RemoteError
 from envflow.layout import Layout
 from envflow.locking import held
@@ -170,7 +170,9 @@ def previewing(config, mirror, name, rev=None, force=False, autoload=True, wait=
     lock = os.path.join(Layout(preview.path).home, "preview.lock")
     with held(lock, f"the preview of {name}", timeout=wait):
         try:
-            deployed = served.deploy(mirror.objects, commit, force=force)
+            deployed = served.deploy(
+                mirror.objects, commit, force=force, compose=submodules.Composer(mirror, config.submodules)
+            )
         except Drift as exc:
             raise Drift(drift_message(preview.path, exc.changes, "preview with force=True"), exc.changes) from None
         yield Preview(

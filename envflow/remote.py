@@ -195,8 +195,10 @@ class Mirror:
         self.shown = redact(url)
         digest = hashlib.sha256(self.shown.encode()).hexdigest()[:16]
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(self.shown.rstrip("/")))[:40]
+        self.cachedir = cachedir
         self.path = os.path.join(cachedir, "envflow", "mirrors", f"{name}-{digest}.git")
         self._repo = None
+        self._borrowed = set()  # object directories added to the open handle
 
     @classmethod
     def of(cls, config, cachedir):
@@ -214,6 +216,7 @@ class Mirror:
         if self._repo is not None:
             self._repo.free()
             self._repo = None
+            self._borrowed.clear()
 
     @property
     def repo(self):
@@ -286,18 +289,39 @@ class Mirror:
         changed (the mirror must then be opened again).
         """
         objects = os.path.join(remote.path, "objects")
-        alternates = os.path.join(self.path, "objects", "info", "alternates")
-        try:
-            with open(alternates, encoding="utf-8") as handle:
-                if handle.read().strip() == objects:
-                    return False
-        except OSError:
-            pass
-        os.makedirs(os.path.dirname(alternates), exist_ok=True)
-        with open(alternates + ".tmp", "w", encoding="utf-8") as handle:
-            handle.write(objects + "\n")
-        os.replace(alternates + ".tmp", alternates)
+        mirrors = os.path.dirname(self.path) + os.sep
+        # The remote's first; other mirrors' (submodules, see borrow) stay, other remotes' go.
+        wanted = [objects, *(line for line in self._alternates() if line.startswith(mirrors) and line != objects)]
+        if wanted == self._alternates():
+            return False
+        self._write_alternates(wanted)
         return True
+
+    def _alternates(self):
+        try:
+            with open(os.path.join(self.path, "objects", "info", "alternates"), encoding="utf-8") as handle:
+                return [line for line in handle.read().splitlines() if line]
+        except OSError:
+            return []
+
+    def _write_alternates(self, lines):
+        alternates = os.path.join(self.path, "objects", "info", "alternates")
+        os.makedirs(os.path.dirname(alternates), exist_ok=True)
+        making = f"{alternates}.{os.getpid()}.tmp"
+        with open(making, "w", encoding="utf-8") as handle:
+            handle.write("".join(f"{line}\n" for line in lines))
+        os.replace(making, alternates)
+
+    def borrow(self, objects):
+        """Read another mirror's ``objects`` from this one too (a submodule's): for this handle and every later one."""
+        lines = self._alternates()
+        if objects not in lines:
+            # No lock (a deploy may run under the mirror's): a line two writers lose at once is added again by
+            # the next deploy that serves that submodule, as this one adds it to its own handle below.
+            self._write_alternates([*lines, objects])
+        if objects not in self._borrowed:
+            self.repo.odb.add_disk_alternate(objects)
+            self._borrowed.add(objects)
 
     def _copy_local_refs(self, repo, remote):
         """Set the mirror's branches, tags and notes to a local remote's, pruning the others; ``False`` if it cannot.

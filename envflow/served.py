@@ -113,8 +113,7 @@ class ServedDir:
                 try:
                     record = self.layout.record(slot)
                     index = slots.read_index(os.path.join(repo.path, "index"), record.index_changes)
-                    commit_id = record.commit_id
-                    tree = repo[commit_id].peel(pygit2.Tree) if commit_id in repo else None
+                    tree = tree_of(repo, record)
                     halves = slots.scan_halves(index, tree, root) if tree else None
                     return slots.hand_edits(repo, index, halves, racy=record.racy)
                 finally:
@@ -130,15 +129,18 @@ class ServedDir:
             yield
 
     @contextlib.contextmanager
-    def deploying(self, objects, commit=None):
+    def deploying(self, objects, commit=None, compose=None):
         """Hold the directory's lock for one deploy of ``commit``; yield its :class:`Deployment`.
+
+        ``compose`` makes the tree to serve when it is not the commit's own
+        (:class:`envflow.submodules.Composer`).
 
         What an interrupted run left is tidied first. Errors of the file
         system or of git become one-line :class:`EnvflowError` messages.
         The deployment's ``commit`` may be set or changed, under the lock,
         before it is prepared.
         """
-        deployment = Deployment(self, objects, commit)
+        deployment = Deployment(self, objects, commit, compose)
         try:
             with self.locked():
                 switch.tidy(self.layout)
@@ -147,7 +149,7 @@ class ServedDir:
             what = f" {short(deployment.commit.id)}" if deployment.commit is not None else ""
             raise EnvflowError(f"envflow: cannot deploy{what} to {self.path}: {exc}") from None
 
-    def deploy(self, objects, commit, force=False):
+    def deploy(self, objects, commit, force=False, compose=None):
         """Make ``path`` serve exactly the tree of ``commit`` (a :class:`pygit2.Commit`).
 
         ``objects`` is the object directory of the mirror that holds ``commit``.
@@ -156,18 +158,21 @@ class ServedDir:
         descriptions, ``changed``, the ``files`` changed, ``moved_aside``,
         ``refused_links`` and, with ``force``, the ``discarded`` hand edits.
         """
-        with self.deploying(objects, commit) as deployment:
+        with self.deploying(objects, commit, compose) as deployment:
             return deployment.switch(deployment.prepare(force=force))
 
 
 class Deployment:
     """One deploy of ``commit`` into a :class:`ServedDir`, its lock held: :meth:`prepare`, then :meth:`switch`."""
 
-    def __init__(self, served, objects, commit):
+    def __init__(self, served, objects, commit, compose=None):
         self.served = served
         self.layout = served.layout
         self.objects = objects
         self.commit = commit
+        # ``compose(commit, served record)``: the tree to serve when not the commit's own, and what it is made of.
+        self.compose = compose
+        self.tree = self.submodules = None
 
     def prepare(self, force=False, remedy="deploy with force=True"):
         """Check the served tree for hand edits and bring the standby slot to the commit; change nothing served.
@@ -191,6 +196,8 @@ class Deployment:
             "refused_links": [],
             "discarded": None,
         }
+        if self.compose is not None:
+            self.tree, self.submodules = self.compose(self.commit, served_record)
         standby = layout.other(served)
         repo = slots.open_repo(layout.gitdir(standby), layout.tree(standby), self.objects)
         try:
@@ -232,6 +239,9 @@ class Deployment:
         result["changed"] = True
         return result
 
+    def _new_tree(self, repo):
+        return repo[self.tree].peel(pygit2.Tree) if self.tree else repo[self.commit.id].peel(pygit2.Tree)
+
     # -- the standby slot ------------------------------------------------------------
 
     def _update(self, repo, served, served_record, standby, force, remedy, result):
@@ -240,8 +250,8 @@ class Deployment:
         # The served index, read once: the scan uses it, and it becomes the standby's with what differs
         # (the files both trees share have the same stat data).
         index = self._index_from(served, standby, served_record.index_changes)
-        new_tree = repo[self.commit.id].peel(pygit2.Tree)
-        served_tree = repo[served_record.commit_id].peel(pygit2.Tree) if served_record.commit_id in repo else None
+        new_tree = self._new_tree(repo)
+        served_tree = tree_of(repo, served_record)
         unsealed = checkout.racy_seals(served_record)
         restamped_at = time.time_ns()
         restamped = checkout.seal(layout.tree(served), unsealed)
@@ -252,7 +262,8 @@ class Deployment:
             raise
         edited = {path for paths in edits.values() for path in paths}
         new_id = str(self.commit.id)
-        if (edited and not force) or (served_record.commit_id == new_id and not edited):
+        same = served_record.commit_id == new_id and served_record.tree == self.tree
+        if (edited and not force) or (same and not edited):
             _drop(index.path)  # a refusal, or nothing to do, leaves nothing behind
             if edited:
                 raise Drift(drift_message(self.served.path, edits, remedy), edits)
@@ -293,7 +304,7 @@ class Deployment:
             fresh = {path: at for path, at in prepared.stamped.items() if at is not None}
             prepared.record.racy = checkout.racy_entries({**carried, **fresh})
         prepared.served_record = served_record
-        if served_record.commit_id == new_id:
+        if same:
             prepared.record.since = served_record.since  # the same commit, served all along
         return prepared
 
@@ -310,7 +321,7 @@ class Deployment:
     def _bring_up_to_date(self, repo, writer, index, standby, standby_record, served_tree, edited, new_tree, new_links):
         """The standby holds another commit: rewrite only the paths where it differs, or may differ."""
         root = self.layout.tree(standby)
-        held_tree = repo[standby_record.commit_id].peel(pygit2.Tree)
+        held_tree = tree_of(repo, standby_record)
         paths = (
             {path for path, _old, _new in checkout.changes(held_tree, new_tree)}
             # What it does not share with the served tree:
@@ -339,6 +350,8 @@ class Deployment:
         dirs.update(checkout.seal(root, changed))
         record = Record(
             commit=commit_info(self.commit),
+            tree=self.tree,
+            submodules=self.submodules,
             links=sorted(new_links),
             refused_links=refused,
             dirs=dirs,
@@ -370,6 +383,8 @@ class Deployment:
         dirs, sealed_at = checkout.seal_after_tick(root, writer.touched, time.time_ns())
         copied = Record(
             commit=served_record.commit,
+            tree=served_record.tree,
+            submodules=served_record.submodules,
             links=served_record.links,
             refused_links=served_record.refused_links,
             dirs=dirs,
@@ -398,7 +413,7 @@ class Deployment:
         layout.drop_record(slot)
         root = layout.tree(slot)
         _empty(root)
-        tree = repo[self.commit.id].peel(pygit2.Tree)
+        tree = self._new_tree(repo)
         writer = checkout.TreeWriter(repo, root)
         written = writer.fill(tree)
         link_paths = {path for path, (_oid, mode) in written.items() if mode == FileMode.LINK}
@@ -426,6 +441,8 @@ class Deployment:
                 other,
                 Record(
                     commit=commit_info(self.commit),
+                    tree=self.tree,
+                    submodules=self.submodules,
                     links=sorted(link_paths),
                     refused_links=refused,
                     dirs=dirs,
@@ -434,6 +451,8 @@ class Deployment:
             )
         record = Record(
             commit=commit_info(self.commit),
+            tree=self.tree,
+            submodules=self.submodules,
             links=sorted(link_paths),
             refused_links=refused,
             dirs=sealed,
@@ -509,7 +528,13 @@ def _fsync(path):
 
 def _reusable(repo, record):
     """Whether a standby with ``record`` can be brought up to date path by path."""
-    return record is not None and record.dirs is not None and record.commit_id in repo
+    return record is not None and record.dirs is not None and tree_of(repo, record) is not None
+
+
+def tree_of(repo, record):
+    """The tree ``record``'s slot holds (:attr:`Record.tree`, else its commit's), or ``None`` if ``repo`` lacks it."""
+    tree_id = record.tree or record.commit_id
+    return repo[tree_id].peel(pygit2.Tree) if tree_id in repo else None
 
 
 def _empty(root):

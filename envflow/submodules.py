@@ -14,10 +14,12 @@ import re
 import tempfile
 
 import pygit2
+from pygit2.enums import FileMode
 
+from envflow import checkout, trees
 from envflow.errors import EnvflowError
-from envflow.remote import redact
-from envflow.text import echo
+from envflow.remote import Mirror, redact
+from envflow.text import echo, short
 
 
 class SubmoduleError(EnvflowError):
@@ -128,3 +130,135 @@ def check_path(path):
         raise SubmoduleError(
             f"envflow: submodule path {echo(path)} leaves the tree or names .git; move the submodule and push it"
         )
+
+
+_MAX_DEPTH = 8  # submodules within submodules; deeper is refused as a likely loop
+
+
+class Composer:
+    """The tree to serve for a commit holding submodules: its own, with each gitlink made the pinned commit's tree.
+
+    ``mirror`` is the main repository's (:class:`envflow.remote.Mirror`);
+    each submodule remote gets a mirror of its own beside it, with the same
+    credentials and timeout, fetched only when a pin it lacks is needed.
+    The main mirror borrows those mirrors' objects (git's alternates), so the
+    trees written here, and every repository that borrows from the main
+    mirror, read the submodules' files. ``enabled`` false refuses a commit
+    that holds a gitlink.
+    """
+
+    def __init__(self, mirror, enabled=True):
+        self.mirror = mirror
+        self.enabled = enabled
+
+    def __call__(self, commit, previous=None):
+        """``(tree id, submodules)`` to serve ``commit``; ``(None, None)`` when it holds no submodule.
+
+        ``previous`` is the served slot's record: what it composed is reused,
+        so a deploy where no pin changed does no submodule work.
+        ``submodules`` maps each gitlink path (nested ones too, as
+        ``outer/inner``) to ``{"commit", "tree", "url"}`` (the URL redacted).
+        """
+        repo = self.mirror.repo
+        plain = commit.peel(pygit2.Tree)
+        links = self._gitlinks(repo, plain, previous)
+        if not links:
+            return None, None
+        if not self.enabled:
+            listed = ", ".join(sorted(links)[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
+            raise SubmoduleError(
+                f"envflow: {short(commit.id)} holds submodules ({listed}) and envflow:submodules is false; "
+                "turn submodules on, or remove the gitlinks from the branch"
+            )
+        known = dict((previous.submodules or {}) if previous is not None else {})
+        served = {}
+        subtrees = self._compose(plain, links, self.mirror.url, "", known, served, depth=0)
+        return trees.replaced(repo, plain, subtrees), served
+
+    @staticmethod
+    def _gitlinks(repo, plain, previous):
+        """The gitlinks of ``plain``: from the served commit's and the change since when there is one, else all."""
+        if previous is None or previous.submodules is None or previous.commit_id not in repo:
+            return trees.gitlinks(plain)
+        old = repo[previous.commit_id].peel(pygit2.Tree)
+        links = {path: info["commit"] for path, info in previous.submodules.items() if info.get("top")}
+        for path, _old, new in checkout.changes(old, plain, kinds=(FileMode.COMMIT,)):
+            if new is None:
+                links.pop(path, None)
+            else:
+                links[path] = str(new[0])
+        return links
+
+    def _compose(self, tree, links, base_url, prefix, known, served, depth):
+        """``{path: tree id}`` for the gitlinks ``links`` of ``tree`` (under ``prefix``), fetched, nested ones made."""
+        if depth > _MAX_DEPTH:
+            raise SubmoduleError(
+                f"envflow: submodules nest more than {_MAX_DEPTH} deep at {echo(prefix.rstrip('/'))}; "
+                "a submodule pins one of its own ancestors, or the nesting is too deep to serve"
+            )
+        urls = self._urls(tree, links, prefix)
+        subtrees = {}
+        for path, pin in sorted(links.items()):
+            full = prefix + path
+            url = resolve_url(urls[path], base_url)
+            check_url(full, url, self.mirror.url)
+            held = known.get(full)
+            if held is not None and held["commit"] == pin and held["tree"] in self.mirror.repo:
+                # The same pin composes the same tree (what it nests is pinned by it): reuse it, with what it nests.
+                for name, info in known.items():
+                    if name == full or name.startswith(f"{full}/"):
+                        served[name] = info
+                        self.mirror.borrow(self._mirror_of(info["url"]).objects)
+                subtrees[path] = held["tree"]
+                continue
+            inner = self._commit_of(full, url, pin).peel(pygit2.Tree)
+            nested = trees.gitlinks(inner)
+            composed = str(inner.id)
+            if nested:
+                below = self._compose(inner, nested, url, f"{full}/", known, served, depth + 1)
+                composed = trees.replaced(self.mirror.repo, inner, below)
+            served[full] = {"commit": pin, "tree": composed, "url": redact(url), "top": depth == 0}
+            subtrees[path] = composed
+        return subtrees
+
+    def _urls(self, tree, links, prefix):
+        """Each gitlink's URL from ``tree``'s ``.gitmodules``; refuse a path it does not list, or that escapes."""
+        try:
+            blob = tree[GITMODULES]
+            listed = parse_gitmodules(blob.data) if blob.type_str == "blob" else {}
+        except KeyError:
+            listed = {}
+        urls = {}
+        for path in sorted(links):
+            check_path(path)
+            if path not in listed:
+                raise SubmoduleError(
+                    f"envflow: submodule {echo(prefix + path)} is not listed in {prefix}{GITMODULES}; "
+                    "add it there (git submodule add does), or remove the gitlink"
+                )
+            urls[path] = listed[path]
+        return urls
+
+    def _mirror_of(self, url):
+        return Mirror(url, self.mirror.cachedir, self.mirror.credentials, self.mirror.timeout)
+
+    def _commit_of(self, path, url, pin):
+        """The pinned commit, from the submodule remote's mirror, fetched when it lacks the pin."""
+        mirror = self._mirror_of(url)
+        try:
+            if pin not in mirror.repo:
+                try:
+                    mirror.fetch()
+                except EnvflowError as exc:
+                    raise SubmoduleError(
+                        f"envflow: submodule {echo(path)} ({mirror.shown}): {str(exc).removeprefix('envflow: ')}"
+                    ) from None
+            if pin not in mirror.repo:
+                raise SubmoduleError(
+                    f"envflow: submodule {echo(path)} pins {short(pin)}, which {mirror.shown} does not have; "
+                    "push that commit to the submodule's remote (or pin one it has)"
+                )
+            self.mirror.borrow(mirror.objects)
+            return self.mirror.repo[pin].peel(pygit2.Commit)
+        finally:
+            mirror.close()

@@ -82,3 +82,50 @@ def under(paths, directory):
     They sit between ``directory/`` and ``directory0`` (``0`` follows ``/``).
     """
     return paths[bisect.bisect_left(paths, directory + "/") : bisect.bisect_left(paths, directory + "0")]
+
+
+def gitlinks(tree, prefix=""):
+    """Every gitlink (submodule pin) of ``tree``, whole: ``{path: commit id}``."""
+    found, id_size = {}, len(tree.id.raw)
+    for entry in entries(tree):
+        if entry.startswith((b"40000 ", b"160000 ")):
+            name, oid, mode = parse(entry, id_size)
+            if mode == FileMode.COMMIT:
+                found[prefix + name] = str(oid)
+            else:
+                found.update(gitlinks(tree[name], f"{prefix}{name}/"))
+    return found
+
+
+def _key(entry):
+    """Git's order of tree entries: by name, a tree's name read as ending in ``/``."""
+    head = entry[: entry.index(b"\0")]
+    mode, name = head.split(b" ", 1)
+    return name + b"/" if mode == b"40000" else name
+
+
+def replaced(repo, tree, subtrees, prefix=""):
+    """The id of ``tree`` with the entries at ``subtrees`` (``{path: tree id}``) made those trees, written to ``repo``.
+
+    Only the trees on the way to each path are written again; each keeps
+    git's order (a gitlink that becomes a tree may sort elsewhere).
+    """
+    id_size = len(tree.id.raw)
+    here = {path: oid for path, oid in subtrees.items() if "/" not in path[len(prefix) :]}
+    below = {}
+    for path in subtrees:
+        if path not in here:
+            below.setdefault(path[len(prefix) :].split("/", 1)[0], {})[path] = subtrees[path]
+    written = []
+    for stored in entries(tree):
+        name = os.fsdecode(stored[stored.index(b" ") + 1 : stored.index(b"\0")])
+        path = prefix + name
+        if path in here:
+            written.append(b"40000 " + os.fsencode(name) + b"\0" + pygit2.Oid(hex=here[path]).raw)
+        elif name in below:
+            inner = replaced(repo, tree[name], below[name], f"{path}/")
+            written.append(stored[:-id_size] + pygit2.Oid(hex=inner).raw)
+        else:
+            written.append(stored)
+    written.sort(key=_key)
+    return str(repo.odb.write(pygit2.enums.ObjectType.TREE, b"".join(written)))

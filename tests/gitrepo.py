@@ -1,6 +1,7 @@
 """Real git repositories for tests, benchmarks and the quickstart, built with the git CLI."""
 
 import os
+import pathlib
 import subprocess
 
 BRANCHES = ("develop", "stage", "master")
@@ -15,11 +16,11 @@ _GIT_ENV = {
 }
 
 
-def git(*args, cwd=None, text=True, input=None):
-    """Run git and return its stripped standard output; raise on failure."""
+def git(*args, cwd=None, text=True, input=None, check=True):
+    """Run git and return its stripped standard output; raise on failure (unless not ``check``)."""
     env = dict(os.environ, **_GIT_ENV)
     out = subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=text, input=input
+        ["git", *args], cwd=cwd, env=env, check=check, capture_output=True, text=text, input=input
     ).stdout
     return out.strip() if text else out
 
@@ -66,6 +67,35 @@ class Remote:
 
     def tip(self, branch):
         return git("rev-parse", f"refs/heads/{branch}", cwd=self.path)
+
+    def submodule(self, branch, path, url=None, commit=None, files=None, message="pin a submodule"):
+        """Pin ``commit`` of ``url`` at ``path`` on ``branch`` (as ``git submodule add`` records it); ``url=None``
+        removes the submodule. ``files`` are committed with it. Returns the new commit id."""
+        git("fetch", "-q", "origin", cwd=self.work)
+        git("checkout", "-q", "-B", branch, f"origin/{branch}", cwd=self.work)
+        git("rm", "-q", "--cached", "--ignore-unmatch", "-r", path, cwd=self.work)
+        self.write(files or {})
+        git("add", "-A", cwd=self.work)
+        modules = os.path.join(self.work, ".gitmodules")
+        if os.path.exists(modules) and git(
+            "config", "-f", modules, "--get", f"submodule.{path}.path", cwd=self.work, check=False
+        ):
+            git("config", "-f", modules, "--remove-section", f"submodule.{path}", cwd=self.work)
+        if url is not None:
+            git("config", "-f", modules, f"submodule.{path}.path", path, cwd=self.work)
+            git("config", "-f", modules, f"submodule.{path}.url", url, cwd=self.work)
+        if os.path.exists(modules) and not pathlib.Path(modules).read_text(encoding="utf-8").strip():
+            os.unlink(modules)
+        git("add", "-A", "--", ".gitmodules", cwd=self.work, check=False)
+        if url is not None:
+            # After the adds. Its folder stays empty, as an uninitialized submodule's: git add -A keeps the gitlink.
+            git("update-index", "--add", "--cacheinfo", f"160000,{commit},{path}", cwd=self.work)
+            os.makedirs(os.path.join(self.work, path), exist_ok=True)
+        elif os.path.isdir(os.path.join(self.work, path)) and not os.listdir(os.path.join(self.work, path)):
+            os.rmdir(os.path.join(self.work, path))
+        git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
+        git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=self.work)
+        return self.tip(branch)
 
     def set_branch(self, branch, commit):
         """Move ``branch`` on the remote, as another operator or master would."""

@@ -1,0 +1,194 @@
+"""Submodules served at the commit each gitlink pins, exactly, fetched from their own remotes (issue 24).
+
+Real repositories: a formula repository (and one nested in it) pinned as
+submodules of the automation repository, deployed by the pipeline as every
+environment is.
+"""
+
+import os
+
+import pytest
+
+from envflow import pipeline
+from envflow.config import parse
+from envflow.errors import Drift, EnvflowError
+from envflow.layout import Layout
+from envflow.remote import Mirror
+from envflow.served import ServedDir
+from tests.gitrepo import BRANCHES, Remote, config, git, tree_files
+
+NGINX = {"nginx/init.sls": "nginx:\n  pkg.installed\n", "nginx/map.jinja": "{% set nginx = {} %}\n"}
+
+
+@pytest.fixture
+def formula(tmp_path):
+    return Remote(tmp_path / "nginx-formula", files=NGINX)
+
+
+@pytest.fixture
+def pipeline_config(remote, tmp_path):
+    return parse(config(remote.path, tmp_path / "srv"))
+
+
+def _served(config, env="test"):
+    return tree_files(config.environment(env).path)
+
+
+def _deploy(config, mirror, env="test", **kwargs):
+    mirror.fetch()
+    return pipeline.deploy(config, mirror, env, **kwargs)
+
+
+def _expected(remote, branch, formula_files, at="formulas/nginx-formula"):
+    """What the commit's recursive tree holds: the branch's files, with the formula's files under ``at``."""
+    work = remote.work
+    git("checkout", "-q", "-B", branch, f"origin/{branch}", cwd=work)
+    found = {rel: content for rel, content in tree_files(work).items() if not rel.startswith(".git/")}
+    found = {rel: content for rel, content in found.items() if rel != ".git" and not rel.startswith(at + "/")}
+    found.update({f"{at}/{rel}": content for rel, content in formula_files.items()})
+    return found
+
+
+def test_a_gitlink_is_served_as_the_pinned_commits_tree(remote, formula, mirror, pipeline_config):
+    pin = formula.tip("develop")
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, pin)
+    result = _deploy(pipeline_config, mirror)
+    assert result["changed"] is True
+    served = _served(pipeline_config)
+    assert served["formulas/nginx-formula/nginx/init.sls"] == NGINX["nginx/init.sls"]
+    assert served == _expected(remote, "develop", NGINX)
+    record = Layout(pipeline_config.environment("test").path)
+    held = record.record(record.served_slot())
+    assert held.submodules["formulas/nginx-formula"]["commit"] == pin
+    # A bump of the pin serves the formula's new commit, and only that changes.
+    bumped = formula.commit("develop", {"nginx/init.sls": "nginx:\n  pkg.latest\n"})
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, bumped)
+    result = _deploy(pipeline_config, mirror)
+    assert result["files"] == {"added": 0, "modified": 1, "deleted": 0}
+    assert _served(pipeline_config)["formulas/nginx-formula/nginx/init.sls"] == "nginx:\n  pkg.latest\n"
+    assert ServedDir(pipeline_config.environment("test").path).drift(mirror.objects) == {
+        "added": [],
+        "modified": [],
+        "deleted": [],
+    }
+
+
+def test_a_deploy_where_no_pin_changed_does_no_submodule_work(remote, formula, mirror, pipeline_config):
+    """The formula's remote lost its branches since: a change beside the submodule deploys, and the formula's
+    mirror still holds them (it was not fetched, which would have pruned them)."""
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, formula.tip("develop"))
+    _deploy(pipeline_config, mirror)
+    for branch in BRANCHES:
+        git("update-ref", "-d", f"refs/heads/{branch}", cwd=formula.path)
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    result = _deploy(pipeline_config, mirror)
+    assert result["files"] == {"added": 0, "modified": 1, "deleted": 0}
+    assert _served(pipeline_config)["formulas/nginx-formula/nginx/init.sls"] == NGINX["nginx/init.sls"]
+    with Mirror(formula.path, mirror.cachedir) as formula_mirror:
+        assert formula_mirror.tip("develop") is not None
+
+
+def test_hand_edits_inside_a_submodule_are_found_like_any_other(remote, formula, mirror, pipeline_config):
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, formula.tip("develop"))
+    _deploy(pipeline_config, mirror)
+    path = os.path.join(pipeline_config.environment("test").path, "formulas", "nginx-formula", "nginx", "init.sls")
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("# by hand\n")
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    with pytest.raises(Drift, match=r"formulas/nginx-formula/nginx/init\.sls"):
+        _deploy(pipeline_config, mirror)
+
+
+def test_submodules_removed_moved_replaced_by_a_folder_and_back(remote, formula, mirror, pipeline_config):
+    pin = formula.tip("develop")
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, pin)
+    _deploy(pipeline_config, mirror)
+    # Moved.
+    remote.submodule("develop", "formulas/nginx-formula", None)
+    remote.submodule("develop", "vendor/nginx", formula.path, pin)
+    _deploy(pipeline_config, mirror)
+    assert _served(pipeline_config) == _expected(remote, "develop", NGINX, at="vendor/nginx")
+    # Replaced by a plain folder of the same name.
+    remote.submodule("develop", "vendor/nginx", None, files={"vendor/nginx/init.sls": "# plain\n"})
+    _deploy(pipeline_config, mirror)
+    served = _served(pipeline_config)
+    assert served["vendor/nginx/init.sls"] == "# plain\n"
+    assert not any(rel.startswith("vendor/nginx/nginx/") for rel in served)
+    # And back.
+    remote.submodule("develop", "vendor/nginx", formula.path, pin, files={"vendor/nginx/init.sls": None})
+    _deploy(pipeline_config, mirror)
+    assert _served(pipeline_config) == _expected(remote, "develop", NGINX, at="vendor/nginx")
+    # Removed.
+    remote.submodule("develop", "vendor/nginx", None)
+    _deploy(pipeline_config, mirror)
+    assert not any(rel.startswith("vendor/") for rel in _served(pipeline_config))
+    assert ".gitmodules" not in _served(pipeline_config)
+
+
+def test_a_nested_submodule_with_a_relative_url(remote, formula, mirror, pipeline_config, tmp_path):
+    """The formula pins a map of its own by a URL relative to the formula's: resolved against the formula's URL."""
+    inner = Remote(tmp_path / "maps", files={"maps/defaults.yaml": "port: 80\n"})
+    # ../../maps/automation.git from .../nginx-formula/automation.git is .../maps/automation.git
+    nested_pin = formula.submodule("develop", "nginx/maps", "../../maps/automation.git", inner.tip("develop"))
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, nested_pin)
+    _deploy(pipeline_config, mirror)
+    served = _served(pipeline_config)
+    assert served["formulas/nginx-formula/nginx/maps/maps/defaults.yaml"] == "port: 80\n"
+    assert served["formulas/nginx-formula/nginx/init.sls"] == NGINX["nginx/init.sls"]
+    record = Layout(pipeline_config.environment("test").path)
+    assert set(record.record(record.served_slot()).submodules) == {
+        "formulas/nginx-formula",
+        "formulas/nginx-formula/nginx/maps",
+    }
+
+
+def _refused(remote, mirror, pipeline_config, match):
+    before = _served(pipeline_config)
+    with pytest.raises(EnvflowError) as refused:
+        _deploy(pipeline_config, mirror)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert match in message, message
+    assert _served(pipeline_config) == before
+    return message
+
+
+def test_a_pin_its_remote_does_not_have_is_refused_and_nothing_changes(remote, formula, mirror, pipeline_config):
+    _deploy(pipeline_config, mirror)
+    unpushed = "1" * 40
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, unpushed)
+    message = _refused(remote, mirror, pipeline_config, "does not have; push that commit to the submodule's remote")
+    assert message.startswith(f"envflow: submodule 'formulas/nginx-formula' pins {unpushed[:10]}, which ")
+
+
+def test_an_unreachable_submodule_remote_is_refused(remote, formula, mirror, pipeline_config, tmp_path):
+    _deploy(pipeline_config, mirror)
+    remote.submodule("develop", "formulas/nginx-formula", str(tmp_path / "nowhere.git"), formula.tip("develop"))
+    _refused(remote, mirror, pipeline_config, "envflow: submodule 'formulas/nginx-formula' (")
+
+
+def test_a_gitlink_gitmodules_does_not_list_is_refused(remote, formula, mirror, pipeline_config):
+    _deploy(pipeline_config, mirror)
+    git("fetch", "-q", "origin", cwd=remote.work)
+    git("checkout", "-q", "-B", "develop", "origin/develop", cwd=remote.work)
+    git("update-index", "--add", "--cacheinfo", f"160000,{formula.tip('develop')},formulas/x", cwd=remote.work)
+    git("commit", "-q", "-m", "gitlink without .gitmodules", cwd=remote.work)
+    git("push", "-q", "origin", "HEAD:refs/heads/develop", cwd=remote.work)
+    _refused(remote, mirror, pipeline_config, "submodule 'formulas/x' is not listed in .gitmodules")
+
+
+def test_a_refused_url_is_never_fetched(remote, formula, mirror, pipeline_config, tmp_path):
+    _deploy(pipeline_config, mirror)
+    planted = tmp_path / "pwned"
+    remote.submodule("develop", "formulas/x", f"ext::sh -c touch% {planted}", formula.tip("develop"))
+    _refused(remote, mirror, pipeline_config, "uses a transport git runs as a command")
+    assert not planted.exists()
+
+
+def test_submodules_off_refuse_a_commit_with_a_gitlink(remote, formula, mirror, tmp_path):
+    block = dict(config(remote.path, tmp_path / "srv"), submodules=False)
+    off = parse(block)
+    _deploy(off, mirror)
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, formula.tip("develop"))
+    message = _refused(remote, mirror, off, "holds submodules (formulas/nginx-formula) and envflow:submodules is false")
+    assert message.endswith("turn submodules on, or remove the gitlinks from the branch")
