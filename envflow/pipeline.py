@@ -14,7 +14,7 @@ from envflow import checkout, fleet, history, holds, records, submodules
 from envflow.errors import Diverged, EnvflowError, GateBlocked, Held, RevisionError
 from envflow.layout import Layout
 from envflow.remote import commit_info
-from envflow.served import ServedDir
+from envflow.served import ServedDir, tree_of
 from envflow.text import capped, echo, span
 from envflow.text import short as _short
 
@@ -332,17 +332,26 @@ def tree_changes(mirror, old_id, new_id, served):
 
     ``paths`` are the paths whose content or kind differ (added, deleted,
     modified, changed type), ``listing`` whether the list of paths changed
-    (anything but a modified file). ``None`` when that is not known: nothing
-    served before, a commit the mirror lacks, or a tree holding symlinks,
-    through which a path's content can change while the path does not.
+    (anything but a modified file). The trees are those the slots' records
+    name (a submodule's files included). ``None`` when that is not known:
+    nothing served before, a slot whose record is not of that switch, a tree
+    the mirror lacks, or a tree holding symlinks, through which a path's
+    content can change while the path does not.
     """
     if old_id is None:
         return None
     try:
-        record = served.layout.record(served.served_slot())
-        if record is None or record.links or old_id not in mirror.repo:
+        layout = served.layout
+        slot = layout.served_slot()
+        record, old_record = layout.record(slot), layout.record(layout.other(slot))
+        if record is None or old_record is None or record.links or old_record.links:
             return None
-        changed = checkout.changes(mirror.repo[old_id].peel(pygit2.Tree), mirror.repo[str(new_id)].peel(pygit2.Tree))
+        if (old_record.commit_id, record.commit_id) != (old_id, str(new_id)):
+            return None
+        old_tree, new_tree = tree_of(mirror.repo, old_record), tree_of(mirror.repo, record)
+        if old_tree is None or new_tree is None:
+            return None
+        changed = checkout.changes(old_tree, new_tree)
     except (KeyError, ValueError, pygit2.GitError):
         return None
     listing = any(old is None or new is None or old[1] != new[1] for _path, old, new in changed)

@@ -65,6 +65,8 @@ def test_a_gitlink_is_served_as_the_pinned_commits_tree(remote, formula, mirror,
     remote.submodule("develop", "formulas/nginx-formula", formula.path, bumped)
     result = _deploy(pipeline_config, mirror)
     assert result["files"] == {"added": 0, "modified": 1, "deleted": 0}
+    # What the master's caches forget: the formula's changed file, not the gitlink.
+    assert result["changes"] == {"paths": ["formulas/nginx-formula/nginx/init.sls"], "listing": False}
     assert _served(pipeline_config)["formulas/nginx-formula/nginx/init.sls"] == "nginx:\n  pkg.latest\n"
     assert ServedDir(pipeline_config.environment("test").path).drift(mirror.objects) == {
         "added": [],
