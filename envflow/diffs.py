@@ -10,7 +10,7 @@ import sys
 
 import pygit2
 
-from envflow import history, holds, pipeline
+from envflow import history, holds, pipeline, submodules
 from envflow.errors import Diverged, EnvflowError
 from envflow.served import ServedDir
 from envflow.text import capped, short
@@ -104,6 +104,9 @@ def compare(mirror, old, new, patch=False, private=()):
             "removed": removed,
         },
     }
+    moved = submodules.bumps(mirror, old, new)
+    if moved:
+        report["submodules"] = moved
     if patch:
         report["patch"] = shown.text(old and short(old), short(new))
     return report

@@ -29,6 +29,7 @@ class Promotion:
     new: str
     commits: list
     files: list
+    submodules: list = field(default_factory=list)  # one line per submodule moved (submodules.bumps)
 
     def as_dict(self):
         """The promotion as the small structured dict runners return (long lists cut at 50)."""
@@ -40,6 +41,7 @@ class Promotion:
             "new": self.new,
             "commits": capped([f"{_short(cid)} {summary}" for cid, summary in self.commits]),
             "files": capped([f"{status} {path}" for status, path in self.files]),
+            **({"submodules": self.submodules} if self.submodules else {}),
         }
 
 
@@ -132,6 +134,7 @@ def plan(config, mirror, name, rev=None, master=None):
         new=str(target.id),
         commits=mirror.commits(target.id, old),
         files=mirror.changed_files(old, target.id),
+        submodules=submodules.bumps(mirror, str(old) if old is not None else None, str(target.id)),
     )
 
 
@@ -316,6 +319,9 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
         if result["changed"]:
             result["changes"] = tree_changes(mirror, before, deployment.commit.id, served)
             entry = {"action": "deployed", "env": env.name, "by": by, "from": before, "to": str(deployment.commit.id)}
+            moved = submodules.bumps(mirror, before, str(deployment.commit.id))
+            if moved:
+                entry["submodules"] = moved
             if bypassed:
                 entry.update(bypassed=bypassed, reason=holds.reason_text(reason, "a forced deploy"))
             warning = holds.record_after(mirror, entry)
@@ -534,6 +540,8 @@ def _promotion_entry(promotion, served_before, bypassed, reason, by):
     }
     if moved and served_before != promotion.old:
         entry["served_before"] = served_before
+    if promotion.submodules:
+        entry["submodules"] = promotion.submodules
     if bypassed:
         entry.update(bypassed=bypassed, reason=holds.reason_text(reason, "a forced promotion"))
 

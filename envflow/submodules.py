@@ -262,3 +262,58 @@ class Composer:
             return self.mirror.repo[pin].peel(pygit2.Commit)
         finally:
             mirror.close()
+
+
+def bumps(mirror, old_id, new_id):
+    """One line per submodule that differs between two commits of ``mirror``, for promotions, diffs and history.
+
+    ``formulas/nginx-formula: 3f2c9a1e0b -> 8d1e0f2a3c (4 commits)``, ``...:
+    added at 3f2c9a1e0b``, ``...: removed (was 3f2c9a1e0b)``; a pin moved back
+    says ``(back 2 commits)``. The commits are counted in the submodule's
+    mirror, fetched if it lacks a pin; when that fails the line says so.
+    Nested submodules move with their formula's pin, whose history tells.
+    """
+    repo = mirror.repo
+    if new_id not in repo or (old_id is not None and old_id not in repo):
+        return []  # a commit this mirror has not fetched (another master's): nothing to tell from here
+    old_tree = repo[old_id].peel(pygit2.Tree) if old_id is not None else None
+    new_tree = repo[new_id].peel(pygit2.Tree)
+    moved = checkout.changes(old_tree, new_tree, kinds=(FileMode.COMMIT,))
+    if not moved:
+        return []
+    try:
+        urls = parse_gitmodules(new_tree[GITMODULES].data)
+    except (KeyError, SubmoduleError):
+        urls = {}
+    lines = []
+    for path, old, new in moved:
+        if new is None:
+            lines.append(f"{path}: removed (was {short(old[0])})")
+        elif old is None:
+            lines.append(f"{path}: added at {short(new[0])}")
+        else:
+            counted = _counted(mirror, path, urls.get(path), str(old[0]), str(new[0]))
+            lines.append(f"{path}: {short(old[0])} -> {short(new[0])} ({counted})")
+    return lines
+
+
+def _counted(mirror, path, url, old, new):
+    """``4 commits``, ``back 2 commits`` or ``2 commits, 1 dropped``, from the submodule's mirror; or why not."""
+    if url is None:
+        return "commits not known: not in .gitmodules"
+    url = resolve_url(url, mirror.url)
+    try:
+        check_url(path, url, mirror.url)
+        with Mirror(url, mirror.cachedir, mirror.credentials, mirror.timeout) as held:
+            if old not in held.repo or new not in held.repo:
+                held.fetch()
+            if old not in held.repo or new not in held.repo:
+                return f"commits not known: {held.shown} lacks a pin"
+            ahead = len(held.commits(new, old, limit=10_000))
+            behind = len(held.commits(old, new, limit=10_000))
+    except EnvflowError as exc:
+        return f"commits not known: {str(exc).removeprefix('envflow: ')}"
+    if behind and not ahead:
+        return f"back {behind} commit{'s' if behind != 1 else ''}"
+    counted = f"{ahead} commit{'s' if ahead != 1 else ''}"
+    return f"{counted}, {behind} dropped" if behind else counted

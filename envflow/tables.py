@@ -177,7 +177,13 @@ def history_table(report):
         ]
         for entry in entries
     ]
-    return table(headers, rows)
+    lines = table(headers, rows).split("\n")
+    # Each submodule a promotion or deploy moved, on a line of its own under the entry's row.
+    shown = [lines[0]]
+    for line, entry in zip(lines[1:], entries, strict=True):
+        shown.append(line)
+        shown.extend(f"    {cell(moved)}" for moved in entry.get("submodules") or [])
+    return "\n".join(shown)
 
 
 def diff_text(report):
@@ -197,6 +203,7 @@ def diff_text(report):
         ("commits", f"commits ({totals.get('commits', 0)}):"),
         ("dropped", f"dropped, not in {short(new)} ({totals.get('dropped', 0)}):"),
         ("files", f"files ({totals.get('files', 0)}, +{totals.get('added', 0)} -{totals.get('removed', 0)}):"),
+        ("submodules", f"submodules ({len(report.get('submodules') or [])}):"),
     )
     for key, title in sections:
         if report.get(key):

@@ -194,3 +194,48 @@ def test_submodules_off_refuse_a_commit_with_a_gitlink(remote, formula, mirror, 
     remote.submodule("develop", "formulas/nginx-formula", formula.path, formula.tip("develop"))
     message = _refused(remote, mirror, off, "holds submodules (formulas/nginx-formula) and envflow:submodules is false")
     assert message.endswith("turn submodules on, or remove the gitlinks from the branch")
+
+
+def test_promotions_diffs_and_the_history_name_each_submodule_moved(remote, formula, mirror, pipeline_config):
+    """``formulas/nginx-formula: 3f2c9a1 -> 8d1e0f2 (4 commits)``, added and removed ones too."""
+    from envflow import diffs, history, tables  # pylint: disable=import-outside-toplevel
+
+    first = formula.tip("develop")
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, first)
+    _deploy(pipeline_config, mirror)
+    mirror.fetch()
+    pipeline.promote(pipeline_config, mirror, "stage", by="alice")
+    for number in range(4):
+        formula.commit("develop", {"nginx/init.sls": f"# v{number}\n"})
+    bumped = formula.tip("develop")
+    users = Remote(remote.path + "-users", files={"users/init.sls": "# users\n"})
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, bumped)
+    remote.submodule("develop", "formulas/users-formula", users.path, users.tip("develop"))
+    _deploy(pipeline_config, mirror)
+    mirror.fetch()
+    expected = [
+        f"formulas/nginx-formula: {first[:10]} -> {bumped[:10]} (4 commits)",
+        f"formulas/users-formula: added at {users.tip('develop')[:10]}",
+    ]
+    promotion = pipeline.plan(pipeline_config, mirror, "stage")
+    assert promotion.as_dict()["submodules"] == expected
+    assert diffs.promotion(pipeline_config, mirror, "stage")["submodules"] == expected
+    text = tables.diff_text(diffs.promotion(pipeline_config, mirror, "stage"))
+    assert f"submodules (2):\n  {expected[0]}\n  {expected[1]}" in text
+    pipeline.promote(pipeline_config, mirror, "stage", by="alice")
+    entry = history.entries(mirror, "stage", limit=1)[0]
+    assert entry["submodules"] == expected
+    assert expected[0] in tables.history_table({"history": [entry]})
+    # Moved back, and removed.
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, first)
+    remote.submodule("develop", "formulas/users-formula", None)
+    _deploy(pipeline_config, mirror)
+    mirror.fetch()
+    assert pipeline.plan(pipeline_config, mirror, "stage").as_dict()["submodules"] == [
+        f"formulas/nginx-formula: {bumped[:10]} -> {first[:10]} (back 4 commits)",
+        f"formulas/users-formula: removed (was {users.tip('develop')[:10]})",
+    ]
+    assert history.entries(mirror, "test", limit=1)[0]["submodules"] == [
+        f"formulas/nginx-formula: {bumped[:10]} -> {first[:10]} (back 4 commits)",
+        f"formulas/users-formula: removed (was {users.tip('develop')[:10]})",
+    ]
