@@ -22,7 +22,17 @@ from envflow.text import echo
 _SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # Settings given for the whole block that an environment may override.
 _SHARED_KEYS = {"states", "pillar", "sync_minions"}
-_TOP_KEYS = {"repo", "environments", "master_config", "credentials", "timeout", "webhook", "submodules", *_SHARED_KEYS}
+_TOP_KEYS = {
+    "repo",
+    "environments",
+    "master_config",
+    "credentials",
+    "timeout",
+    "webhook",
+    "submodules",
+    "submodule_credentials",
+    *_SHARED_KEYS,
+}
 _ENV_KEYS = {"name", "branch", "path"}
 _OPTIONAL_ENV_KEYS = {"target", "gates", "preview_path", *_SHARED_KEYS}
 # The saltenv of an environment's preview directory is its name with this suffix.
@@ -137,6 +147,8 @@ class Config:
     timeout: int = DEFAULT_TIMEOUT
     webhook: Webhook = dataclasses.field(default_factory=Webhook)
     submodules: bool = True
+    # ``(url prefix, Credentials)``, longest prefix first: a submodule remote under one uses those credentials.
+    submodule_credentials: tuple = ()
 
     def environment(self, name):
         """Return the environment called ``name``, or raise :class:`UnknownEnvironment`."""
@@ -334,9 +346,8 @@ def _secret(raw, name, key):
     return value
 
 
-def _credentials(raw, repo, resolve):
-    """Validate ``envflow:credentials`` for the remote ``repo``."""
-    key = "envflow:credentials"
+def _credentials(raw, repo, resolve, key="envflow:credentials", repo_key="envflow:repo"):
+    """Validate ``envflow:credentials`` (or the block at ``key``) for the remote ``repo`` (set at ``repo_key``)."""
     where = endpoint(repo)
     if raw is None:
         raw = {}
@@ -347,12 +358,12 @@ def _credentials(raw, repo, resolve):
         _fail(key, f"unknown key {echo(unknown[0])}; known keys: {', '.join(_CREDENTIAL_KEYS)}")
     given = [name for name in _CREDENTIAL_KEYS if raw.get(name) not in (None, False)]
     if given and where.scheme == "local":
-        _fail(f"{key}:{given[0]}", "envflow:repo is a repository on this machine, which needs no credentials")
+        _fail(f"{key}:{given[0]}", f"{repo_key} is a repository on this machine, which needs no credentials")
     for names, scheme in ((_SSH_KEYS, "ssh"), (_HTTP_KEYS, "http")):
         wrong = [name for name in given if name in names and not where.scheme.startswith(scheme)]
         if wrong and where.scheme != "local":
             kind = "ssh:// and user@host:path" if scheme == "ssh" else "https:// and http://"
-            _fail(f"{key}:{wrong[0]}", f"is for {kind} remotes, and envflow:repo is {where.scheme}")
+            _fail(f"{key}:{wrong[0]}", f"is for {kind} remotes, and {repo_key} is {where.scheme}")
     ssh_key = _path(raw["ssh_key"], f"{key}:ssh_key", "/etc/salt/envflow/id_ed25519") if raw.get("ssh_key") else None
     ssh_agent = _flag(raw, "ssh_agent", key)
     if ssh_key and ssh_agent:
@@ -368,22 +379,18 @@ def _credentials(raw, repo, resolve):
         username = _string(username, f"{key}:username", "envflow")
     password = _secret(raw, "password", key)
     if password is not None and username is None and where.user is None:
-        _fail(f"{key}:password", "needs a username: set envflow:credentials:username")
+        _fail(f"{key}:password", f"needs a username: set {key}:username")
     if where.scheme == "ssh" and where.user is None and username is None:
         _fail(
-            "envflow:repo",
-            f"{echo(redact(repo))} names no ssh user; write it as ssh://git@host/path, "
-            "or set envflow:credentials:username",
+            repo_key,
+            f"{echo(redact(repo))} names no ssh user; write it as ssh://git@host/path, or set {key}:username",
         )
     ca_bundle = raw.get("ca_bundle")
     if ca_bundle is not None:
         ca_bundle = _path(ca_bundle, f"{key}:ca_bundle", "/etc/ssl/certs/internal-ca.pem")
     allow_http = _flag(raw, "allow_http", key)
     if where.scheme == "http" and (password is not None or where.password is not None) and not allow_http:
-        _fail(
-            "envflow:repo",
-            "http:// would send the password unencrypted; use https://, or set envflow:credentials:allow_http: true",
-        )
+        _fail(repo_key, f"http:// would send the password unencrypted; use https://, or set {key}:allow_http: true")
     return Credentials(
         ssh_key=ssh_key,
         ssh_passphrase=passphrase,
@@ -471,6 +478,20 @@ def _check_preview_saltenvs(environments):
             )
 
 
+def _submodule_credentials(raw, resolve):
+    """Validate ``envflow:submodule_credentials``: ``{url prefix: credentials block}``, longest prefix first."""
+    key = "envflow:submodule_credentials"
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not all(isinstance(prefix, str) and prefix for prefix in raw):
+        _fail(key, "must map URL prefixes to credentials, such as {'https://github.com/acme/': {username: ...}}")
+    found = []
+    for prefix, block in raw.items():
+        shown = echo(redact(prefix))
+        found.append((prefix, _credentials(block, prefix, resolve, key=f"{key}:{shown}", repo_key=f"{key}:{shown}")))
+    return tuple(sorted(found, key=lambda pair: -len(pair[0])))
+
+
 def _submodules(value):
     if not isinstance(value, bool):
         _fail("envflow:submodules", f"{echo(value)} is not true or false; submodules are served unless set to false")
@@ -529,4 +550,5 @@ def parse(raw, resolve=None):
         timeout=_timeout(raw.get("timeout")),
         webhook=_webhook(raw.get("webhook"), resolve),
         submodules=_submodules(raw.get("submodules", True)),
+        submodule_credentials=_submodule_credentials(raw.get("submodule_credentials"), resolve),
     )

@@ -188,9 +188,10 @@ class Mirror:
     long-lived processes such as the master.
     """
 
-    def __init__(self, url, cachedir, credentials=None, timeout=None):
+    def __init__(self, url, cachedir, credentials=None, timeout=None, submodule_credentials=()):
         self.url = url
         self.credentials = credentials
+        self.submodule_credentials = submodule_credentials  # (url prefix, Credentials), longest first
         self.timeout = timeout
         self.shown = redact(url)
         digest = hashlib.sha256(self.shown.encode()).hexdigest()[:16]
@@ -203,7 +204,7 @@ class Mirror:
     @classmethod
     def of(cls, config, cachedir):
         """The mirror of the repository of ``config`` (a :class:`envflow.config.Config`), with its credentials."""
-        return cls(config.repo, cachedir, config.credentials, config.timeout)
+        return cls(config.repo, cachedir, config.credentials, config.timeout, config.submodule_credentials)
 
     def __enter__(self):
         return self
@@ -322,6 +323,17 @@ class Mirror:
         if objects not in self._borrowed:
             self.repo.odb.add_disk_alternate(objects)
             self._borrowed.add(objects)
+
+    def of_submodule(self, url):
+        """The mirror of a submodule's remote ``url``, beside this one, with the credentials configured for it.
+
+        Those of the longest ``envflow:submodule_credentials`` prefix of
+        ``url``, else the main remote's.
+        """
+        credentials = next(
+            (found for prefix, found in self.submodule_credentials if url.startswith(prefix)), self.credentials
+        )
+        return Mirror(url, self.cachedir, credentials, self.timeout)
 
     def _copy_local_refs(self, repo, remote):
         """Set the mirror's branches, tags and notes to a local remote's, pruning the others; ``False`` if it cannot.

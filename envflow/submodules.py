@@ -18,7 +18,7 @@ from pygit2.enums import FileMode
 
 from envflow import checkout, trees
 from envflow.errors import EnvflowError
-from envflow.remote import Mirror, redact
+from envflow.remote import redact
 from envflow.text import echo, short
 
 
@@ -208,7 +208,7 @@ class Composer:
                 for name, info in known.items():
                     if name == full or name.startswith(f"{full}/"):
                         served[name] = info
-                        self.mirror.borrow(self._mirror_of(info["url"]).objects)
+                        self.mirror.borrow(self.mirror.of_submodule(info["url"]).objects)
                 subtrees[path] = held["tree"]
                 continue
             inner = self._commit_of(full, url, pin).peel(pygit2.Tree)
@@ -239,12 +239,9 @@ class Composer:
             urls[path] = listed[path]
         return urls
 
-    def _mirror_of(self, url):
-        return Mirror(url, self.mirror.cachedir, self.mirror.credentials, self.mirror.timeout)
-
     def _commit_of(self, path, url, pin):
         """The pinned commit, from the submodule remote's mirror, fetched when it lacks the pin."""
-        mirror = self._mirror_of(url)
+        mirror = self.mirror.of_submodule(url)
         try:
             if pin not in mirror.repo:
                 try:
@@ -304,7 +301,7 @@ def _counted(mirror, path, url, old, new):
     url = resolve_url(url, mirror.url)
     try:
         check_url(path, url, mirror.url)
-        with Mirror(url, mirror.cachedir, mirror.credentials, mirror.timeout) as held:
+        with mirror.of_submodule(url) as held:
             if old not in held.repo or new not in held.repo:
                 held.fetch()
             if old not in held.repo or new not in held.repo:

@@ -129,3 +129,65 @@ def test_paths_that_leave_the_tree_or_name_git_are_refused(path):
 def test_ordinary_paths_pass():
     for path in ("formulas/nginx-formula", "nginx", "a b/c.d"):
         submodules.check_path(path)
+
+
+def _block(**extra):
+    return {
+        "repo": "ssh://git@git.example.com/org/salt.git",
+        "environments": [{"name": "test", "branch": "develop", "path": "/srv/salt/test"}],
+        **extra,
+    }
+
+
+def test_each_submodule_remote_uses_the_credentials_of_its_longest_configured_prefix(tmp_path):
+    from envflow.config import parse  # pylint: disable=import-outside-toplevel
+    from envflow.remote import Mirror  # pylint: disable=import-outside-toplevel
+
+    config = parse(
+        _block(
+            credentials={"ssh_agent": False, "username": "git"},
+            submodule_credentials={
+                "https://github.com/": {"username": "reader", "password": "general-token"},
+                "https://github.com/acme/": {"username": "acme-bot", "password": "acme-token"},
+            },
+        )
+    )
+    mirror = Mirror.of(config, str(tmp_path))
+    assert mirror.of_submodule("https://github.com/acme/nginx-formula.git").credentials.username == "acme-bot"
+    assert mirror.of_submodule("https://github.com/saltstack-formulas/x.git").credentials.username == "reader"
+    assert mirror.of_submodule("ssh://git@git.example.com/org/f.git").credentials == config.credentials
+    assert "acme-token" not in repr(config) and "general-token" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("https://github.com/", "envflow:submodule_credentials: must map URL prefixes to credentials"),
+        (
+            {"https://github.com/": {"ssh_key": "/etc/salt/key"}},
+            "envflow:submodule_credentials:'https://github.com/':ssh_key: is for ssh:// and user@host:path remotes",
+        ),
+        (
+            {"https://github.com/": {"password": "x"}},
+            "envflow:submodule_credentials:'https://github.com/':password: needs a username",
+        ),
+    ],
+)
+def test_bad_submodule_credentials_are_refused_in_one_line(value, message):
+    from envflow.config import parse  # pylint: disable=import-outside-toplevel
+    from envflow.errors import ConfigError  # pylint: disable=import-outside-toplevel
+
+    with pytest.raises(ConfigError) as refused:
+        parse(_block(submodule_credentials=value))
+    assert message in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_submodules_is_true_or_false():
+    from envflow.config import parse  # pylint: disable=import-outside-toplevel
+    from envflow.errors import ConfigError  # pylint: disable=import-outside-toplevel
+
+    assert parse(_block()).submodules is True
+    assert parse(_block(submodules=False)).submodules is False
+    with pytest.raises(ConfigError, match="envflow:submodules: 'no' is not true or false"):
+        parse(_block(submodules="no"))
