@@ -406,6 +406,9 @@ def deploy_preview(config, mirror, name, rev=None, branch=None, force=False):
             raise
         old, drift = None, {"added": [], "modified": [], "deleted": []}
     preview = {"env": name, "path": env.path, "new": commit_info(commit), "old": old, "drift": drift, "test": True}
+    moved = submodules.bumps(mirror, old["id"] if old else None, str(commit.id))
+    if moved:
+        preview["submodules"] = moved
     if pin:
         preview["pinned"] = pin
         preview["comment"] = holds.pinned_comment(env.name, pin)

@@ -15,7 +15,7 @@ from envflow.errors import Drift, EnvflowError
 from envflow.layout import Layout
 from envflow.remote import Mirror
 from envflow.served import ServedDir
-from tests.gitrepo import BRANCHES, Remote, config, git, tree_files
+from tests.gitrepo import BRANCHES, Remote, Symlink, config, git, tree_files
 
 NGINX = {"nginx/init.sls": "nginx:\n  pkg.installed\n", "nginx/map.jinja": "{% set nginx = {} %}\n"}
 
@@ -239,3 +239,28 @@ def test_promotions_diffs_and_the_history_name_each_submodule_moved(remote, form
         f"formulas/nginx-formula: {bumped[:10]} -> {first[:10]} (back 4 commits)",
         f"formulas/users-formula: removed (was {users.tip('develop')[:10]})",
     ]
+
+
+def test_a_deploy_in_test_mode_names_the_submodules_it_would_move(remote, formula, mirror, pipeline_config):
+    _deploy(pipeline_config, mirror)
+    pin = formula.tip("develop")
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, pin)
+    mirror.fetch()
+    before = _served(pipeline_config)
+    preview = pipeline.deploy_preview(pipeline_config, mirror, "test")
+    assert preview["submodules"] == [f"formulas/nginx-formula: added at {pin[:10]}"]
+    assert _served(pipeline_config) == before
+
+
+def test_the_symlink_policy_applies_inside_a_submodule(remote, mirror, pipeline_config, tmp_path):
+    """A formula's symlink out of the tree is refused as one in the main repository would be; one inside is served."""
+    linked = Remote(
+        tmp_path / "linked-formula",
+        files={"f/init.sls": "# f\n", "f/inside.sls": Symlink("init.sls"), "f/secret": Symlink("/etc/shadow")},
+    )
+    remote.submodule("develop", "formulas/f", linked.path, linked.tip("develop"))
+    result = _deploy(pipeline_config, mirror)
+    assert [link["path"] for link in result["refused_links"]] == ["formulas/f/f/secret"]
+    served = _served(pipeline_config)
+    assert served["formulas/f/f/inside.sls"] == Symlink("init.sls")
+    assert "formulas/f/f/secret" not in served
