@@ -152,7 +152,7 @@ class Composer:
         self.enabled = enabled
 
     def __call__(self, commit, previous=None):
-        """``(tree id, submodules)`` to serve ``commit``; ``(None, None)`` when it holds no submodule.
+        """``(tree id, submodules)`` to serve ``commit``; ``(None, {})`` when it holds no submodule.
 
         ``previous`` is the served slot's record: what it composed is reused,
         so a deploy where no pin changed does no submodule work.
@@ -163,7 +163,7 @@ class Composer:
         plain = commit.peel(pygit2.Tree)
         links = self._gitlinks(repo, plain, previous)
         if not links:
-            return None, None
+            return None, {}  # known to hold none: the next deploy looks only at what changed since
         if not self.enabled:
             listed = ", ".join(sorted(links)[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
             raise SubmoduleError(

@@ -264,3 +264,16 @@ def test_the_symlink_policy_applies_inside_a_submodule(remote, mirror, pipeline_
     served = _served(pipeline_config)
     assert served["formulas/f/f/inside.sls"] == Symlink("init.sls")
     assert "formulas/f/f/secret" not in served
+
+
+def test_a_commit_without_submodules_is_not_walked_for_them_again(remote, mirror, pipeline_config, monkeypatch):
+    """Known to hold none, the next deploy looks at the change since for gitlinks, not at every folder."""
+    from envflow import trees  # pylint: disable=import-outside-toplevel
+
+    _deploy(pipeline_config, mirror)
+    walked = []
+    whole = trees.gitlinks
+    monkeypatch.setattr(trees, "gitlinks", lambda *args: walked.append(args) or whole(*args))
+    remote.commit("develop", {"web/init.sls": "# web v2\n"})
+    _deploy(pipeline_config, mirror)
+    assert walked == []
