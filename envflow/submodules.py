@@ -118,8 +118,8 @@ def check_url(path, url, main_url):
     raise SubmoduleError(f"envflow: {where} url {shown} {reason}; fix {GITMODULES} in the commit and push it")
 
 
-def check_path(path):
-    """Refuse a submodule path that leaves the tree or names ``.git``."""
+def check_path(path, url=None):
+    """Refuse a submodule path that leaves the tree or names ``.git`` (``url``: its URL, for the message)."""
     parts = path.split("/")
     if (
         not path
@@ -127,8 +127,10 @@ def check_path(path):
         or posixpath.normpath(path) != path
         or any(part in ("", ".", "..") or part.lower() == ".git" for part in parts)
     ):
+        source = f" (url {echo(redact(url))})" if url else ""
         raise SubmoduleError(
-            f"envflow: submodule path {echo(path)} leaves the tree or names .git; move the submodule and push it"
+            f"envflow: submodule path {echo(path)}{source} leaves the tree or names .git; "
+            "move the submodule and push it"
         )
 
 
@@ -230,7 +232,7 @@ class Composer:
             listed = {}
         urls = {}
         for path in sorted(links):
-            check_path(path)
+            check_path(path, listed.get(path))
             if path not in listed:
                 raise SubmoduleError(
                     f"envflow: submodule {echo(prefix + path)} is not listed in {prefix}{GITMODULES}; "

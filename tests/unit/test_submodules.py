@@ -191,3 +191,10 @@ def test_submodules_is_true_or_false():
     assert parse(_block(submodules=False)).submodules is False
     with pytest.raises(ConfigError, match="envflow:submodules: 'no' is not true or false"):
         parse(_block(submodules="no"))
+
+
+def test_a_path_refusal_names_the_url_redacted():
+    with pytest.raises(SubmoduleError) as refused:
+        submodules.check_path("../x", "https://bot:t0ken@host/x.git")
+    assert "submodule path '../x' (url 'https://***@host/x.git') leaves the tree" in str(refused.value)
+    assert "t0ken" not in str(refused.value)
