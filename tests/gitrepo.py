@@ -28,9 +28,11 @@ def git(*args, cwd=None, text=True, input=None, check=True):
 class Remote:
     """A bare repository standing for the team's automation repository, and a clone to commit from."""
 
-    def __init__(self, root, files=None):
-        self.path = os.path.join(str(root), "automation.git")
-        self.work = os.path.join(str(root), "work")
+    def __init__(self, root, files=None, name="automation"):
+        """``<root>/<name>.git``, with ``files`` in one commit on each of :data:`BRANCHES`; other names than the
+        automation repository's (a formula's) may share ``root`` with it, each with a clone of its own."""
+        self.path = os.path.join(str(root), f"{name}.git")
+        self.work = os.path.join(str(root), "work" if name == "automation" else f"{name}.work")
         git("init", "-q", "--bare", "-b", "develop", self.path)
         git("init", "-q", "-b", "develop", self.work)
         git("remote", "add", "origin", self.path, cwd=self.work)
@@ -148,3 +150,77 @@ def tree_files(path):
                 with open(full, encoding="utf-8", errors="replace") as handle:
                     found[rel] = handle.read()
     return found
+
+
+def files_at(git_dir, rev, submodules=None):
+    """What a recursive checkout of ``rev`` in ``git_dir`` holds, as :func:`tree_files` reads a served tree.
+
+    Each gitlink is replaced by the files of the repository ``submodules``
+    maps its path to (a bare repository's folder), at the commit it pins;
+    the paths of nested ones are ``outer/inner``.
+    """
+    submodules = submodules or {}
+    found = {}
+    for record in git("ls-tree", "-r", "-z", "--full-tree", rev, cwd=git_dir).split("\0"):
+        if not record:
+            continue
+        meta, path = record.split("\t", 1)
+        mode, kind, oid = meta.split()
+        if kind == "commit":
+            nested = {sub[len(path) + 1 :]: where for sub, where in submodules.items() if sub.startswith(f"{path}/")}
+            inner = files_at(submodules[path], oid, nested)
+            found.update({f"{path}/{rel}": content for rel, content in inner.items()})
+            continue
+        content = git("cat-file", "blob", oid, cwd=git_dir, text=False).decode("utf-8", errors="replace")
+        found[path] = Symlink(content) if mode == "120000" else content
+    return found
+
+
+_FORMULA = {
+    "FORMULA": "name: NAME\nos: Debian, RedHat, Suse, Arch\nos_family: Debian, RedHat, Suse, Arch\n"
+    "version: VERSION\nrelease: 1\nminimum_version: 3006\nsummary: NAME formula\n",
+    "README.rst": "NAME-formula\n\nA formula for tests: its states install nothing.\n",
+    "pillar.example": "NAME:\n  lookup:\n    config_dir: /tmp/NAME\n",
+    "NAME/defaults.yaml": "NAME:\n  version: 'VERSION'\n  config_dir: 'OUT'\n",
+    "NAME/map.jinja": (
+        '{%- import_yaml "NAME/defaults.yaml" as defaults %}\n'
+        '{%- set NAME = salt["pillar.get"]("NAME:lookup", default=defaults.NAME, merge=True) %}\n'
+    ),
+    "NAME/init.sls": (
+        '{%- from "NAME/map.jinja" import NAME with context %}\n'
+        "include:\n  - NAME.config\n\n"
+        "NAME-version:\n  test.configurable_test_state:\n"
+        '    - name: "NAME {{ NAME.version }}"\n    - changes: False\n    - result: True\n'
+        '    - comment: "NAME {{ NAME.version }} in {{ saltenv }}"\n'
+    ),
+    "NAME/config.sls": (
+        '{%- from "NAME/map.jinja" import NAME with context %}\n'
+        "NAME-config:\n  file.managed:\n    - name: {{ NAME.config_dir }}/{{ saltenv }}/NAME.conf\n"
+        "    - makedirs: True\nCONTENT"
+    ),
+}
+
+
+def formula_files(name, version, out, template=None):
+    """The files of a formula repository laid out as saltstack-formulas' are, whose states install nothing.
+
+    ``<name>/init.sls`` includes ``<name>.config`` and reports
+    ``<name> <version> in <saltenv>`` in a ``test.configurable_test_state``,
+    ``version`` read from ``<name>/defaults.yaml`` through ``<name>/map.jinja``;
+    ``<name>/config.sls`` writes ``<out>/<saltenv>/<name>.conf``: the line
+    ``<name> <version>``, or the jinja template ``salt://<template>`` rendered with ``version``.
+    """
+    if template is None:
+        content = '    - contents: "NAME {{ NAME.version }}"\n'
+    else:
+        content = (
+            f"    - source: salt://{template}\n    - template: jinja\n"
+            '    - context:\n        version: "{{ NAME.version }}"\n'
+        )
+    return {
+        path.replace("NAME", name): text.replace("CONTENT", content)
+        .replace("NAME", name)
+        .replace("VERSION", version)
+        .replace("OUT", str(out))
+        for path, text in _FORMULA.items()
+    }

@@ -311,3 +311,56 @@ def test_orchestrate_stops_when_a_promotion_is_refused(site):
     assert steps["apply_stage"]["result"] is False
     assert "requisite failed" in steps["apply_stage"]["comment"].lower()
     assert (site.remote.refs(), site.deployed("stage"), site.out.read_text(encoding="utf-8")) == before
+
+
+# Issue 24: submodules.
+def test_a_formula_pinned_by_a_file_url_reaches_test_then_prod_and_a_pin_it_lacks_is_refused(site, tmp_path):
+    """A saltstack-formulas repository pinned by a ``file://`` URL: the minion applies it in test; a pin bump,
+    promoted to prod, is what prod's minion applies. A pin the formula's remote lacks fails the refresh in one
+    line naming the submodule, and test serves what it served."""
+    out = tmp_path / "out"
+    users = gitrepo.Remote(
+        os.path.dirname(site.remote.path), files=gitrepo.formula_files("users", "0.48.8", out), name="users-formula"
+    )
+    url = f"file://{users.path}"
+    pinned = site.remote.submodule(
+        "develop",
+        "formulas/users-formula",
+        url,
+        users.tip("master"),
+        files={"users": gitrepo.Symlink("formulas/users-formula/users")},
+        message="the users formula",
+    )
+
+    def applies(env, version):
+        states = _applied(ok(site.call("state.sls", "users", f"saltenv={env}")))
+        comments = {key.split("_|-")[1]: state["comment"] for key, state in states.items()}
+        assert comments["users-version"] == f"users {version} in {env}", states
+        assert (out / env / "users.conf").read_text(encoding="utf-8") == f"users {version}\n"
+
+    assert ok(site.run("envflow.refresh", "test"))["environments"]["test"]["new"] == pinned
+    repositories = {"formulas/users-formula": users.path}
+    assert gitrepo.tree_files(site.paths["test"]) == gitrepo.files_at(site.remote.path, pinned, repositories)
+    applies("test", "0.48.8")
+
+    defaults = gitrepo.formula_files("users", "0.49.0", out)["users/defaults.yaml"]
+    users.commit("master", {"users/defaults.yaml": defaults}, message="users 0.49.0")
+    bumped = site.remote.submodule("develop", "formulas/users-formula", url, users.tip("master"), message="bump")
+    assert ok(site.run("envflow.refresh", "test"))["environments"]["test"]["new"] == bumped
+    assert ok(site.run("envflow.promote", "stage"))["new"] == bumped
+    assert ok(site.run("envflow.promote", "prod"))["new"] == bumped
+    assert gitrepo.tree_files(site.paths["prod"]) == gitrepo.files_at(site.remote.path, bumped, repositories)
+    applies("prod", "0.49.0")
+
+    served = gitrepo.tree_files(site.paths["test"]), site.deployed("test")
+    missing = os.urandom(20).hex()
+    site.remote.submodule("develop", "formulas/users-formula", url, missing, message="a pin the formula lacks")
+    try:
+        error = _one_line_failure(site.run("envflow.refresh", "test"))
+    finally:
+        site.remote.set_branch("develop", bumped)
+    assert error == (
+        f"test: envflow: submodule 'formulas/users-formula' pins {missing[:10]}, which {url} does not have; "
+        "push that commit to the submodule's remote (or pin one it has)"
+    )
+    assert (gitrepo.tree_files(site.paths["test"]), site.deployed("test")) == served

@@ -131,3 +131,97 @@ def test_a_changed_host_key_fails_salt_run_in_one_line_and_changes_nothing(ssh_s
     assert (remote.refs(), site.served()) == before
     # The next run, with the right key listed again, works.
     assert ok(site.run_cli.run("envflow.refresh", "test"))["environments"]["test"]["changed"] is True
+
+
+def _applied(ret):
+    """``{state id: result}`` of a state run on the minion, asserting every state succeeded."""
+    states = {key.split("_|-")[1]: state for key, state in ok(ret).items()}
+    assert states, "the state run ran no state"
+    failed = {name: state for name, state in states.items() if state["result"] is not True}
+    assert not failed, failed
+    return states
+
+
+NGINX_TEMPLATE = "nginx.conf.jinja"
+TEMPLATES = {NGINX_TEMPLATE: "# nginx {{ version }}, from nginx-templates\nworker_processes auto;\n"}
+
+
+def test_formulas_pinned_as_submodules_through_sshd_reach_the_minion_in_test_then_prod(ssh_site, tmp_path):
+    """Issue 24: two saltstack-formulas repositories on the same sshd, pinned by URLs relative to the automation
+    repository's, nginx's templates a submodule of its own (relative too). The top file gives the minion a state
+    including both; it applies the pinned versions in test, then in prod once promoted, and a pin bump likewise."""
+    site, remote = ssh_site, ssh_site.remote
+    beside, out = os.path.dirname(remote.path), tmp_path / "out"
+    templates = gitrepo.Remote(beside, files=TEMPLATES, name="nginx-templates")
+    nginx = gitrepo.Remote(
+        beside,
+        files=gitrepo.formula_files("nginx", "1.24.0", out, template=f"nginx/files/default/{NGINX_TEMPLATE}"),
+        name="nginx-formula",
+    )
+    nginx.submodule("master", "nginx/files/default", "../nginx-templates.git", templates.tip("master"))
+    users = gitrepo.Remote(beside, files=gitrepo.formula_files("users", "0.48.8", out), name="users-formula")
+    repositories = {
+        "formulas/nginx-formula": nginx.path,
+        "formulas/nginx-formula/nginx/files/default": templates.path,
+        "formulas/users-formula": users.path,
+    }
+    top = "".join(f"{env}:\n  '{site.minion.id}':\n    - site\n" for env in ("test", "stage", "prod"))
+    remote.submodule("develop", "formulas/users-formula", "../users-formula.git", users.tip("master"))
+    pinned = remote.submodule(
+        "develop",
+        "formulas/nginx-formula",
+        "../nginx-formula.git",
+        nginx.tip("master"),
+        files={
+            "top.sls": top,
+            "site/init.sls": "include:\n  - nginx\n  - users\n",
+            # Where Salt finds the formulas' states (salt://nginx/init.sls), as file_roots would list each formula.
+            "nginx": gitrepo.Symlink("formulas/nginx-formula/nginx"),
+            "users": gitrepo.Symlink("formulas/users-formula/users"),
+        },
+        message="the nginx and users formulas",
+    )
+
+    def applies(env, nginx_version):
+        states = _applied(site.call_cli.run("state.apply", f"saltenv={env}"))
+        assert states["nginx-version"]["comment"] == f"nginx {nginx_version} in {env}", states
+        assert states["users-version"]["comment"] == f"users 0.48.8 in {env}", states
+        rendered = TEMPLATES[NGINX_TEMPLATE].replace("{{ version }}", nginx_version)
+        assert (out / env / "nginx.conf").read_text(encoding="utf-8") == rendered
+        assert (out / env / "users.conf").read_text(encoding="utf-8") == "users 0.48.8\n"
+
+    def promote_to_prod(commit):
+        promoted = ok(site.run_cli.run("envflow.promote", "stage"))
+        assert promoted["new"] == commit, promoted
+        ok(site.run_cli.run("envflow.approve", "prod"))
+        promoted = ok(site.run_cli.run("envflow.promote", "prod"))
+        assert promoted["new"] == commit, promoted
+        return promoted
+
+    assert ok(site.run_cli.run("envflow.refresh", "test"))["environments"]["test"]["new"] == pinned
+    expected = gitrepo.files_at(remote.path, pinned, repositories)
+    assert expected["formulas/nginx-formula/nginx/files/default/nginx.conf.jinja"] == TEMPLATES[NGINX_TEMPLATE]
+    served = gitrepo.tree_files(site.paths["test"])
+    assert served == expected
+    assert not [path for path in served if ".git" in path.split("/")]
+    applies("test", "1.24.0")
+    promote_to_prod(pinned)
+    applies("prod", "1.24.0")
+
+    old_pin = nginx.tip("master")
+    defaults = gitrepo.formula_files("nginx", "1.25.3", out)["nginx/defaults.yaml"]
+    nginx.commit("master", {"nginx/defaults.yaml": defaults}, message="nginx 1.25.3")
+    bumped = remote.submodule(
+        "develop", "formulas/nginx-formula", "../nginx-formula.git", nginx.tip("master"), message="nginx 1.25.3"
+    )
+    assert ok(site.run_cli.run("envflow.refresh", "test"))["environments"]["test"]["new"] == bumped
+    applies("test", "1.25.3")
+    applies("prod", "1.24.0")
+    assert gitrepo.tree_files(site.paths["prod"]) == expected
+    promoted = promote_to_prod(bumped)
+    assert promoted["submodules"] == [
+        f"formulas/nginx-formula: {old_pin[:10]} -> {nginx.tip('master')[:10]} (1 commit)"
+    ], promoted
+    applies("prod", "1.25.3")
+    expected = gitrepo.files_at(remote.path, bumped, repositories)
+    assert site.served() == {"test": expected, "stage": expected, "prod": expected}
