@@ -4,6 +4,7 @@
     python3 tests/run.py --salt 3008      # one Salt line only
     python3 tests/run.py -k promote -x    # other arguments go to pytest
     python3 tests/run.py tests/unit       # paths replace the default ``tests``
+    python3 tests/run.py -n 0 tests/unit  # one test at a time (two pytest-xdist workers otherwise)
 
 It sets up ``.venvs/salt3008`` and ``.venvs/salt3006`` (see ``tests/venvs.py``),
 installs envflow into each from this checkout, checks the code with ruff, and
@@ -133,6 +134,13 @@ def parse_args(argv):
         os.path.exists(os.path.join(REPO, arg.split("::")[0])) for arg in pytest_args if not arg.startswith("-")
     ):
         pytest_args = ["tests", *pytest_args]
+    # Two workers (pytest-xdist), each test module whole in one of them (its module fixtures: a master, a minion, a
+    # server): the integration tests spend most of their time waiting on Salt's daemons, so two at once keep the
+    # suite inside its 15 minutes per Salt line on a 2-core machine. -n 0 (or -p no:xdist) runs them one by one.
+    if not any(
+        arg in ("-n", "--numprocesses", "no:xdist") or arg.startswith(("-n", "--numprocesses=")) for arg in pytest_args
+    ):
+        pytest_args = ["-n", "2", "--dist", "loadfile", *pytest_args]
     return options, pytest_args
 
 
