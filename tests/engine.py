@@ -3,16 +3,19 @@
 Everything the engine tests call of ``envflow.served`` goes through the
 adapter at the top: whoever changes the engine's API adjusts it here only.
 The rest is independent of envflow: :class:`History` writes commits with
-``git fast-import``, :func:`expected` reads back what a commit holds with
-``git ls-tree`` and ``git cat-file`` and decides by its own rule which of its
-symlinks may be served, and :func:`on_disk` reads what a directory really
-holds, without following any link.
+``git fast-import`` (submodules too: gitlinks and their ``.gitmodules``),
+:func:`expected` reads back what a commit holds with ``git ls-tree`` and
+``git cat-file``, each submodule's files in place, and decides by its own
+rule which of its symlinks may be served, and :func:`on_disk` reads what a
+directory really holds, without following any link.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import posixpath
 import signal
 import stat
 import subprocess
@@ -24,6 +27,7 @@ from envflow import checkout
 from envflow.errors import Drift
 from envflow.remote import Mirror
 from envflow.served import ServedDir
+from envflow.submodules import Composer
 from tests.gitrepo import git
 
 # -- the engine, behind one adapter -------------------------------------------
@@ -33,12 +37,13 @@ Refused = Drift
 
 
 def deploy(path, mirror, rev, force=False, two_threads=False):
-    """Make ``path`` serve commit ``rev`` of ``mirror`` (fetched already); return the engine's result.
+    """Make ``path`` serve commit ``rev`` of ``mirror`` (fetched already), its submodules too; return the result.
 
+    Each submodule is fetched from its own remote when its mirror lacks the pin.
     With ``two_threads``, whole trees are written by two threads whatever their size, as large ones always are.
     """
     with whole_trees_in_two(two_threads):
-        return ServedDir(path).deploy(mirror.objects, mirror.commit(rev), force=force)
+        return ServedDir(path).deploy(mirror.objects, mirror.commit(rev), force=force, compose=Composer(mirror))
 
 
 @contextlib.contextmanager
@@ -179,6 +184,24 @@ class Link:
     target: str
 
 
+@dataclass(frozen=True)
+class Gitlink:
+    """A submodule: ``commit`` of the repository at ``url`` (as ``.gitmodules`` has it), named ``name`` there."""
+
+    commit: str
+    url: str
+    name: str
+
+
+def gitmodules(tree):
+    """The ``.gitmodules`` that lists ``tree``'s gitlinks, as ``git submodule add`` writes it; ``None`` for none."""
+    listed = sorted((path, entry) for path, entry in tree.items() if isinstance(entry, Gitlink))
+    if not listed:
+        return None
+    sections = (f'[submodule "{entry.name}"]\n\tpath = {path}\n\turl = {entry.url}\n' for path, entry in listed)
+    return "".join(sections).encode()
+
+
 class History:
     """A bare repository whose branch ``stage`` is given whole trees, one commit each."""
 
@@ -188,26 +211,35 @@ class History:
         git("init", "-q", "--bare", "-b", "stage", path)
 
     def commit(self, tree, message="change"):
-        """Commit ``tree`` (path -> :class:`File` or :class:`Link`) on ``stage``, exactly; return its id.
+        """Commit ``tree`` (path -> :class:`File`, :class:`Link`, :class:`Gitlink`) on ``stage`` exactly; return its id.
 
         fast-import takes every path as given, so ignored ones are committed
-        as ``git add -f`` would.
+        as ``git add -f`` would. Gitlinks come with a ``.gitmodules`` listing
+        them (:func:`gitmodules`), which ``tree`` must then not hold itself.
         """
+        modules = gitmodules(tree)
+        if modules is not None:
+            assert ".gitmodules" not in tree, "a tree with gitlinks gets its .gitmodules from them"
+            tree = {**tree, ".gitmodules": File(modules)}
         when = 1_700_000_000 + len(self.commits)
         text = message.encode()
-        stream = [b"commit refs/heads/stage\n", b"committer Test <test@example.com> %d +0000\n" % when]
+        stream = [b"commit refs/heads/stage\n", b"mark :1\n", b"committer Test <test@example.com> %d +0000\n" % when]
         stream.append(b"data %d\n%s\n" % (len(text), text))
         if self.commits:
             stream.append(b"from %s\n" % self.commits[-1].encode())
         stream.append(b"deleteall\n")
         for path, entry in sorted(tree.items()):
+            if isinstance(entry, Gitlink):
+                stream.append(b"M 160000 %s %s\n" % (entry.commit.encode(), os.fsencode(path)))
+                continue
             if isinstance(entry, Link):
                 mode, data = b"120000", os.fsencode(entry.target)
             else:
                 mode, data = (b"100755" if entry.executable else b"100644"), entry.data
             stream.append(b"M %s inline %s\ndata %d\n%s\n" % (mode, os.fsencode(path), len(data), data))
-        git("fast-import", "--quiet", "--force", cwd=self.path, text=False, input=b"".join(stream))
-        self.commits.append(git("rev-parse", "refs/heads/stage", cwd=self.path))
+        stream.append(b"\nget-mark :1\n")  # the new commit's id, on fast-import's output: no git rev-parse after it
+        out = git("fast-import", "--quiet", "--force", cwd=self.path, text=False, input=b"".join(stream))
+        self.commits.append(out.decode().strip())
         return self.commits[-1]
 
 
@@ -229,10 +261,39 @@ class Expected:
     dirs: set
 
 
-def expected(repo, commit):
-    """What ``path`` must hold when it serves ``commit`` of the repository at ``repo``, read from git itself."""
+def expected(repo, commit, url=None):
+    """What ``path`` must hold when it serves ``commit`` of the repository at ``repo``, read from git itself.
+
+    Each gitlink is replaced by the files of the commit it pins, read from
+    the repository at the URL the commit's ``.gitmodules`` gives for its path
+    (a relative one resolved against ``url``, the repository's own URL, as
+    git does), nested ones too. The symlink rule applies to the whole.
+    """
+    files, links = {}, {}
+    _read_tree(repo, url or repo, commit, "", files, links)
+    unsafe = unsafe_links(set(files), links)
+    served = {path: target for path, target in links.items() if path not in unsafe}
+    return Expected(files, served, {path: links[path] for path in unsafe}, parents([*files, *served]))
+
+
+def _read_tree(repo, url, commit, prefix, files, links):
+    """Add the files and links of ``commit`` (its submodules' too) under ``prefix`` to ``files`` and ``links``."""
+    own_files, own_links, pins, urls = _entries(repo, commit)
+    files.update({prefix + path: held for path, held in own_files.items()})
+    links.update({prefix + path: target for path, target in own_links.items()})
+    for path, pin in sorted(pins.items()):
+        inner = resolve_url(urls[path], url)
+        _read_tree(inner.removeprefix("file://"), inner, pin, f"{prefix}{path}/", files, links)
+
+
+@functools.lru_cache(maxsize=4096)
+def _entries(repo, commit):
+    """``commit``'s files, link targets, gitlinks and their URLs, as git reads them; once per commit.
+
+    Many commits pin the same commit of a submodule, whose reading does not change.
+    """
     listing = git("ls-tree", "-r", "-z", "--full-tree", commit, cwd=repo, text=False)
-    files, link_blobs = {}, {}
+    files, link_blobs, pins = {}, {}, {}
     for record in filter(None, listing.split(b"\0")):
         meta, raw_path = record.split(b"\t", 1)
         mode, _kind, oid = meta.split(b" ")
@@ -241,13 +302,37 @@ def expected(repo, commit):
             files[path] = (oid.decode(), mode == b"100755")
         elif mode == b"120000":
             link_blobs[path] = oid.decode()
+        elif mode == b"160000":
+            pins[path] = oid.decode()
         else:
             raise AssertionError(f"{commit} holds {path} with mode {mode.decode()}, which these tests never write")
     targets = _blobs(repo, set(link_blobs.values()))
     links = {path: os.fsdecode(targets[oid]) for path, oid in link_blobs.items()}
-    unsafe = unsafe_links(set(files), links)
-    served = {path: target for path, target in links.items() if path not in unsafe}
-    return Expected(files, served, {path: links[path] for path in unsafe}, parents([*files, *served]))
+    return files, links, pins, _submodule_urls(repo, commit) if pins else {}
+
+
+def _submodule_urls(repo, commit):
+    """``{path: url}`` of the submodules ``commit``'s ``.gitmodules`` lists, read by ``git config``."""
+    out = git(
+        "config", "--blob", f"{commit}:.gitmodules", "-z", "--get-regexp", r"^submodule\..*\.(path|url)$", cwd=repo
+    )
+    by_name = {}
+    for item in filter(None, out.split("\0")):
+        key, value = item.split("\n", 1)
+        name, field = key[len("submodule.") :].rsplit(".", 1)
+        by_name.setdefault(name, {})[field] = value
+    return {entry["path"]: entry["url"] for entry in by_name.values()}
+
+
+def resolve_url(url, base):
+    """A submodule's ``url`` as git resolves it: ``./`` and ``../`` against ``base``, taken as a directory.
+
+    Only what these tests write: local paths and ``file://`` URLs.
+    """
+    if not url.startswith(("./", "../")):
+        return url
+    scheme, separator, path = base.rpartition("://")
+    return f"{scheme}{separator}{posixpath.normpath(posixpath.join(path, url))}"
 
 
 def _blobs(repo, oids):

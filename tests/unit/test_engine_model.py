@@ -3,13 +3,25 @@
 Each example is a fresh bare repository and one environment path. Its steps
 commit random changes (edits, adds, deletes, renames, file <-> directory <->
 symlink, exec bits, committed ``.gitignore`` and ignored paths, symlinks in,
-out and round, dozens of files at once) and deploy them, jump back to older
-commits, edit the served tree by hand (the deploy must refuse and change
-nothing, then ``force=True`` discards the edits), edit the standby tree (never
-to be served), and kill deploys at random moments. After every step the
-served tree must be exactly what ``git ls-tree`` says the commit holds, less
-the symlinks that ``tests.engine.unsafe_links`` rules out, with no other
-file, link or directory.
+out and round, dozens of files at once, submodules) and deploy them, jump back
+to older commits, edit the served tree by hand (the deploy must refuse and
+change nothing, then ``force=True`` discards the edits), edit the standby tree
+(never to be served), and kill deploys at random moments. After every step
+the served tree must be exactly what ``git ls-tree`` says the commit holds,
+each submodule's files in place, less the symlinks that
+``tests.engine.unsafe_links`` rules out, with no other file, link or directory.
+
+Submodules (issue 24) pin formula repositories the example makes when it
+first needs them, each with a small random history of its own that grows
+when a pin moves to a new commit: ``nginx`` and ``users`` in the main
+repository (by an absolute path, a ``file://`` URL or a URL relative to the
+main remote's), ``maps`` in ``nginx`` (by a URL relative to nginx's, mostly).
+A commit may add a submodule, move its pin to an older or a newer commit,
+remove it, move it, replace it by a plain folder of the same name (its files
+copied, or not) and back; the generic changes take gitlinks too (a rename
+moves one, keeping its name in ``.gitmodules``, as ``git mv`` does). Symlinks
+inside the formulas lead anywhere, out of the submodule too; hand edits and
+the standby's edits pick paths inside submodules as elsewhere.
 
 Profiles (registered in ``tests/conftest.py``):
 
@@ -28,6 +40,7 @@ filesystem on every deploy, which on a disk costs 5-10 times the deploy.
 """
 
 import atexit
+import dataclasses
 import os
 import shutil
 import signal
@@ -43,6 +56,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from envflow.remote import Mirror
 from tests.engine import (
     File,
+    Gitlink,
     History,
     Killable,
     Link,
@@ -52,6 +66,7 @@ from tests.engine import (
     deployed,
     differences,
     expected,
+    gitmodules,
     on_disk,
     parents,
     refused_links,
@@ -85,6 +100,11 @@ PICK = st.integers(0, 999)  # which of the tree's paths an edit takes, modulo th
 HAND_NAMES = ("hand{}.sls", "hand{}.bak", "ignored{}", ".hidden{}")  # some match the committed .gitignore rules
 # An empty directory is nothing git sees, but Salt lists it: the standby's must not be served either.
 STANDBY_EDITS = (*HAND_EDITS, "empty_dir")
+# The formula repositories a tree may pin as submodules, by the repository the tree is of.
+PINNABLE = {"main": ("nginx", "users"), "nginx": ("maps",), "users": (), "maps": ()}
+SUBMODULE_CHANGES = ("submodule", "pin", "unpin", "move_submodule", "to_folder", "from_folder")
+# What a formula's own commits change: no ignore rules, batches or retypes, which the main tree has.
+FORMULA_CHANGES = ("add", "edit", "delete", "rename", "exec", "file_to_dir", "file_to_link", "link", "link_to_file")
 
 
 def files_of(tree):
@@ -93,6 +113,10 @@ def files_of(tree):
 
 def links_of(tree):
     return sorted(path for path, entry in tree.items() if isinstance(entry, Link))
+
+
+def gitlinks_of(tree):
+    return sorted(path for path, entry in tree.items() if isinstance(entry, Gitlink))
 
 
 def is_free(tree, path):
@@ -115,7 +139,12 @@ class EngineModel(RuleBasedStateMachine):
         self.mirror = Mirror(self.history.path, self.cache)
         self.path = os.path.join(self.tmp, "srv", "stage")
         self.tree = {}
-        self.trees = {}  # commit id -> the tree it was given
+        self.trees = {}  # commit id -> the tree it serves: the tree it was given, each submodule's files in place
+        self.formulas = {}  # name -> the tests.engine.History of a formula repository, made when first pinned
+        self.formula_trees = {}  # a formula's commit id -> the tree it was given
+        self.formula_of = {}  # a formula's commit id -> the formula's name
+        self.mounts = {}  # commit id -> the paths where it serves a submodule, nested ones as outer/inner
+        self.former_submodules = set()  # paths that held a submodule once: a folder there may become one again
         self.wanted = {}  # commit id -> tests.engine.Expected
         self.served = None
         self.hand_edits = []  # what was edited by hand in the served tree since it was deployed
@@ -198,18 +227,22 @@ class EngineModel(RuleBasedStateMachine):
         ]
         choices += [relative(file, here) for file in files_of(tree)[:8]]
         choices += [relative(directory, here) for directory in sorted(parents(tree))[:8]]
+        choices += [relative(submodule, here) for submodule in gitlinks_of(tree)[:4]]
         for link in links_of(tree)[:6]:
             choices += [relative(link, here) + suffix for suffix in ("", "/..", "/../..", "/init.sls")]
         return data.draw(st.sampled_from(choices), label="target")
 
     def _edited(self):
-        return sorted(self.touched | self.standby_touched)
+        # Less the root .gitmodules: History writes it from the gitlinks, a tree never holds it itself.
+        return sorted(path for path in self.touched | self.standby_touched if path.split("/")[0] != ".gitmodules")
 
     def _pick(self, data, paths, label):
         return data.draw(st.sampled_from(sorted(paths)), label=label) if paths else None
 
-    def _change(self, data, tree, kind):
-        """Apply one change of ``kind`` to ``tree``, in place."""
+    def _change(self, data, tree, kind, holder="main"):
+        """Apply one change of ``kind`` to ``tree``, in place; ``holder`` names its repository (see PINNABLE)."""
+        if kind in SUBMODULE_CHANGES and self._change_submodules(data, tree, kind, holder):
+            return
         files, links, dirs = files_of(tree), links_of(tree), sorted(parents(tree))
         if kind == "edit" and files:
             path = self._pick(data, files, "edited")
@@ -265,6 +298,9 @@ class EngineModel(RuleBasedStateMachine):
             path = self._edited()[data.draw(st.integers(0, 999), label="retyped") % len(self._edited())]
             for inside in [inside for inside in tree if inside == path or inside.startswith(path + "/")]:
                 del tree[inside]
+            for parent in parents([path]):
+                if isinstance(tree.get(parent), Gitlink):
+                    del tree[parent]  # the edit was inside a submodule: a folder of the same name replaces it
             if any(parent in tree for parent in parents([path])):
                 return
             how = data.draw(st.sampled_from(("directory", "link", "file")), label="retyped to")
@@ -301,6 +337,123 @@ class EngineModel(RuleBasedStateMachine):
             path = self._new_path(data, tree)
             tree[path] = self._file(data, path)
 
+    # -- submodules -----------------------------------------------------
+
+    def _formula(self, data, name):
+        """The formula repository ``name``'s history, made with a few commits of its own when first pinned."""
+        if name not in self.formulas:
+            self.formulas[name] = History(os.path.join(self.tmp, f"{name}.git"))
+            tree = {
+                f"{name}/init.sls": File(b"# %s\n" % name.encode()),
+                f"{name}/map.jinja": File(b"{%% set %s = {} %%}\n" % name.encode()),
+            }
+            for inner in PINNABLE[name]:  # nginx starts with maps nested in it
+                tree[f"{name}/{inner}"] = self._gitlink(data, tree, f"{name}/{inner}", name, inner)
+            self._formula_commit(data, name, tree)
+            for _ in range(data.draw(st.integers(0, 1), label=f"more {name} commits")):
+                self._formula_commit(data, name)
+        return self.formulas[name]
+
+    def _formula_commit(self, data, name, tree=None):
+        """Commit random changes to formula ``name`` (or ``tree`` as it is); return the commit's id."""
+        history = self.formulas[name]
+        kinds = []
+        if tree is None:
+            tree = dict(self.formula_trees[history.commits[-1]])
+            changes = FORMULA_CHANGES + (SUBMODULE_CHANGES if PINNABLE[name] else ())
+            kinds = data.draw(st.lists(st.sampled_from(changes), min_size=1, max_size=2), label=f"{name} changes")
+            for kind in kinds:
+                self._change(data, tree, kind, holder=name)
+            if not tree:  # a submodule's empty tree serves an empty folder, which no file of git's view shows
+                path = self._new_path(data, tree)
+                tree[path] = self._file(data, path)
+        # Its name in each message: two formulas given the same tree still make different commits.
+        commit = history.commit(tree, message=f"{name}: {', '.join(kinds) or 'first'}")
+        self.formula_trees[commit] = dict(tree)
+        self.formula_of[commit] = name
+        return commit
+
+    def _gitlink(self, data, tree, path, holder, name=None):
+        """A gitlink for ``path`` of ``tree`` (of ``holder``) to a commit of a formula it may pin (``name``)."""
+        name = name or data.draw(st.sampled_from(PINNABLE[holder]), label="formula")
+        history = self._formula(data, name)
+        pin = data.draw(st.sampled_from(history.commits), label=f"{name} pinned")
+        if holder == "main":
+            # The main remote is local: an absolute path, a file:// URL, or relative to the main remote's URL.
+            urls = (history.path, f"file://{history.path}", f"../{name}.git")
+        else:
+            urls = (f"../{name}.git", f"../{name}.git", history.path)  # nested: mostly relative to its parent's
+        taken = {entry.name for entry in tree.values() if isinstance(entry, Gitlink)}
+        module = path if path not in taken else f"{path}-{self._next()}"  # a moved one keeps its name
+        return Gitlink(pin, data.draw(st.sampled_from(urls), label=f"url of {name}"), module)
+
+    def _composed(self, tree, mounts=None):
+        """``tree`` as served: each gitlink replaced by the files of the tree it pins, with ``.gitmodules``.
+
+        Adds the paths of the submodules, nested ones too, to ``mounts``.
+        """
+        served = {}
+        modules = gitmodules(tree)
+        if modules is not None:
+            served[".gitmodules"] = File(modules)
+        for path, entry in tree.items():
+            if isinstance(entry, Gitlink):
+                inner_mounts = set()
+                inner = self._composed(self.formula_trees[entry.commit], inner_mounts)
+                served.update({f"{path}/{name}": held for name, held in inner.items()})
+                if mounts is not None:
+                    mounts.update({path, *(f"{path}/{mount}" for mount in inner_mounts)})
+            else:
+                served[path] = entry
+        return served
+
+    def _change_submodules(self, data, tree, kind, holder):
+        """Apply one submodule change of ``kind`` to ``tree``, in place; ``False`` when it finds none to make."""
+        if not PINNABLE[holder]:
+            return False
+        submodules, dirs = gitlinks_of(tree), sorted(parents(tree))
+        if kind == "submodule" or (kind in ("pin", "unpin", "move_submodule", "to_folder") and not submodules):
+            leaf = data.draw(st.sampled_from((*PINNABLE[holder], "formula")), label="submodule at")
+            path = self._new_path(data, tree, leaf=leaf)
+            tree[path] = self._gitlink(data, tree, path, holder)
+        elif kind == "pin":
+            path = self._pick(data, submodules, "pin moved")
+            name = self.formula_of[tree[path].commit]
+            # Any commit the formula has, older or newer, or one it gets now: its remote's mirror lacks that one.
+            pin = data.draw(st.sampled_from([*self.formulas[name].commits, "new"]), label=f"{name} pinned")
+            if pin == "new":
+                pin = self._formula_commit(data, name)
+            tree[path] = dataclasses.replace(tree[path], commit=pin)
+        elif kind == "unpin":
+            del tree[self._pick(data, submodules, "submodule removed")]
+        elif kind == "move_submodule":
+            path = self._pick(data, submodules, "submodule moved")
+            self.former_submodules.add(path)
+            entry = tree.pop(path)
+            tree[self._new_path(data, tree, leaf=os.path.basename(path))] = entry
+        elif kind == "to_folder":
+            path = self._pick(data, submodules, "submodule made a folder")
+            self.former_submodules.add(path)
+            entry = tree.pop(path)
+            if data.draw(st.booleans(), label="the folder holds the submodule's files"):
+                copied = self._composed(self.formula_trees[entry.commit])
+                tree.update({f"{path}/{name}": held for name, held in copied.items()})
+                inside = files_of(copied)
+                if inside and data.draw(st.booleans(), label="one of them changed"):
+                    name = self._pick(data, inside, "changed in the folder")
+                    tree[f"{path}/{name}"] = self._file(data, f"{path}/{name}", copied[name].data)
+            else:
+                tree[f"{path}/init.sls"] = self._file(data, f"{path}/init.sls")
+        elif kind == "from_folder" and dirs:
+            # A folder that held a submodule once, when there is one: the way back.
+            path = self._pick(data, [path for path in dirs if path in self.former_submodules] or dirs, "folder")
+            for inside in [inside for inside in tree if inside.startswith(path + "/")]:
+                del tree[inside]
+            tree[path] = self._gitlink(data, tree, path, holder)
+        else:
+            return False
+        return True
+
     def _commit(self, data, tree):
         kinds = data.draw(
             st.lists(
@@ -322,6 +475,9 @@ class EngineModel(RuleBasedStateMachine):
                         "empty_dir",
                         "batch",
                         "retype",
+                        *SUBMODULE_CHANGES,
+                        "submodule",
+                        "pin",
                     )
                 ),
                 min_size=1,
@@ -335,7 +491,8 @@ class EngineModel(RuleBasedStateMachine):
             self._change(data, tree, kind)
         commit = self.history.commit(tree, message=", ".join(kinds))
         self.tree = tree
-        self.trees[commit] = dict(tree)
+        self.mounts[commit] = set()
+        self.trees[commit] = self._composed(tree, self.mounts[commit])
         self.mirror.fetch()
         return commit
 
@@ -392,6 +549,10 @@ class EngineModel(RuleBasedStateMachine):
         self._check_serves(commit, result)
         unsafe = len(self._expected(commit).unsafe)
         event(f"deploy with {unsafe} unsafe links" if unsafe else "deploy")
+        mounts = self.mounts[commit]
+        event("deploy with submodules" if mounts else "deploy without submodules")
+        if any(inner.startswith(mount + "/") for mount in mounts for inner in mounts):
+            event("deploy with nested submodules")
         return result
 
     @invariant()
@@ -554,6 +715,8 @@ class EngineModel(RuleBasedStateMachine):
             with open(os.path.join(root, path), "wb") as handle:
                 handle.write(b"# by hand\n")
         touched.add(path)
+        if any(path.startswith(mount + "/") for mount in self.mounts[commit]):
+            event("edit by hand inside a submodule")
         return f"{kind} {path}"
 
 
