@@ -8,6 +8,7 @@ transports it refuses), so that a remote repository can never make the
 master run a command or read its own disk.
 """
 
+import contextlib
 import os
 import posixpath
 import re
@@ -33,26 +34,40 @@ _REMOTE_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
 _NETWORK_SCHEMES = ("https", "http", "ssh", "git", "ssh+git", "git+ssh")
 
 
+@contextlib.contextmanager
+def _readable(data):
+    """A path to read ``data`` from: a memory file where Linux has them (nothing left behind by a kill)."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        descriptor = os.memfd_create("gitmodules")
+        try:
+            os.write(descriptor, data)
+            yield f"/proc/self/fd/{descriptor}"
+        finally:
+            os.close(descriptor)
+        return
+    with tempfile.TemporaryDirectory(prefix="envflow-gitmodules-") as scratch:
+        path = os.path.join(scratch, "gitmodules")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        yield path
+
+
 def parse_gitmodules(data):
     """``{path: url}`` from the text of a ``.gitmodules`` file (bytes), read as git reads it.
 
     Raises :class:`SubmoduleError` when the file does not parse.
     """
-    with tempfile.TemporaryDirectory(prefix="envflow-gitmodules-") as scratch:
-        path = os.path.join(scratch, "gitmodules")
-        with open(path, "wb") as handle:
-            handle.write(data)
+    with _readable(data) as path:
         try:
-            config = pygit2.Config(path)
             found = {}
-            for entry in config:
+            for entry in pygit2.Config(path):
                 name = entry.name
                 if not name.startswith("submodule.") or not name.endswith((".path", ".url")):
                     continue
                 section, key = name[len("submodule.") :].rsplit(".", 1)
                 found.setdefault(section, {})[key] = entry.value
         except pygit2.GitError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else "it does not parse"
+            first = str(exc).splitlines()[0].replace(path, GITMODULES) if str(exc) else "it does not parse"
             raise SubmoduleError(
                 f"envflow: {GITMODULES} does not parse ({first}); fix the file in the commit and push it"
             ) from None

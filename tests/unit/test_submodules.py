@@ -32,7 +32,18 @@ def test_a_gitmodules_that_does_not_parse_is_refused_in_one_line():
     message = str(refused.value)
     assert message.startswith("envflow: .gitmodules does not parse (")
     assert message.endswith("fix the file in the commit and push it")
-    assert "\n" not in message
+    assert "\n" not in message and "/proc/" not in message and "/tmp" not in message
+
+
+def test_reading_gitmodules_writes_no_file_on_linux(monkeypatch):
+    """A deploy killed while it reads .gitmodules leaves nothing behind: on Linux it is read from memory."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    def no_files(*args, **kwargs):
+        raise AssertionError("a temporary directory was made")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_files)
+    assert submodules.parse_gitmodules(b'[submodule "a"]\n\tpath = a\n\turl = ../a.git\n') == {"a": "../a.git"}
 
 
 @pytest.mark.parametrize(
