@@ -229,14 +229,29 @@ class Composer:
                 subtrees[path] = held["tree"]
                 continue
             inner = self._commit_of(full, url, pin).peel(pygit2.Tree)
-            nested = trees.gitlinks(inner)
+            nested = self._nested(full, held, inner, known)
             composed = str(inner.id)
             if nested:
                 below = self._compose(inner, nested, url, f"{full}/", known, served, depth + 1)
                 composed = trees.replaced(self.mirror.repo, inner, below)
-            served[full] = {"commit": pin, "tree": composed, "url": redact(url), "top": depth == 0}
+            served[full] = {"commit": pin, "tree": composed, "url": redact(url), "top": depth == 0, "in": prefix[:-1]}
             subtrees[path] = composed
         return subtrees
+
+    def _nested(self, full, held, inner, known):
+        """The gitlinks of the submodule at ``full``, now at tree ``inner``: those it held before (``held``, its
+        record) and the change since, so a pin bump costs what the bump changed; all of them when new."""
+        repo = self.mirror.repo
+        if held is None or held["commit"] not in repo:
+            return trees.gitlinks(inner)
+        links = {name[len(full) + 1 :]: info["commit"] for name, info in known.items() if info.get("in") == full}
+        old = repo[held["commit"]].peel(pygit2.Tree)
+        for path, _old, new in checkout.changes(old, inner, kinds=(FileMode.COMMIT,)):
+            if new is None:
+                links.pop(path, None)
+            else:
+                links[path] = str(new[0])
+        return links
 
     def _urls(self, tree, links, prefix):
         """Each gitlink's URL from ``tree``'s ``.gitmodules``; refuse a path it does not list, or that escapes."""

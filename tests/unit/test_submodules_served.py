@@ -277,3 +277,30 @@ def test_a_commit_without_submodules_is_not_walked_for_them_again(remote, mirror
     remote.commit("develop", {"web/init.sls": "# web v2\n"})
     _deploy(pipeline_config, mirror)
     assert walked == []
+
+
+def test_a_pin_bump_reads_only_what_the_bump_changed(remote, formula, mirror, pipeline_config, tmp_path, monkeypatch):
+    """Bumping a formula that nests another finds the nested pins from the formula's change, not by walking it."""
+    from envflow import trees  # pylint: disable=import-outside-toplevel
+
+    inner = Remote(tmp_path / "maps", files={"maps/defaults.yaml": "port: 80\n"})
+    formula.submodule("develop", "nginx/maps", "../../maps/automation.git", inner.tip("develop"))
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, formula.tip("develop"))
+    _deploy(pipeline_config, mirror)
+    walked = []
+    whole = trees.gitlinks
+    monkeypatch.setattr(trees, "gitlinks", lambda *args: walked.append(args) or whole(*args))
+    # The formula changes a file; its nested pin stays.
+    formula.commit("develop", {"nginx/init.sls": "# bumped\n"})
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, formula.tip("develop"))
+    _deploy(pipeline_config, mirror)
+    served = _served(pipeline_config)
+    assert served["formulas/nginx-formula/nginx/init.sls"] == "# bumped\n"
+    assert served["formulas/nginx-formula/nginx/maps/maps/defaults.yaml"] == "port: 80\n"
+    # The formula moves its nested pin.
+    inner.commit("develop", {"maps/defaults.yaml": "port: 8080\n"})
+    formula.submodule("develop", "nginx/maps", "../../maps/automation.git", inner.tip("develop"))
+    remote.submodule("develop", "formulas/nginx-formula", formula.path, formula.tip("develop"))
+    _deploy(pipeline_config, mirror)
+    assert _served(pipeline_config)["formulas/nginx-formula/nginx/maps/maps/defaults.yaml"] == "port: 8080\n"
+    assert walked == []
