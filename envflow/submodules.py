@@ -149,6 +149,16 @@ def check_path(path, url=None):
         )
 
 
+def _pins_after(pins, old, new):
+    """``pins`` (the gitlinks of tree ``old``, ``{path: commit id}``) as tree ``new`` has them: the change applied."""
+    for path, _old, moved in checkout.changes(old, new, kinds=(FileMode.COMMIT,)):
+        if moved is None:
+            pins.pop(path, None)
+        else:
+            pins[path] = str(moved[0])
+    return pins
+
+
 _MAX_DEPTH = 8  # submodules within submodules; deeper is refused as a likely loop
 
 
@@ -174,7 +184,8 @@ class Composer:
         ``previous`` is the served slot's record: what it composed is reused,
         so a deploy where no pin changed does no submodule work.
         ``submodules`` maps each gitlink path (nested ones too, as
-        ``outer/inner``) to ``{"commit", "tree", "url"}`` (the URL redacted).
+        ``outer/inner``) to ``{"commit", "tree", "url", "in"}``: the URL
+        redacted, ``in`` the path of the submodule holding it (``""``: none).
         """
         repo = self.mirror.repo
         plain = commit.peel(pygit2.Tree)
@@ -197,14 +208,8 @@ class Composer:
         """The gitlinks of ``plain``: from the served commit's and the change since when there is one, else all."""
         if previous is None or previous.submodules is None or previous.commit_id not in repo:
             return trees.gitlinks(plain)
-        old = repo[previous.commit_id].peel(pygit2.Tree)
-        links = {path: info["commit"] for path, info in previous.submodules.items() if info.get("top")}
-        for path, _old, new in checkout.changes(old, plain, kinds=(FileMode.COMMIT,)):
-            if new is None:
-                links.pop(path, None)
-            else:
-                links[path] = str(new[0])
-        return links
+        pins = {path: info["commit"] for path, info in previous.submodules.items() if info.get("in") == ""}
+        return _pins_after(pins, repo[previous.commit_id].peel(pygit2.Tree), plain)
 
     def _compose(self, tree, links, base_url, prefix, known, served, depth):
         """``{path: tree id}`` for the gitlinks ``links`` of ``tree`` (under ``prefix``), fetched, nested ones made."""
@@ -234,7 +239,7 @@ class Composer:
             if nested:
                 below = self._compose(inner, nested, url, f"{full}/", known, served, depth + 1)
                 composed = trees.replaced(self.mirror.repo, inner, below)
-            served[full] = {"commit": pin, "tree": composed, "url": redact(url), "top": depth == 0, "in": prefix[:-1]}
+            served[full] = {"commit": pin, "tree": composed, "url": redact(url), "in": prefix[:-1]}
             subtrees[path] = composed
         return subtrees
 
@@ -244,14 +249,8 @@ class Composer:
         repo = self.mirror.repo
         if held is None or held["commit"] not in repo:
             return trees.gitlinks(inner)
-        links = {name[len(full) + 1 :]: info["commit"] for name, info in known.items() if info.get("in") == full}
-        old = repo[held["commit"]].peel(pygit2.Tree)
-        for path, _old, new in checkout.changes(old, inner, kinds=(FileMode.COMMIT,)):
-            if new is None:
-                links.pop(path, None)
-            else:
-                links[path] = str(new[0])
-        return links
+        pins = {name[len(full) + 1 :]: info["commit"] for name, info in known.items() if info.get("in") == full}
+        return _pins_after(pins, repo[held["commit"]].peel(pygit2.Tree), inner)
 
     def _urls(self, tree, links, prefix):
         """Each gitlink's URL from ``tree``'s ``.gitmodules``; refuse a path it does not list, or that escapes."""
