@@ -291,9 +291,10 @@ class Mirror:
         """
         objects = os.path.join(remote.path, "objects")
         mirrors = os.path.dirname(self.path) + os.sep
+        held = self._alternates()
         # The remote's first; other mirrors' (submodules, see borrow) stay, other remotes' go.
-        wanted = [objects, *(line for line in self._alternates() if line.startswith(mirrors) and line != objects)]
-        if wanted == self._alternates():
+        wanted = [objects, *(line for line in held if line.startswith(mirrors) and line != objects)]
+        if wanted == held:
             return False
         self._write_alternates(wanted)
         return True

@@ -267,6 +267,11 @@ class Deployment:
             _drop(index.path)  # a refusal, or nothing to do, leaves nothing behind
             if edited:
                 raise Drift(drift_message(self.served.path, edits, remedy), edits)
+            if served_record.submodules is None and self.submodules is not None:
+                # A record older than submodules: note what the commit holds (nothing, as the trees are the same),
+                # or every later deploy of it would look for gitlinks in every folder again.
+                served_record.submodules = self.submodules
+                layout.write_record(served, served_record)
             return None
         result["discarded"] = edits if edited else None
         served_to_new = checkout.changes(served_tree, new_tree)

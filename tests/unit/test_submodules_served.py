@@ -304,3 +304,31 @@ def test_a_pin_bump_reads_only_what_the_bump_changed(remote, formula, mirror, pi
     _deploy(pipeline_config, mirror)
     assert _served(pipeline_config)["formulas/nginx-formula/nginx/maps/maps/defaults.yaml"] == "port: 8080\n"
     assert walked == []
+
+
+def test_a_record_older_than_submodules_is_completed_by_the_next_deploy_even_a_no_op(
+    remote, mirror, pipeline_config, monkeypatch
+):
+    """Records written before submodules were served say nothing of them: the first deploy after the upgrade, even
+    one that serves the same commit, notes that the commit holds none, so the deploys after it walk no folder."""
+    import json  # pylint: disable=import-outside-toplevel
+
+    from envflow import trees  # pylint: disable=import-outside-toplevel
+
+    _deploy(pipeline_config, mirror)
+    layout = Layout(pipeline_config.environment("test").path)
+    record_file = os.path.join(layout.gitdir(layout.served_slot()), "envflow.json")
+    with open(record_file, encoding="utf-8") as handle:
+        written = json.load(handle)
+    written.pop("submodules")
+    written.pop("tree")
+    with open(record_file, "w", encoding="utf-8") as handle:
+        json.dump(written, handle)
+    assert layout.record(layout.served_slot()).submodules is None
+    assert _deploy(pipeline_config, mirror)["changed"] is False
+    assert layout.record(layout.served_slot()).submodules == {}
+    walked = []
+    whole = trees.gitlinks
+    monkeypatch.setattr(trees, "gitlinks", lambda *args: walked.append(args) or whole(*args))
+    assert _deploy(pipeline_config, mirror)["changed"] is False
+    assert walked == []
