@@ -137,9 +137,7 @@ def parse_args(argv):
     # Two workers (pytest-xdist), each test module whole in one of them (its module fixtures: a master, a minion, a
     # server): the integration tests spend most of their time waiting on Salt's daemons, so two at once keep the
     # suite inside its 15 minutes per Salt line on a 2-core machine. -n 0 (or -p no:xdist) runs them one by one.
-    if not any(
-        arg in ("-n", "--numprocesses", "no:xdist") or arg.startswith(("-n", "--numprocesses=")) for arg in pytest_args
-    ):
+    if not any(arg == "no:xdist" or arg.startswith(("-n", "--numprocesses")) for arg in pytest_args):
         pytest_args = ["-n", "2", "--dist", "loadfile", *pytest_args]
     return options, pytest_args
 
