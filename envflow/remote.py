@@ -200,6 +200,7 @@ class Mirror:
         self.path = os.path.join(cachedir, "envflow", "mirrors", f"{name}-{digest}.git")
         self._repo = None
         self._borrowed = set()  # object directories added to the open handle
+        self.setting = "envflow:repo"  # where the URL comes from, for the messages that say what to fix
 
     @classmethod
     def of(cls, config, cachedir):
@@ -334,7 +335,9 @@ class Mirror:
         credentials = next(
             (found for prefix, found in self.submodule_credentials if url.startswith(prefix)), self.credentials
         )
-        return Mirror(url, self.cachedir, credentials, self.timeout)
+        mirror = Mirror(url, self.cachedir, credentials, self.timeout)
+        mirror.setting = "its url in .gitmodules"
+        return mirror
 
     def _copy_local_refs(self, repo, remote):
         """Set the mirror's branches, tags and notes to a local remote's, pruning the others; ``False`` if it cannot.
@@ -383,9 +386,11 @@ class Mirror:
         if is_local(self.url):
             local = self.url[len("file://") :] if self.url.startswith("file://") else self.url
             if not os.path.exists(local):
-                raise RemoteError(
-                    f"envflow:repo: {local} does not exist; point envflow:repo at the automation repository"
-                )
+                if self.setting == "envflow:repo":
+                    raise RemoteError(
+                        f"envflow:repo: {local} does not exist; point envflow:repo at the automation repository"
+                    )
+                raise RemoteError(f"envflow: {local} does not exist; fix {self.setting}")
         self.repo  # noqa: B018 - made (if missing) before the lock, which making it takes too
         with self.locked():
             if is_local(self.url) and self._fetch_local(local):
@@ -398,7 +403,7 @@ class Mirror:
                 raise RemoteError(self.scrub(exc)) from None
             except (pygit2.GitError, KeyError, ValueError) as exc:
                 raise self._failed(exc, "fetch") or RemoteError(
-                    f"envflow: cannot fetch {self.shown}: {self.scrub(exc)}; check envflow:repo and access to it"
+                    f"envflow: cannot fetch {self.shown}: {self.scrub(exc)}; check {self.setting} and access to it"
                 ) from None
             finally:
                 self._report(callbacks)

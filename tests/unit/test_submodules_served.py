@@ -167,6 +167,9 @@ def test_an_unreachable_submodule_remote_is_refused(remote, formula, mirror, pip
     _deploy(pipeline_config, mirror)
     remote.submodule("develop", "formulas/nginx-formula", str(tmp_path / "nowhere.git"), formula.tip("develop"))
     _refused(remote, mirror, pipeline_config, "envflow: submodule 'formulas/nginx-formula' (")
+    # What to fix is the submodule's URL, not envflow:repo.
+    message = _refused(remote, mirror, pipeline_config, "nowhere.git does not exist; fix its url in .gitmodules")
+    assert "envflow:repo" not in message
 
 
 def test_a_gitlink_gitmodules_does_not_list_is_refused(remote, formula, mirror, pipeline_config):
