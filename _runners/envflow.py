@@ -19,6 +19,7 @@ try:
 
     # Imported when a function first uses them: a call imports only what it runs (pygit2 alone costs ~60 ms).
     access = Deferred("envflow.access")
+    branchenvs = Deferred("envflow.branchenvs")
     checks = Deferred("envflow.checks")
     diffs = Deferred("envflow.diffs")
     fleet = Deferred("envflow.fleet")
@@ -99,6 +100,30 @@ def _deploy(config, mirror, env, force=False, reason=None, by=None):
     """
     done = pipeline.deploy(config, mirror, env, force=force, reason=reason, by=by)
     return pipeline.deploy_summary(saltbus.after_deploy(config, env, done, lambda: __opts__, _fire, catch_up=True))
+
+
+def _branches(config, mirror, only=None, fill=False, force=False, by=None):
+    """Bring the branch environments in line with the fetched ``mirror`` (see ``envflow.branchenvs.sync``).
+
+    Each change clears this master's caches of its saltenv and fires
+    ``salt/envflow/<saltenv>/deployed`` or ``.../removed``; each deploy is
+    summarized as ``refresh`` returns it.
+    """
+
+    def deployed(env, result):
+        return pipeline.deploy_summary(saltbus.after_branch_change(__opts__, env, result, _fire))
+
+    def removed(env, done):
+        return saltbus.after_branch_change(__opts__, env, done, _fire, action="removed")
+
+    reserved = branchenvs.reserved_saltenvs(config, __opts__)
+    return branchenvs.sync(
+        config, mirror, reserved, only=only, fill=fill, force=force, by=by, deployed=deployed, removed=removed
+    )
+
+
+def _branch_errors(report):
+    return [f"{saltenv}: {entry['error']}" for saltenv, entry in report["environments"].items() if "error" in entry]
 
 
 @_reported
@@ -196,6 +221,9 @@ def status(env=None):
                 mirror.contains,
                 master=__opts__["id"],
             )
+            if config.branch_environments is not None and env is None:
+                reserved = branchenvs.reserved_saltenvs(config, __opts__)
+                report["branch_environments"] = branchenvs.status(config, mirror, reserved)
     except EnvflowError as exc:
         return _failure(str(exc))
     if found:
@@ -273,9 +301,13 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
     """
     try:
         config = _config()
-        environments = config.select(env)
+        branch_env = env is not None and config.branch_environments is not None and env not in config.names
+        environments = () if branch_env else config.select(env)
         with _mirror(config) as mirror:
-            report, errors = {}, []
+            report, errors, branches = {}, [], None
+            if config.branch_environments is not None and (env is None or branch_env):
+                branches = _refresh_branches(config, mirror, env, force, dry_run)
+                errors.extend(branches.pop("errors"))
             for environment in environments:
                 try:
                     if dry_run:
@@ -293,9 +325,27 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
     # A round of the schedule that changed nothing still says, now and then, that this master is there.
     warning = None if dry_run else saltbus.report_served(__opts__, config, heartbeat=True)
     noted = {"warning": warning} if warning else {}
+    if branches is not None:
+        noted["branch_environments"] = branches
     if errors:
         return {**_failure("; ".join(errors)), "environments": report, **noted}
-    return {"dry_run": True, "environments": report} if dry_run else {"environments": report, **noted}
+    return {"dry_run": True, "environments": report, **noted} if dry_run else {"environments": report, **noted}
+
+
+def _refresh_branches(config, mirror, env, force, dry_run):
+    """``refresh``'s work on the branch environments (all, or the saltenv ``env``): the report, with ``errors``."""
+    if dry_run:
+        found = branchenvs.dry_run(config, mirror, branchenvs.reserved_saltenvs(config, __opts__))
+    else:
+        only = None if env is None else (lambda saltenv, _branch: saltenv == env)
+        found = _branches(config, mirror, only=only, force=force, by=_user())
+    errors = _branch_errors(found)
+    if env is not None and env not in found["environments"] and env not in found.get("removed", {}):
+        errors.append(
+            f"envflow: no environment or branch environment named {text.echo(env)}; configured: "
+            f"{', '.join(config.names)}; salt-run envflow.status lists the branch environments"
+        )
+    return {**found, "errors": errors}
 
 
 @_reported
@@ -362,6 +412,17 @@ def pushed(branches, source=None, sender=None, pusher=None, delivery=None, histo
     report = pushes.serve(config, names, deploy)
     errors = [f"{env}: {entry['error']}" for env, entry in report.items() if "error" in entry]
     done = {"branches": names, "sender": sender, "delivery": delivery, "environments": report}
+    settings = config.branch_environments
+    wanted = [name for name in names if settings is not None and settings.matches(name)]
+    if wanted:
+        try:
+            with _mirror(config) as mirror:
+                done["branch_environments"] = _branches(
+                    config, mirror, only=lambda _saltenv, branch: branch in wanted, fill=True, by=by
+                )
+            errors.extend(_branch_errors(done["branch_environments"]))
+        except EnvflowError as exc:
+            errors.append(f"branch environments: {exc}")
     if history:
         done["holds"] = "unchanged" if holds is None else "served"
         if holds is not None and not errors:

@@ -5,6 +5,7 @@ Each mistake is reported with the key it concerns, in Salt's colon notation
 """
 
 import dataclasses
+import fnmatch
 import os
 import posixpath
 import re
@@ -31,8 +32,12 @@ _TOP_KEYS = {
     "webhook",
     "submodules",
     "submodule_credentials",
+    "branch_environments",
     *_SHARED_KEYS,
 }
+_BRANCH_ENV_KEYS = ("branches", "path", "max")
+# How many branch environments are served when envflow:branch_environments:max is not set.
+DEFAULT_BRANCH_ENVS = 30
 _ENV_KEYS = {"name", "branch", "path"}
 _OPTIONAL_ENV_KEYS = {"target", "gates", "preview_path", *_SHARED_KEYS}
 # The saltenv of an environment's preview directory is its name with this suffix.
@@ -137,6 +142,44 @@ class Webhook:
 
 
 @dataclass(frozen=True)
+class BranchEnvironments:
+    """``envflow:branch_environments``: the branches served as saltenvs of their own, where, and how many at most.
+
+    ``branches`` are fnmatch patterns of branch names (``*`` matches ``/`` too);
+    each matching branch is served at ``<path>/<saltenv>`` (see
+    :func:`envflow.branchenvs.saltenv_of`), with the block's ``states`` and
+    ``pillar`` layout; envflow's bookkeeping for them lives beside ``path``,
+    in :attr:`home`, out of every saltenv's reach.
+    """
+
+    branches: tuple
+    path: str
+    max: int = DEFAULT_BRANCH_ENVS
+    states: str = "."
+    pillar: str = None
+
+    def matches(self, branch):
+        """Whether ``branch`` matches a pattern of ``branches`` (fnmatch: ``*`` matches ``/`` too; case counts)."""
+        return any(fnmatch.fnmatchcase(branch, pattern) for pattern in self.branches)
+
+    @property
+    def home(self):
+        """envflow's directory for the branch environments: ``.<name>.envflow`` beside ``path``."""
+        return Layout(self.path).home
+
+    @property
+    def states_root(self):
+        """What ``file_roots: {__env__: [...]}`` lists: ``<path>/__env__`` (and the states directory below)."""
+        root = os.path.join(self.path, "__env__")
+        return root if self.states == "." else os.path.join(root, self.states)
+
+    @property
+    def pillar_root(self):
+        """What ``pillar_roots: {__env__: [...]}`` lists, or ``None`` without pillar."""
+        return os.path.join(self.path, "__env__", self.pillar) if self.pillar else None
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated ``envflow`` block."""
 
@@ -149,6 +192,12 @@ class Config:
     submodules: bool = True
     # ``(url prefix, Credentials)``, longest prefix first: a submodule remote under one uses those credentials.
     submodule_credentials: tuple = ()
+    branch_environments: BranchEnvironments = None
+
+    @property
+    def names(self):
+        """The names of the pipeline's environments, in order."""
+        return tuple(env.name for env in self.environments)
 
     def environment(self, name):
         """Return the environment called ``name``, or raise :class:`UnknownEnvironment`."""
@@ -498,6 +547,47 @@ def _submodules(value):
     return value
 
 
+def _branch_environments(raw, shared, environments):
+    """Validate ``envflow:branch_environments`` (``None`` when not set: no branch is served as its own saltenv)."""
+    key = "envflow:branch_environments"
+    if raw is None:
+        return None
+    example = "{branches: ['feature/*'], path: /srv/salt/branches, max: 30}"
+    if not isinstance(raw, dict):
+        _fail(key, f"must be a mapping, such as {example}")
+    unknown = sorted(set(raw) - set(_BRANCH_ENV_KEYS), key=str)
+    if unknown:
+        _fail(key, f"unknown key {echo(unknown[0])}; known keys: {', '.join(_BRANCH_ENV_KEYS)}")
+    for needed in ("branches", "path"):
+        if needed not in raw:
+            _fail(key, f"missing {needed!r}; give branches and path, such as {example}")
+    branches = raw["branches"]
+    if isinstance(branches, str):
+        branches = [branches]
+    if not isinstance(branches, list) or not branches:
+        _fail(f"{key}:branches", "must be a list of branch name patterns, such as ['feature/*']")
+    patterns = tuple(_string(pattern, f"{key}:branches", "'feature/*'") for pattern in branches)
+    path = _path(raw["path"], f"{key}:path", "/srv/salt/branches")
+    limit = raw.get("max", DEFAULT_BRANCH_ENVS)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        _fail(f"{key}:max", f"{echo(limit)} is not a number of environments; give 1 or more, such as 30")
+    for _key, other, what in _directories(environments):
+        home = Layout(other).home
+        if path == other or _inside(path, other) or _inside(other, path):
+            _fail(
+                f"{key}:path",
+                f"{path} and {other}, {what}, overlap; give branch environments a directory of "
+                "their own, such as /srv/salt/branches",
+            )
+        if _inside(path, home):
+            _fail(
+                f"{key}:path",
+                f"{path} is inside {home}, envflow's own directory beside {other}; use a directory outside it",
+            )
+    layout = _layout({"name": "branch_environments"}, shared, key)
+    return BranchEnvironments(branches=patterns, path=path, max=limit, states=layout["states"], pillar=layout["pillar"])
+
+
 def parse(raw, resolve=None):
     """Validate the ``envflow`` configuration block ``raw`` and return a :class:`Config`.
 
@@ -551,4 +641,5 @@ def parse(raw, resolve=None):
         webhook=_webhook(raw.get("webhook"), resolve),
         submodules=_submodules(raw.get("submodules", True)),
         submodule_credentials=_submodule_credentials(raw.get("submodule_credentials"), resolve),
+        branch_environments=_branch_environments(raw.get("branch_environments"), shared, environments),
     )

@@ -102,6 +102,12 @@ class Push:
         """The branches the push moved and did not delete, in order, each once."""
         return list(dict.fromkeys(update.branch for update in self.updates if update.branch))
 
+    @property
+    def touched(self):
+        """The branches the push moved or deleted, in order, each once."""
+        names = (update.ref[len("refs/heads/") :] for update in self.updates if update.ref.startswith("refs/heads/"))
+        return list(dict.fromkeys(names))
+
 
 def _lower(headers):
     return {str(name).lower(): value for name, value in (headers or {}).items() if isinstance(value, str)}
@@ -263,9 +269,14 @@ def ignored(config, push):
 
 
 def served_branches(config, push):
-    """The branches of ``push`` that environments of ``config`` serve, in the push's order."""
+    """The branches of ``push`` that environments of ``config`` serve, in the push's order; then those that branch
+    environments serve (``envflow:branch_environments:branches``), moved or deleted: a deleted one goes."""
     served = list(dict.fromkeys(env.branch for env in config.environments))
-    return [branch for branch in push.branches if branch in served]
+    found = [branch for branch in push.branches if branch in served]
+    settings = config.branch_environments
+    if settings is not None:
+        found.extend(branch for branch in push.touched if settings.matches(branch) and branch not in found)
+    return found
 
 
 def moves_history(push):

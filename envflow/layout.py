@@ -80,10 +80,11 @@ _FIELDS = tuple(item.name for item in fields(Record))
 class Layout:
     """The paths of one environment's directory, its two slots and envflow's bookkeeping."""
 
-    def __init__(self, path):
+    def __init__(self, path, home=None):
         self.path = path
         parent, base = os.path.split(path)
-        self.home = os.path.join(parent, f".{base}.envflow")
+        # A branch environment's home is not beside its path (see envflow.branchenvs): it is given.
+        self.home = home or os.path.join(parent, f".{base}.envflow")
         self.lock = os.path.join(self.home, "lock")
         self.push_lock = os.path.join(self.home, "push.lock")
         self.push_pending = os.path.join(self.home, "push.pending")
@@ -123,7 +124,7 @@ class Layout:
 
     def link_text(self, slot):
         """What the symlink at ``path`` holds when it serves ``slot`` (relative, so the tree can move)."""
-        return os.path.join(os.path.basename(self.home), slot)
+        return os.path.relpath(os.path.join(self.home, slot), os.path.dirname(self.path))
 
     @staticmethod
     def other(slot):

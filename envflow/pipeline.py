@@ -303,7 +303,7 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
     with served.deploying(mirror.objects, commit, submodules.Composer(mirror, config.submodules)) as deployment:
         found = history.holds(mirror)
         pin = history.pin_of(found, env.name)
-        before = _served_id(served)
+        before = served_id(served)
         if pin:
             deployment.commit = mirror.commit(pin["commit"])
         elif rev is None and _served_newer(mirror, before, deployment.commit.id):
@@ -376,7 +376,7 @@ def _served_newer(mirror, served_id, commit_id):
         return False
 
 
-def _served_id(served):
+def served_id(served):
     """The commit ``served`` holds, or ``None`` (also when its record is lost: the deploy then says so)."""
     try:
         info = served.deployed()
@@ -467,7 +467,7 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
     with served.deploying(mirror.objects, mirror.commit(promotion.new), compose) as deployment:
         # Read under the lock: a pin or freeze set meanwhile on this master holds this promotion back.
         found = history.holds(mirror)
-        served_before = _served_id(served)
+        served_before = served_id(served)
         bypassed = []
         if moves or force or served_before != promotion.new:
             bypassed = holds.overridden(found, env.name, "promote", force=force, reason=reason, pinned_too=True)

@@ -408,6 +408,10 @@ class Mirror:
             finally:
                 self._report(callbacks)
 
+    def branches(self):
+        """The names of the branches the last fetch found on the remote (a fetch prunes the deleted ones), sorted."""
+        return sorted(name[len("refs/heads/") :] for name in self.repo.references if name.startswith("refs/heads/"))
+
     def tip(self, branch):
         """Return the commit id at the tip of ``branch`` in the mirror, or ``None`` if it has no such branch."""
         try:

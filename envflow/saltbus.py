@@ -122,7 +122,7 @@ def forget_roots_cache(cachedir, saltenv):
 FORGET_ALL_PAST = 1000
 
 
-def forget_changed(cachedir, saltenv, changes, prefix="", hash_type="sha256"):
+def forget_changed(cachedir, saltenv, changes, prefix="", hash_type="sha256", hashes_of=None):
     """Drop what the ``roots`` caches of ``saltenv`` hold of the paths a switch changed, and keep the rest.
 
     ``changes`` is :func:`envflow.pipeline.tree_changes`'s; ``prefix`` the
@@ -133,9 +133,11 @@ def forget_changed(cachedir, saltenv, changes, prefix="", hash_type="sha256"):
     hash stays: the master rehashes a file only when its mtime moved, so a
     deploy costs the master what it changed, not a walk and a hash of the
     whole tree. Past :data:`FORGET_ALL_PAST` changed paths, every hash goes.
+    ``hashes_of`` names the hash cache's directory when it is not the
+    saltenv's own (``__env__`` for a saltenv served through it).
     """
     paths = [path[len(prefix) :] for path in changes["paths"] if path.startswith(prefix)]
-    hashes = os.path.join(cachedir, "roots", "hash", saltenv)
+    hashes = os.path.join(cachedir, "roots", "hash", hashes_of or saltenv)
     if len(paths) > FORGET_ALL_PAST:
         shutil.rmtree(hashes, ignore_errors=True)
     else:
@@ -212,15 +214,78 @@ def forget_pillar_cache(master_opts, path):
     reached from here, which ``envflow.check`` reports.
     """
     pillarenvs = saltenvs_serving(master_opts.get("pillar_roots"), path)
-    if not pillarenvs:
-        return []
+    if pillarenvs:
+        forget_pillarenvs(master_opts, pillarenvs)
+    return pillarenvs
+
+
+def forget_pillarenvs(master_opts, pillarenvs):
+    """Drop the master's cached pillar of every minion for ``pillarenvs`` (see :func:`forget_pillar_cache`)."""
     import salt.pillar  # pylint: disable=import-outside-toplevel
 
     if hasattr(salt.pillar.PillarCache, "pillar_key"):
         _forget_pillar_bank(master_opts, set(pillarenvs))
     else:
         _forget_pillar_files(master_opts, set(pillarenvs))
-    return pillarenvs
+
+
+def _through_env(roots, saltenv):
+    """Whether Salt serves ``saltenv`` through the ``__env__`` entry of ``roots`` (it is not listed by name)."""
+    return isinstance(roots, dict) and "__env__" in roots and saltenv not in roots
+
+
+def refresh_branch_caches(master_opts, env, changes=None):
+    """After the branch environment ``env`` switched (or went): clear the master's caches of its saltenv.
+
+    Salt keeps the hashes of every saltenv it serves through ``__env__`` in
+    one directory (``roots/hash/__env__``) and each one's file list under its
+    own name. With ``changes`` (:func:`envflow.pipeline.tree_changes`) only
+    the changed paths' hashes go; without, every ``__env__`` hash goes (the
+    master rehashes what minions ask for next). Returns ``refreshed`` and
+    ``pillar_refreshed`` as :func:`refresh_caches` does.
+    """
+    done = {"refreshed": [], "pillar_refreshed": []}
+    cachedir = master_opts["cachedir"]
+    if _through_env(master_opts.get("file_roots"), env.name):
+        prefix = "" if env.states_dir == env.path else os.path.relpath(env.states_dir, env.path) + "/"
+        if changes is None:
+            shutil.rmtree(os.path.join(cachedir, "roots", "hash", "__env__"), ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(cachedir, "file_lists", "roots", f"{env.name}.p"))
+        else:
+            hash_type = master_opts.get("hash_type") or "sha256"
+            forget_changed(cachedir, env.name, changes, prefix, hash_type, hashes_of="__env__")
+        done["refreshed"] = [env.name]
+    if env.pillar_dir and _through_env(master_opts.get("pillar_roots"), env.name):
+        forget_pillarenvs(master_opts, [env.name])
+        done["pillar_refreshed"] = [env.name]
+    return done
+
+
+def after_branch_change(master_opts, env, result, fire, action="deployed"):
+    """Once the branch environment ``env`` switched (``deployed``) or went (``removed``): clear the master's caches
+    of its saltenv and fire ``salt/envflow/<saltenv>/<action>``; return ``result`` with what was cleared.
+
+    ``result`` is the deploy's (a removal's: ``{"branch", "commit"}``). A
+    failure to clear the caches is returned as ``warning``, never raised.
+    """
+    result = {**result, "refreshed": [], "pillar_refreshed": []}
+    changes = result.pop("changes", None)
+    if action == "deployed" and not result["changed"]:
+        return result
+    try:
+        result.update(refresh_branch_caches(master_opts, env, changes))
+    except Exception as exc:  # pylint: disable=broad-except
+        _warn(result, f"envflow: the master's caches for saltenv {env.name} were not cleared: {exc}")
+        log.warning("%s", result["warning"])
+    data = {"env": env.name, "branch": env.branch, "path": env.path}
+    if action == "deployed":
+        data.update(old=result["old"]["id"] if result["old"] else None, new=result["new"]["id"])
+    else:
+        data["commit"] = result.get("commit")
+    data.update(refreshed=result["refreshed"], pillar_refreshed=result["pillar_refreshed"])
+    fire(env.name, action, data)
+    return result
 
 
 def refresh_caches(master_opts, env, changes=None):

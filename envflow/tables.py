@@ -115,7 +115,30 @@ def status_table(report, now=None):
             notes.append(f"{name}: {cell(entry['problem'])}")
     notes.extend(f"warning: {cell(line)}" for line in report.get("warnings") or [])
     fleet = _fleet_table(report.get("fleet"), now)
-    return "\n".join([table(headers, rows), *notes, *([("\n" + fleet)] if fleet else [])])
+    branches = _branch_table(report.get("branch_environments"), now)
+    return "\n".join(
+        [table(headers, rows), *notes, *([("\n" + fleet)] if fleet else []), *([("\n" + branches)] if branches else [])]
+    )
+
+
+def _branch_table(report, now):
+    """The branch environments, one row each (saltenv, branch, commit, since, in sync); then those not served."""
+    if not report:
+        return ""
+    rows, notes = [], []
+    for saltenv, entry in (report.get("environments") or {}).items():
+        serves = None
+        if entry.get("deployed"):
+            serves = f"{short(entry['deployed'])} {cell(entry.get('summary'), SUMMARY_WIDTH)}"
+        sync = "?" if entry.get("problem") else ("yes" if entry.get("in_sync") else "no")
+        rows.append([saltenv, cell(entry.get("branch"), 40), serves, age(entry.get("since"), now), sync])
+        for key in ("problem", "goes"):
+            if entry.get(key):
+                notes.append(f"{saltenv}: {cell(entry[key])}")
+    notes.extend(f"not served: {cell(line)}" for line in (report.get("refused") or {}).values())
+    notes.extend(f"not served: {cell(line)}" for line in (report.get("capped") or {}).values())
+    title = f"branch environments in {report.get('path')}: {len(rows)} served"
+    return "\n".join([title, table(["SALTENV", "BRANCH", "SERVES", "SINCE", "IN SYNC"], rows), *notes])
 
 
 def _fleet_state(entry, now):
