@@ -5,6 +5,7 @@ Each check reads a master's ``opts`` (a dict, as Salt loads it) and a
 come from ``salt-run envflow.check`` and ``envflow.status``.
 """
 
+import fnmatch
 import os
 
 from envflow.layout import Layout
@@ -159,6 +160,8 @@ def _followed_links(config, opts):
         return []
     # Inside an environment's path envflow refuses such links; its own directory is reported apart.
     managed = [directory for env, _owner in _deployed(config) for directory in (env.path, Layout(env.path).home)]
+    if config.branch_environments is not None:
+        managed += [config.branch_environments.path, config.branch_environments.home]
     return [
         f"fileserver_followsymlinks is on and file_roots:{saltenv} lists {root}, which envflow does not deploy: "
         "a symlink in it leading out of it is served to every minion; set fileserver_followsymlinks: False, "
@@ -212,6 +215,71 @@ def _pillar_cache_in_memory(config, opts):
     ]
 
 
+def _branch_roots(config, opts):
+    """Branch environments configured, but no ``__env__`` root serving them (``file_roots``, ``pillar_roots``)."""
+    settings = config.branch_environments
+    lines = []
+    for key, wanted in (("file_roots", settings.states_root), ("pillar_roots", settings.pillar_root)):
+        if wanted is None or wanted in _roots(opts, key).get("__env__", []):
+            continue
+        lines.append(
+            f"{key}:__env__: does not list {wanted}, so Salt serves no branch environment's "
+            f"{'states' if key == 'file_roots' else 'pillar'}; set {key}: {{__env__: [{wanted}]}}"
+        )
+    return lines
+
+
+def _taken(config, opts):
+    """The saltenvs Salt serves other than through ``__env__``, lower case: listed by name, or a pipeline's."""
+    listed = {str(name).lower() for name in opts.get("file_roots") or {}}
+    return listed | {env.name.lower() for env in config.environments}
+
+
+def _branches_shadowing(config, opts):
+    """Pipeline branches the patterns of ``envflow:branch_environments:branches`` match, and what that does."""
+    settings = config.branch_environments
+    taken = _taken(config, opts)
+    lines = []
+    for env in config.environments:
+        if not settings.matches(env.branch):
+            continue
+        saltenv = env.branch.replace("/", "_")
+        if saltenv.lower() in taken:
+            what = f"would shadow the saltenv {saltenv} that Salt serves already, so it is refused at every refresh"
+        else:
+            what = f"is served a second time, as branch environment {saltenv}"
+        lines.append(
+            f"envflow:branch_environments:branches: matches {env.branch}, the branch of environment {env.name}, "
+            f"which {what}; narrow the patterns, such as feature/*"
+        )
+    return lines
+
+
+def _branch_tops(config, opts):
+    """``env_order`` or ``state_top_saltenv`` naming a branch environment: its top file applies to other minions."""
+    settings = config.branch_environments
+    patterns = [pattern.replace("/", "_") for pattern in settings.branches]
+    pipeline = _taken(config, opts)
+
+    def branch_saltenv(name):
+        return name.lower() not in pipeline and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+    lines = []
+    for saltenv in (str(name) for name in opts.get("env_order") or []):
+        if branch_saltenv(saltenv):
+            lines.append(
+                f"env_order: lists {saltenv}, a branch environment, so a minion that sets no saltenv reads its top "
+                "file in a highstate and applies that branch's states for real; remove it from env_order"
+            )
+    top_saltenv = str(opts.get("state_top_saltenv") or "")
+    if top_saltenv and branch_saltenv(top_saltenv):
+        lines.append(
+            f"state_top_saltenv: {top_saltenv} is a branch environment, so every minion that sets no saltenv applies "
+            "that branch's top file for real; set state_top_saltenv to a pipeline environment, or remove it"
+        )
+    return lines
+
+
 def problems(config, opts):
     """Every mistake visible in the master's ``opts`` for the environments of ``config``, one line each."""
     return [
@@ -225,4 +293,9 @@ def problems(config, opts):
         *_targets(config),
         *_pillarenv(config, opts),
         *_pillar_cache_in_memory(config, opts),
+        *(_branch_checks(config, opts) if config.branch_environments is not None else []),
     ]
+
+
+def _branch_checks(config, opts):
+    return [*_branch_roots(config, opts), *_branches_shadowing(config, opts), *_branch_tops(config, opts)]
