@@ -199,7 +199,12 @@ def status(env=None):
     environment, per master, its ``commit``, ``since``, ``seen`` (when it last
     reported), ``silent``, ``this`` (the master asked), ``shared_with``
     (the masters deploying into the same directory), ``behind_branch``,
-    ``behind_others`` and ``behind_for``; and ``outputter: envflow``, which makes ``salt-run`` print
+    ``behind_others`` and ``behind_for``; with ``envflow:branch_environments``,
+    ``branch_environments``: its ``path``, per saltenv served its ``branch``,
+    ``remote``, ``deployed``, ``summary``, ``since``, ``in_sync`` (and
+    ``problem`` or ``goes`` when it cannot be read or is to be removed),
+    and the branches ``refused`` or ``capped``, one line each (listed
+    without ``env`` only); and ``outputter: envflow``, which makes ``salt-run`` print
     the tables.
 
     CLI Example:
@@ -246,7 +251,10 @@ def check():
     settings let each environment's minions get their own environment's
     pillar, and that each preview saltenv (``<env>_preview``) serves its
     preview directory and is kept out of highstates that name no saltenv
-    (``env_order``, ``state_top_saltenv``). Any problem returns
+    (``env_order``, ``state_top_saltenv``); with branch environments, that
+    ``file_roots`` and ``pillar_roots`` serve them through ``__env__``, that
+    no pattern matches a pipeline environment's branch, and that no
+    ``env_order`` or ``state_top_saltenv`` names a branch saltenv. Any problem returns
     ``retcode: 1``; ``envflow.status`` shows the same lines under ``warnings``.
 
     CLI Example:
@@ -272,6 +280,14 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
     """
     Fetch the remote and deploy the tip of each environment's branch (or only ``env``'s).
 
+    With ``envflow:branch_environments`` set, the same fetch also brings the
+    branch environments in line with the remote's branches (see
+    :doc:`/workflows/branch-environments`): each matching branch's saltenv
+    created or updated, each whose branch is gone removed, and the branches
+    refused or over the cap named one line each (``branch_environments``:
+    ``environments``, ``removed``, ``refused``, ``capped``). ``env`` may name
+    a branch environment's saltenv: only that one is refreshed.
+
     A pinned environment (see :py:func:`rollback`) keeps serving its pinned
     commit, and its entry says so (``pinned``, ``comment``); a frozen one is
     refused (see :py:func:`freeze`).
@@ -295,6 +311,7 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
 
         salt-run envflow.refresh
         salt-run envflow.refresh test
+        salt-run envflow.refresh feature_new-nginx
         salt-run envflow.refresh prod force=True
         salt-run envflow.refresh prod force=True reason="config fix during the freeze, ok'd by ops"
         salt-run envflow.refresh dry_run=True
@@ -368,6 +385,12 @@ def pushed(branches, source=None, sender=None, pusher=None, delivery=None, histo
     served are handed to it (``handed_off``): it deploys again, once, with
     the newest tip, instead of this call waiting for its lock.
 
+    Branches matching ``envflow:branch_environments:branches`` (the reactor
+    passes those pushed and those deleted) have their branch environments
+    created, updated or removed after one fetch, and any not served yet
+    (a place a deletion freed) are served too: ``branch_environments`` as
+    ``refresh`` returns it.
+
     Returns, per environment, the ``deploys`` made (each as ``refresh``
     returns it) and ``handed_off``, or its ``error``; ``retcode: 1`` when
     one failed.
@@ -388,6 +411,7 @@ def pushed(branches, source=None, sender=None, pusher=None, delivery=None, histo
 
         salt-run envflow.pushed develop
         salt-run envflow.pushed '[develop, stage]' source=github sender=192.0.2.10
+        salt-run envflow.pushed feature/new-nginx
         salt-run envflow.pushed '[]' history=True
     """
     names = [branches] if isinstance(branches, str) else list(branches or [])
@@ -906,6 +930,7 @@ def history(env=None, limit=20):
 
         salt-run envflow.history
         salt-run envflow.history prod
+        salt-run envflow.history feature_new-nginx
         salt-run envflow.history prod limit=100
         salt-run envflow.history --out=json
     """
@@ -913,8 +938,8 @@ def history(env=None, limit=20):
         return _failure(f"envflow: limit must be a positive whole number, not {text.echo(limit)}; for example limit=50")
     try:
         config = _config()
-        if env is not None:
-            config.environment(env)
+        if env is not None and (config.branch_environments is None or env in config.names):
+            config.environment(env)  # a branch environment's saltenv is not configured by name
         with _mirror(config) as mirror:
             found = envflow_history.entries(mirror, env, limit)
     except EnvflowError as exc:
