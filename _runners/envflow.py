@@ -322,9 +322,6 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
         environments = () if branch_env else config.select(env)
         with _mirror(config) as mirror:
             report, errors, branches = {}, [], None
-            if config.branch_environments is not None and (env is None or branch_env):
-                branches = _refresh_branches(config, mirror, env, force, dry_run)
-                errors.extend(branches.pop("errors"))
             for environment in environments:
                 try:
                     if dry_run:
@@ -337,6 +334,12 @@ def refresh(env=None, force=False, dry_run=False, reason=None):
                 except EnvflowError as exc:
                     report[environment.name] = {"error": str(exc)}
                     errors.append(f"{environment.name}: {exc}")
+            if config.branch_environments is not None and (env is None or branch_env):
+                try:
+                    branches = _refresh_branches(config, mirror, env, force, dry_run)
+                    errors.extend(branches.pop("errors"))
+                except EnvflowError as exc:
+                    errors.append(f"branch environments: {exc}")
     except EnvflowError as exc:
         return _failure(str(exc))
     # A round of the schedule that changed nothing still says, now and then, that this master is there.
