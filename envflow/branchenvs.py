@@ -213,13 +213,23 @@ def _next_tick(directory):
             return
 
 
+def _note_branch(home, branch):
+    """Write the ``branch`` file of a branch environment's home (before its first deploy: then it is listed)."""
+    path = os.path.join(home, _BRANCH_FILE)
+    with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as handle:
+        if handle.read().strip() == branch:
+            return
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(branch + "\n")
+    os.replace(path + ".tmp", path)
+
+
 def _deploy(config, mirror, env, home, force, by):
     """Deploy the tip of ``env``'s branch into its directory, by the engine every environment uses; its result."""
     served = ServedDir(env.path, home)
     commit = mirror.commit(str(mirror.tip(env.branch)))
     with served.deploying(mirror.objects, commit, submodules.Composer(mirror, config.submodules)) as deployment:
-        with open(os.path.join(home, _BRANCH_FILE), "w", encoding="utf-8") as handle:
-            handle.write(env.branch + "\n")
+        _note_branch(home, env.branch)
         before = pipeline.served_id(served)
         result = deployment.switch(deployment.prepare(force=force))
         if result["changed"]:
