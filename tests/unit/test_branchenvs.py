@@ -98,18 +98,22 @@ def deployed_entries(mirror, saltenv=None):
 # The cap
 
 
+def configured_settings(config, limit):
+    return dataclasses.replace(config.branch_environments, max=limit)
+
+
 def test_the_first_branches_by_name_are_served_and_the_rest_capped(branch_config):
     settings = configured_settings(branch_config, limit=2)
     found = branchenvs.plan(settings, ["feature/c", "feature/a", "feature/b", "develop"], {})
     assert found.serve == {"feature_a": "feature/a", "feature_b": "feature/b"}
-    assert found.capped == {
-        "feature/c": "branch 'feature/c': not served: 2 branch environments are served, the most "
-        "envflow:branch_environments:max allows; delete a branch or raise max"
-    }
-
-
-def configured_settings(config, limit):
-    return dataclasses.replace(config.branch_environments, max=limit)
+    assert list(found.capped) == ["feature/c"]
+    line = found.capped["feature/c"]
+    assert line.startswith("branch 'feature/c': ")
+    assert line.endswith(
+        "2 branch environments are served, the most envflow:branch_environments:max allows; "
+        "delete a branch or raise max"
+    )
+    assert "\n" not in line
 
 
 def test_served_ones_keep_their_place_when_a_branch_sorting_before_them_comes(remote, mirror, tmp_path):
@@ -516,6 +520,9 @@ def test_status_reports_each_served_one_and_the_branches_not_served(remote, mirr
     config = configured(remote, tmp_path, max=2)
     a = push_branch(remote, "feature/a")
     push_branch(remote, "feature/b")
+    mirror.fetch()
+    assert branchenvs.status(config, mirror)["environments"] == {}  # nothing served yet, nothing made on disk
+    assert not os.path.exists(config.branch_environments.home)
     synced(config, mirror)
     push_branch(remote, "feature/c")
     push_branch(remote, "feature/x+y")
@@ -700,14 +707,22 @@ def test_the_cached_pillars_of_the_saltenv_go_when_pillar_roots_serve_it(master_
     assert _cached(opts) == {("web1", "feature_b"): {"app": "feature_b"}}
 
 
+# The keys docs/workflows/events.rst gives a branch environment's events (a deployed one has no minions).
+EVENT_KEYS = {
+    "deployed": ("env", "branch", "path", "old", "new", "refreshed", "pillar_refreshed"),
+    "removed": ("env", "branch", "path", "commit", "refreshed", "pillar_refreshed"),
+}
+
+
 class Fired:
-    """A ``fire(saltenv, action, data)`` that records what it was called with."""
+    """A ``fire(saltenv, action, data)`` that records what it was called with: each documented key of the data."""
 
     def __init__(self):
         self.calls = []
 
     def __call__(self, saltenv, action, data):
-        self.calls.append((saltenv, action, data))
+        assert "minions" not in data
+        self.calls.append((saltenv, action, {key: data.get(key, "<missing>") for key in EVENT_KEYS[action]}))
 
 
 def test_each_change_clears_its_caches_and_fires_an_event(remote, mirror, branch_config, master_opts):

@@ -5,8 +5,8 @@ import copy
 import datetime
 import subprocess
 
+import hypothesis
 import pytest
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from envflow import branchenvs, hooks, tables
@@ -65,9 +65,9 @@ def test_a_valid_block_is_parsed_with_its_defaults():
     assert config.branch_environments == BranchEnvironments(
         branches=("feature/*",), path="/srv/salt/branches", max=30, states=".", pillar=None
     )
-    settings_ = config.branch_environments
-    assert settings_.home == "/srv/salt/.branches.envflow"
-    assert (settings_.states_root, settings_.pillar_root) == ("/srv/salt/branches/__env__", None)
+    settings = config.branch_environments
+    assert settings.home == "/srv/salt/.branches.envflow"
+    assert (settings.states_root, settings.pillar_root) == ("/srv/salt/branches/__env__", None)
 
 
 def test_without_the_block_no_branch_is_served():
@@ -77,34 +77,34 @@ def test_without_the_block_no_branch_is_served():
 
 
 def test_one_pattern_may_be_given_as_a_string_and_max_is_kept():
-    settings_ = parse(with_block(block(branches="hotfix/*", max=3))).branch_environments
-    assert (settings_.branches, settings_.max) == (("hotfix/*",), 3)
+    settings = parse(with_block(block(branches="hotfix/*", max=3))).branch_environments
+    assert (settings.branches, settings.max) == (("hotfix/*",), 3)
 
 
 def test_states_and_pillar_are_the_blocks_own_layout():
     config = parse(with_block(block(branches=["feature/*", "bug-*"]), states="salt/", pillar="./pillar"))
-    settings_ = config.branch_environments
-    assert (settings_.states, settings_.pillar) == ("salt", "pillar")
-    assert settings_.states_root == "/srv/salt/branches/__env__/salt"
-    assert settings_.pillar_root == "/srv/salt/branches/__env__/pillar"
-    env = branchenvs.environment(settings_, "feature_x", "feature/x")
+    settings = config.branch_environments
+    assert (settings.states, settings.pillar) == ("salt", "pillar")
+    assert settings.states_root == "/srv/salt/branches/__env__/salt"
+    assert settings.pillar_root == "/srv/salt/branches/__env__/pillar"
+    env = branchenvs.environment(settings, "feature_x", "feature/x")
     assert (env.name, env.branch, env.path) == ("feature_x", "feature/x", "/srv/salt/branches/feature_x")
     assert (env.states_dir, env.pillar_dir) == (
         "/srv/salt/branches/feature_x/salt",
         "/srv/salt/branches/feature_x/pillar",
     )
-    assert branchenvs.home_of(settings_, "feature_x") == "/srv/salt/.branches.envflow/feature_x"
-    assert branchenvs.served_dir(settings_, "feature_x").layout.link_text("a") == "../.branches.envflow/feature_x/a"
+    assert branchenvs.home_of(settings, "feature_x") == "/srv/salt/.branches.envflow/feature_x"
+    assert branchenvs.served_dir(settings, "feature_x").layout.link_text("a") == "../.branches.envflow/feature_x/a"
 
 
 def test_patterns_are_fnmatch_where_a_star_crosses_slashes_and_case_counts():
-    settings_ = settings_of(["feature/*", "release-?"])
-    assert settings_.matches("feature/x")
-    assert settings_.matches("feature/team/x")
-    assert settings_.matches("release-1")
-    assert not settings_.matches("Feature/x")
-    assert not settings_.matches("release-10")
-    assert not settings_.matches("develop")
+    settings = settings_of(["feature/*", "release-?"])
+    assert settings.matches("feature/x")
+    assert settings.matches("feature/team/x")
+    assert settings.matches("release-1")
+    assert not settings.matches("Feature/x")
+    assert not settings.matches("release-10")
+    assert not settings.matches("develop")
 
 
 EXAMPLE = "{branches: ['feature/*'], path: /srv/salt/branches, max: 30}"
@@ -340,6 +340,13 @@ def test_a_new_branch_clashing_with_one_served_is_refused_and_the_served_one_kee
     assert found.remove == {}
 
 
+def test_a_served_saltenv_the_pipeline_or_the_roots_take_later_goes():
+    found = branchenvs.plan(settings_of(), ["qa", "feature/a"], {"qa": "qa", "feature_a": "feature/a"}, {"QA"})
+    assert found.remove == {"qa": "qa"}
+    assert list(found.refused) == ["qa"]
+    assert found.serve == {"feature_a": "feature/a"}
+
+
 def test_refused_names_take_no_place_under_the_cap():
     found = branchenvs.plan(settings_of(limit=1), ["__env__", "a+b", "stage", "zz"], {}, {"stage"})
     assert found.serve == {"zz": "zz"}
@@ -356,24 +363,24 @@ def test_branches_the_patterns_do_not_match_are_neither_served_nor_refused():
 NAMES = st.text(alphabet="abAB/_-.+", min_size=1, max_size=5)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None)
-@given(
+@hypothesis.settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@hypothesis.given(
     before=st.sets(NAMES, max_size=8),
     after=st.sets(NAMES, max_size=8),
     limit=st.integers(min_value=1, max_value=5),
     reserved=st.sets(st.sampled_from(["a", "B", "a_b", "stage"]), max_size=2),
 )
 def test_the_plan_never_serves_a_clash_a_refused_name_or_more_than_max(before, after, limit, reserved):
-    settings_ = settings_of(limit=limit)
-    on_disk = branchenvs.plan(settings_, sorted(before), {}, reserved).serve
-    found = branchenvs.plan(settings_, sorted(after), on_disk, reserved)
+    settings = settings_of(limit=limit)
+    on_disk = branchenvs.plan(settings, sorted(before), {}, reserved).serve
+    found = branchenvs.plan(settings, sorted(after), on_disk, reserved)
     served = found.serve
     assert len(served) <= limit
     assert all(saltenv == branchenvs.saltenv_of(branch) for saltenv, branch in served.items())
     lowered = [saltenv.lower() for saltenv in served]
     assert len(set(lowered)) == len(lowered)
     assert not set(lowered) & {name.lower() for name in reserved}
-    assert all(branchenvs.plan(settings_, [branch], {}).refused == {} for branch in served.values())
+    assert all(branchenvs.plan(settings, [branch], {}).refused == {} for branch in served.values())
     # Each branch is served, refused or capped: exactly one of them.
     placed = [*served.values(), *found.refused, *found.capped]
     assert sorted(placed) == sorted(after)
@@ -381,7 +388,7 @@ def test_the_plan_never_serves_a_clash_a_refused_name_or_more_than_max(before, a
     assert all(served.get(saltenv) == branch for saltenv, branch in on_disk.items() if branch in after)
     assert found.remove == {saltenv: branch for saltenv, branch in on_disk.items() if served.get(saltenv) != branch}
     # Which one is served never depends on the order the branches come in.
-    assert branchenvs.plan(settings_, sorted(after, reverse=True), on_disk, reserved) == found
+    assert branchenvs.plan(settings, sorted(after, reverse=True), on_disk, reserved) == found
 
 
 # Pushes
