@@ -553,6 +553,16 @@ def _piece(rounds, key):
     return _median([1000 * spent.seconds(key) for _wall, spent in rounds])
 
 
+def _left(rounds, whole, *parts):
+    """The median over ``rounds`` of the ms of ``whole`` (``None``: the round) not spent in ``parts``."""
+    return _median(
+        [
+            1000 * ((wall if whole is None else spent.seconds(whole)) - sum(spent.seconds(part) for part in parts))
+            for wall, spent in rounds
+        ]
+    )
+
+
 def _calls(rounds, key):
     return _median([len(spent.each[key]) for _wall, spent in rounds])
 
@@ -574,6 +584,9 @@ def report(results, args):
         f"python {sys.version.split()[0]}, pygit2 {_pygit2_version()}, {git('--version')}, {os.cpu_count()} CPUs; "
         f"envflow imported from {os.path.dirname(envflow.__file__)}"
     )
+    out(f"checkout at the start: {args.checkout}")
+    if _code_stamp() != args.code_stamp:
+        out("WARNING: envflow's code changed in the work tree during the run; this run measured what it imported first")
     _load_line(args, out)
     out(f"temporary directory on {_filesystem(site.root)}")
     pillar = sum(path.startswith("pillar/") for path in site.repo.contents)
@@ -635,7 +648,7 @@ def report(results, args):
     deploys = _piece(a, "branch deploy")
     piece("(a), timed", total, count)
     piece("  Mirror.fetch()", fetch)
-    piece("  open and close the mirror (the rest outside sync)", total - fetch - sync)
+    piece("  open and close the mirror (the rest outside sync)", _left(a, None, "fetch", "sync"))
     piece("  branchenvs.sync", sync, count)
     piece(
         f"    listing: branchenvs.served ({_calls(a, 'served'):.0f} calls) + Mirror.branches "
@@ -645,8 +658,13 @@ def report(results, args):
     piece("    plan: branchenvs.plan (matching, naming, the cap)", plan)
     piece(f"    deploys: branchenvs._deploy ({_calls(a, 'branch deploy'):.0f} calls)", deploys, count)
     piece("      of which Deployment.prepare (the served tree checked for hand edits)", _piece(a, "prepare"), count)
-    piece("      of which the rest (lock, tidy, tip, branch file, Composer)", deploys - _piece(a, "prepare"), count)
-    piece("    the rest of sync (its lock, makedirs)", sync - listing - plan - deploys - _piece(a, "tick"))
+    piece(
+        "      of which the rest (lock, tidy, tip, branch file, Composer)", _left(a, "branch deploy", "prepare"), count
+    )
+    piece(
+        "    the rest of sync (its lock, makedirs)",
+        _left(a, "sync", "served", "branches", "plan", "branch deploy", "tick"),
+    )
     b = pieces["b"]
     total_b = _median([1000 * wall for wall, _spent in b])
     deploys_b = _piece(b, "pipeline deploy")
@@ -656,12 +674,13 @@ def report(results, args):
     piece("    of which history.holds (pins and freezes)", _piece(b, "holds"), count)
     piece(
         "    of which the rest (lock, tidy, target, Composer)",
-        deploys_b - _piece(b, "prepare") - _piece(b, "holds"),
+        _left(b, "pipeline deploy", "prepare", "holds"),
         count,
     )
-    piece("  open and close the mirror (the rest)", total_b - deploys_b)
+    piece("  open and close the mirror (the rest)", _left(b, None, "pipeline deploy"))
     out(
-        f"  (a) - (b) = {_ms(total - total_b)} ms: fetch {_ms(fetch)}, listing and plan {_ms(listing + plan)}, "
+        f"  (a) - (b), of the timed medians = {_ms(total - total_b)} ms: fetch {_ms(fetch)}, listing and plan "
+        f"{_ms(listing + plan)}, "
         f"deploys {_ms(deploys - deploys_b)} ({_ms((deploys - deploys_b) / count)} per env), other "
         f"{_ms(total - total_b - fetch - listing - plan - (deploys - deploys_b))}"
     )
@@ -758,6 +777,23 @@ def report_profile(found, count, out):
                 out(f"  {calls / rounds:>9,.0f} {own_ms:>9,.1f} {cumulative_ms:>9,.1f}  {name}")
 
 
+def _checkout():
+    """This checkout's commit, and the files of envflow's package changed in its work tree: what this run measures."""
+    try:
+        head = git("log", "-1", "--format=%h %s", cwd=CHECKOUT)[:70]
+        changed = git("status", "--porcelain", "--", "envflow", cwd=CHECKOUT)
+    except RuntimeError:
+        return f"{CHECKOUT} (not a git work tree)"
+    files = [line.split(maxsplit=1)[1] for line in changed.splitlines()]
+    return f"{head}; " + (f"changed in the work tree: {', '.join(files)}" if files else "envflow's code as committed")
+
+
+def _code_stamp():
+    """The latest mtime (ns) of envflow's modules: it moves when the package is edited during a run."""
+    folder = os.path.dirname(envflow.__file__)
+    return max(os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder) if name.endswith(".py"))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--files", type=int, default=AIM_FILES, help=f"files in the tree (default: {AIM_FILES})")
@@ -772,6 +808,7 @@ def main(argv=None):
     if args.files < 3 or args.branches < 1 or args.rounds < 1:
         parser.error("give --files of at least 3, --branches and --rounds of at least 1")
     args.load_start = os.getloadavg()[0]
+    args.checkout, args.code_stamp = _checkout(), _code_stamp()
     workdir = tempfile.mkdtemp(prefix="envflow-bench-branchenvs-")
     try:
         results = run(args, workdir)

@@ -32,6 +32,8 @@ def test_the_quick_run_prints_the_table_where_the_time_goes_and_the_aim(tmp_path
     assert re.search(r"^load average \(1 min\) at the start / end: [\d.]+ / [\d.]+;", out, re.M), out
     checkout = os.path.dirname(os.path.dirname(BENCH))
     assert f"envflow imported from {os.path.join(checkout, 'envflow')}" in out, out
+    measured = r"^checkout at the start: \S+ .*; (changed in the work tree: |envflow's code as committed)"
+    assert re.search(measured, out, re.M), out
     for label in (
         "(a) refresh of 3 branch environments, nothing changed (fetch + sync)",
         "(b) 3 no-op deploys, one of each pipeline environment (the baseline)",
