@@ -356,6 +356,8 @@ def _refresh_branches(config, mirror, env, force, dry_run):
     """``refresh``'s work on the branch environments (all, or the saltenv ``env``): the report, with ``errors``."""
     if dry_run:
         found = branchenvs.dry_run(config, mirror, branchenvs.reserved_saltenvs(config, __opts__))
+        if env is not None:
+            found["environments"] = {name: entry for name, entry in found["environments"].items() if name == env}
     else:
         only = None if env is None else (lambda saltenv, _branch: saltenv == env)
         found = _branches(config, mirror, only=only, force=force, by=_user())

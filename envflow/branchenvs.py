@@ -12,7 +12,7 @@ switched atomically, and gone when the branch goes. For ``path``
     /srv/salt/branches/feature_x -> ../.branches.envflow/feature_x/a   the served tree (a relative symlink)
     /srv/salt/.branches.envflow/feature_x/                             its two slots, as any environment's home
     /srv/salt/.branches.envflow/feature_x/branch                       the branch it serves
-    /srv/salt/.branches.envflow/lock                                   held while branch environments change
+    /srv/salt/.branches.envflow/.lock                                  held while branch environments change
 
 The bookkeeping lives beside ``path``, never inside it: Salt maps any saltenv
 a minion names through ``__env__``, so a home inside ``path`` would be served
@@ -43,7 +43,7 @@ from envflow.text import echo
 
 # Longest saltenv served: it becomes a directory name, and a part of Salt's cache paths.
 MAX_NAME = 100
-_SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SALTENV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _BRANCH_FILE = "branch"
 
 
@@ -69,8 +69,13 @@ def environment(settings, saltenv, branch):
 
 
 def served_dir(settings, saltenv):
-    """The :class:`~envflow.served.ServedDir` of the branch environment ``saltenv``."""
-    return ServedDir(os.path.join(settings.path, saltenv), home_of(settings, saltenv))
+    """The :class:`~envflow.served.ServedDir` of the branch environment ``saltenv``.
+
+    What stood at its path before envflow is moved aside to
+    ``<home>/.aside/<saltenv>``: beside ``path`` it would be served as a saltenv of its own.
+    """
+    aside = os.path.join(settings.home, ".aside", saltenv)
+    return ServedDir(os.path.join(settings.path, saltenv), home_of(settings, saltenv), aside)
 
 
 def reserved_saltenvs(config, opts=None):
@@ -94,7 +99,7 @@ def _name_problem(branch, saltenv):
         return f"branch {shown}: its saltenv would be {len(saltenv)} characters, over {MAX_NAME}; use a shorter name"
     if saltenv == "__env__":
         return f"branch {shown}: __env__ is the placeholder of Salt's roots, not a saltenv; rename the branch"
-    if not _SALTENV.match(saltenv) or ".." in saltenv:
+    if not _SALTENV.fullmatch(saltenv) or ".." in saltenv:
         return (
             f"branch {shown}: its saltenv {echo(saltenv, limit=60)} is not a name Salt takes as a saltenv (letters, "
             "digits, '_', '-' and '.', not first '.' or '-', no '..' and no control character); rename the branch"
@@ -185,8 +190,8 @@ def plan(settings, branches, on_disk, reserved=()):
             found.serve[saltenv] = chosen[saltenv]
         else:
             found.capped[chosen[saltenv]] = (
-                f"branch {echo(chosen[saltenv], limit=60)}: not served: {settings.max} branch environments are "
-                "served, the most envflow:branch_environments:max allows; delete a branch or raise max"
+                f"branch {echo(chosen[saltenv], limit=60)}: waits for a place: {settings.max} branch environments "
+                "are served, the most envflow:branch_environments:max allows; delete a branch or raise max"
             )
     found.remove = {saltenv: branch for saltenv, branch in on_disk.items() if found.serve.get(saltenv) != branch}
     return found
@@ -202,7 +207,7 @@ def _next_tick(directory):
     are written a tick after the previous deploy's (deploys are serialized by
     the branch environments' lock), so their mtimes always differ.
     """
-    probe = os.path.join(directory, "tick")
+    probe = os.path.join(directory, ".tick")  # no saltenv starts with a dot: never a branch environment's home
     with open(probe, "w", encoding="utf-8"):
         pass
     first = os.stat(probe).st_mtime_ns
@@ -224,9 +229,10 @@ def _note_branch(home, branch):
     os.replace(path + ".tmp", path)
 
 
-def _deploy(config, mirror, env, home, force, by):
+def _deploy(config, mirror, settings, env, force, by):
     """Deploy the tip of ``env``'s branch into its directory, by the engine every environment uses; its result."""
-    served = ServedDir(env.path, home)
+    served = served_dir(settings, env.name)
+    home = served.layout.home
     commit = mirror.commit(str(mirror.tip(env.branch)))
     with served.deploying(mirror.objects, commit, submodules.Composer(mirror, config.submodules)) as deployment:
         _note_branch(home, env.branch)
@@ -291,7 +297,7 @@ def sync(config, mirror, reserved=(), only=None, fill=False, force=False, by=Non
     report = {"environments": {}, "removed": {}, "refused": {}, "capped": {}}
     os.makedirs(settings.home, exist_ok=True)
     os.makedirs(settings.path, exist_ok=True)
-    with held(os.path.join(settings.home, "lock"), "the branch environments"):
+    with held(os.path.join(settings.home, ".lock"), "the branch environments"):
         found = plan(settings, mirror.branches(), served(settings), reserved)
         report["refused"], report["capped"] = found.refused, found.capped
         for saltenv, branch in found.remove.items():
@@ -307,7 +313,7 @@ def sync(config, mirror, reserved=(), only=None, fill=False, force=False, by=Non
                 continue
             env = environment(settings, saltenv, branch)
             try:
-                result = _deploy(config, mirror, env, home_of(settings, saltenv), force, by)
+                result = _deploy(config, mirror, settings, env, force, by)
             except EnvflowError as exc:
                 report["environments"][saltenv] = {"branch": branch, "error": str(exc)}
                 continue
@@ -321,23 +327,24 @@ def sync(config, mirror, reserved=(), only=None, fill=False, force=False, by=Non
 
 def dry_run(config, mirror, reserved=()):
     """What :func:`sync` would do, changing nothing: per saltenv its ``branch``, ``action`` (``create``,
-    ``update``, ``none`` or ``remove``), ``old`` and ``new`` commits; and the ``refused`` and ``capped`` branches."""
+    ``update``, ``none`` or ``remove``), ``old`` and ``new`` commits (and the branch it ``replaces`` when
+    another branch's environment of that name goes); and the ``refused`` and ``capped`` branches."""
     settings = config.branch_environments
     on_disk = served(settings)
     found = plan(settings, mirror.branches(), on_disk, reserved)
-    report = {}
+    report = {saltenv: {"branch": branch, "action": "remove"} for saltenv, branch in found.remove.items()}
     for saltenv, branch in found.serve.items():
         new = str(mirror.tip(branch))
+        # A saltenv whose branch changes (one went, another took its name) is removed, then created.
+        replaces = {"replaces": report[saltenv]["branch"]} if saltenv in report else {}
         try:
-            info = served_dir(settings, saltenv).deployed()
+            info = None if replaces else served_dir(settings, saltenv).deployed()
         except EnvflowError as exc:
             report[saltenv] = {"branch": branch, "error": str(exc)}
             continue
         old = info["id"] if info else None
         action = "create" if on_disk.get(saltenv) != branch else ("none" if old == new else "update")
-        report[saltenv] = {"branch": branch, "action": action, "old": old, "new": new}
-    for saltenv, branch in found.remove.items():
-        report[saltenv] = {"branch": branch, "action": "remove"}
+        report[saltenv] = {"branch": branch, "action": action, "old": old, "new": new, **replaces}
     return {"environments": report, "refused": found.refused, "capped": found.capped}
 
 

@@ -20,7 +20,7 @@ from envflow.remote import is_local, redact
 from envflow.text import echo
 
 # Saltenv names end up in file names (Salt's caches) and in top files.
-_SALTENV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SALTENV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 # Settings given for the whole block that an environment may override.
 _SHARED_KEYS = {"states", "pillar", "sync_minions"}
 _TOP_KEYS = {
@@ -312,7 +312,7 @@ def _environment(raw, index, shared):
         if field not in raw:
             _fail(key, f"missing {field!r}; an environment has name, branch and path")
     name = _string(raw["name"], f"{key}:name", "stage")
-    if not _SALTENV.match(name) or name == "__env__":
+    if not _SALTENV.fullmatch(name) or name == "__env__":
         _fail(f"{key}:name", f"{echo(name)} is not a valid saltenv name; use letters, digits, '_', '-' and '.'")
     target = raw.get("target")
     if target is not None:
@@ -583,6 +583,14 @@ def _branch_environments(raw, shared, environments):
             _fail(
                 f"{key}:path",
                 f"{path} is inside {home}, envflow's own directory beside {other}; use a directory outside it",
+            )
+    home = Layout(path).home
+    for _key, other, what in _directories(environments):
+        if other == home or _inside(other, home):
+            _fail(
+                f"{key}:path",
+                f"{other}, {what}, is inside {home}, envflow's own directory for the branch "
+                "environments; give branch environments another path",
             )
     layout = _layout({"name": "branch_environments"}, shared, key)
     return BranchEnvironments(branches=patterns, path=path, max=limit, states=layout["states"], pillar=layout["pillar"])

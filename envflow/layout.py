@@ -80,11 +80,13 @@ _FIELDS = tuple(item.name for item in fields(Record))
 class Layout:
     """The paths of one environment's directory, its two slots and envflow's bookkeeping."""
 
-    def __init__(self, path, home=None):
+    def __init__(self, path, home=None, aside=None):
         self.path = path
         parent, base = os.path.split(path)
         # A branch environment's home is not beside its path (see envflow.branchenvs): it is given.
         self.home = home or os.path.join(parent, f".{base}.envflow")
+        # Where what stood at ``path`` before envflow is moved (``.1``, ``.2``... after it when taken).
+        self.aside = aside or f"{path}.pre-envflow"
         self.lock = os.path.join(self.home, "lock")
         self.push_lock = os.path.join(self.home, "push.lock")
         self.push_pending = os.path.join(self.home, "push.pending")

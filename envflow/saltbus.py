@@ -278,7 +278,8 @@ def after_branch_change(master_opts, env, result, fire, action="deployed"):
     except Exception as exc:  # pylint: disable=broad-except
         _warn(result, f"envflow: the master's caches for saltenv {env.name} were not cleared: {exc}")
         log.warning("%s", result["warning"])
-    data = {"env": env.name, "branch": env.branch, "path": env.path}
+    # ``branch_environment``: the shipped release reactor leaves these deploys alone (no highstate of a branch).
+    data = {"env": env.name, "branch": env.branch, "path": env.path, "branch_environment": True}
     if action == "deployed":
         data.update(old=result["old"]["id"] if result["old"] else None, new=result["new"]["id"])
     else:

@@ -68,9 +68,9 @@ class Prepared:
 class ServedDir:
     """The directory ``path`` that one environment serves to Salt."""
 
-    def __init__(self, path, home=None):
+    def __init__(self, path, home=None, aside=None):
         self.path = path
-        self.layout = Layout(path, home)
+        self.layout = Layout(path, home, aside)
 
     def served_slot(self):
         """The slot the symlink at ``path`` points to, or ``None`` if envflow serves nothing there."""

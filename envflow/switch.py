@@ -46,9 +46,10 @@ def put_aside(layout, source):
     if os.path.isdir(source) and not os.path.islink(source) and not os.listdir(source):
         os.rmdir(source)
         return None
-    aside, number = f"{layout.path}.pre-envflow", 1
+    aside, number = layout.aside, 1
     while os.path.lexists(aside):
-        aside, number = f"{layout.path}.pre-envflow.{number}", number + 1
+        aside, number = f"{layout.aside}.{number}", number + 1
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
     os.rename(source, aside)
     return aside
 
