@@ -183,8 +183,9 @@ def plan(settings, branches, on_disk, reserved=()):
                     f"branch {echo(branch, limit=60)}: {names} {every} make saltenv {saltenv} "
                     f"(letter case aside); {fix}"
                 )
-    kept = sorted(saltenv for saltenv, branch in chosen.items() if on_disk.get(saltenv) == branch)
-    new = sorted((saltenv for saltenv in chosen if saltenv not in kept), key=lambda saltenv: chosen[saltenv])
+    # Both in branch-name order: lowering max keeps the first branches, as a first plan would serve them.
+    kept = sorted((saltenv for saltenv, branch in chosen.items() if on_disk.get(saltenv) == branch), key=chosen.get)
+    new = sorted((saltenv for saltenv in chosen if saltenv not in kept), key=chosen.get)
     for index, saltenv in enumerate(kept + new):
         if index < settings.max:
             found.serve[saltenv] = chosen[saltenv]
