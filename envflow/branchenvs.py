@@ -13,6 +13,8 @@ switched atomically, and gone when the branch goes. For ``path``
     /srv/salt/.branches.envflow/feature_x/                             its two slots, as any environment's home
     /srv/salt/.branches.envflow/feature_x/branch                       the branch it serves
     /srv/salt/.branches.envflow/.lock                                  held while branch environments change
+    /srv/salt/.branches.envflow/.aside/<saltenv>                       what stood at a new environment's place
+    /srv/salt/.branches.envflow/.removed.<id>/                         a removed home, deleted after the lock
 
 The bookkeeping lives beside ``path``, never inside it: Salt maps any saltenv
 a minion names through ``__env__``, so a home inside ``path`` would be served
