@@ -77,6 +77,9 @@ def _reported(function):
 
     @functools.wraps(function)
     def reporting(*args, **kwargs):
+        # The reactor's runner client keeps one __context__ for every job it runs: a failure's retcode must not
+        # make the next job report success False.
+        __context__.pop("retcode", None)
         try:
             return function(*args, **kwargs)
         except Exception as exc:  # pylint: disable=broad-except

@@ -113,6 +113,10 @@ def test_an_unknown_name_is_refused_and_changes_nothing(branch_runners, remote):
     assert "no environment or branch environment named 'qa'" in done["error"]
     assert "\n" not in done["error"]
     assert done["branch_environments"]["environments"] == {}
+    assert branch_runners.context["retcode"] == 1
+    # The reactor runs every job with one __context__: the next call that succeeds must not inherit the failure.
+    assert "retcode" not in branch_runners["envflow.refresh"]()
+    assert "retcode" not in branch_runners.context
 
 
 def test_a_fetch_that_fails_removes_nothing(branch_runners, branch_block, remote):
