@@ -8,8 +8,8 @@ entries (``file_roots: {__env__: [<path>/__env__/states]}``, ``pillar_roots:
 on loopback over TLS), a minion, and salt-api. Branches are made, moved and
 deleted in a real bare repository with the git CLI; envflow hears of them
 through signed hook requests or ``salt-run envflow.refresh``. Each test uses
-branch names of its own and deletes the branches it served, so the cap test
-can count the places left.
+branch names of its own; after it, its branches are deleted and their
+environments removed, so every test starts with no branch environment served.
 
 The repository's top files name their section ``{{ saltenv }}``: ``state.apply
 saltenv=feature_x`` reads feature_x's top file and applies only its
@@ -45,9 +45,10 @@ from tests.integration.test_push_hooks import SECRET, PushSite, _master_override
 
 # Few places, so that the cap test fills them with a handful of branches.
 MAX = 5
+# Prod and test too: branches whose saltenvs are, letter case aside, the pipeline's own.
 PATTERNS = ["feature/*", "Feature/*", "Prod", "test"]
-STATES_TOP = "{{ saltenv }}:\n  '*':\n    - hello\n"
-PILLAR_TOP = "{{ saltenv }}:\n  '*':\n    - hello\n"
+# The top file of the states and of the pillar: its section is whichever saltenv Salt reads it for.
+TOP = "{{ saltenv }}:\n  '*':\n    - hello\n"
 
 
 def _hello_state(out_dir, prefix=""):
@@ -67,9 +68,9 @@ def _greeting(text):
 
 def _repo_files(out_dir):
     return {
-        "states/top.sls": STATES_TOP,
+        "states/top.sls": TOP,
         "states/hello/init.sls": _hello_state(out_dir),
-        "pillar/top.sls": PILLAR_TOP,
+        "pillar/top.sls": TOP,
         **_greeting("from the pipeline"),
     }
 
@@ -512,7 +513,10 @@ def test_status_lists_branch_environments_and_a_refused_name(site):
     tip = site.branch("feature/status", _greeting("status"))
     site.branch("feature/st+tus", _greeting("refused"))
     ok(site.run("envflow.refresh", "feature_status"))
-    report = ok(site.run("envflow.status"))["branch_environments"]
+    full = ok(site.run("envflow.status"))
+    # The master's configuration is the documented one: envflow.check finds nothing wrong in it.
+    assert "warnings" not in full, full["warnings"]
+    report = full["branch_environments"]
     assert report["path"] == site.settings.path
     entry = report["environments"]["feature_status"]
     assert {key: entry[key] for key in ("branch", "deployed", "remote", "in_sync")} == {
@@ -571,3 +575,15 @@ def test_a_minion_applies_a_branch_environments_states_and_pillar(site, event_li
     assert "No Top file" in str(ret.data), ret.data
     assert (site.out / "feature_x.txt").stat().st_mtime_ns == written.st_mtime_ns
     assert ok(site.call("cp.get_file_str", "salt://hello/init.sls", "saltenv=feature_x")) is False
+
+
+def test_a_top_file_whose_section_is_not_the_saltenv_applies_nothing_in_a_branch_environment(site):
+    """Why top files name their section ``{{ saltenv }}``: a ``base:`` section applies nothing in saltenv feature_y."""
+    literal = "base:\n  '*':\n    - hello\n"
+    site.branch("feature/y", {**_greeting("feature y"), "states/top.sls": literal, "pillar/top.sls": literal})
+    ok(site.run("envflow.refresh", "feature_y"))
+    assert site.minion_reads("top.sls", saltenv="feature_y") == literal
+    ret = site.call("state.apply", "saltenv=feature_y", "pillarenv=feature_y")
+    assert ret.returncode != 0, ret
+    assert "No Top file" in str(ret.data), ret.data
+    assert site.written("feature_y") is None
