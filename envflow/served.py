@@ -247,24 +247,19 @@ class Deployment:
     def _update(self, repo, served, served_record, standby, force, remedy, result):
         """Check the served tree, then bring ``standby`` to the commit; ``None`` when it is served already, unedited."""
         layout = self.layout
-        # The served index, read once: the scan uses it, and it becomes the standby's with what differs
-        # (the files both trees share have the same stat data).
-        index = self._index_from(served, standby, served_record.index_changes)
+        # The served index, read once where it is: the scan uses it, and it becomes the standby's with what
+        # differs (the files both trees share have the same stat data). A deploy of what is served writes nothing.
+        index = self._index_from(served, standby, served_record.index_changes, link=False)
         new_tree = self._new_tree(repo)
         served_tree = tree_of(repo, served_record)
         unsealed = checkout.racy_seals(served_record)
         restamped_at = time.time_ns()
         restamped = checkout.seal(layout.tree(served), unsealed)
-        try:
-            edits = self._scan(served, index, served_tree, served_record.racy)
-        except BaseException:
-            _drop(index.path)
-            raise
+        edits = self._scan(served, index, served_tree, served_record.racy)
         edited = {path for paths in edits.values() for path in paths}
         new_id = str(self.commit.id)
         same = served_record.commit_id == new_id and served_record.tree == self.tree
         if (edited and not force) or (same and not edited):
-            _drop(index.path)  # a refusal, or nothing to do, leaves nothing behind
             if edited:
                 raise Drift(drift_message(self.served.path, edits, remedy), edits)
             if served_record.submodules is None and self.submodules is not None:
@@ -472,13 +467,20 @@ class Deployment:
         writer.restore_links(tree, link_paths)
         return writer.refuse_unsafe_links(link_paths)
 
-    def _index_from(self, source, slot, changes=None):
+    def _index_from(self, source, slot, changes=None, link=True):
         """A new index for ``slot``: ``source``'s index file (hard-linked, read once) with ``changes``, or empty.
 
         Write it with :meth:`_write_index`: a file is never changed in place
         (libgit2 writes a new one and renames it), so ``source``'s is kept as it is.
+        Without ``link``, ``source``'s file is read where it is, and linked
+        only when :meth:`_write_index` makes it ``slot``'s.
         """
         target = os.path.join(self.layout.gitdir(slot), "index.next")
+        if source is not None and not link:
+            index = slots.read_index(os.path.join(self.layout.gitdir(source), "index"), changes or {})
+            index.changes = dict(changes or {})
+            index.linked = True
+            return index
         _drop(target)
         _drop(target + ".lock")  # left by a run killed while libgit2 wrote it
         if source is not None:
@@ -497,10 +499,19 @@ class Deployment:
         pass one entry in a hundred.
         """
         kept = index.changes
-        if whole or not index.linked or len(kept) > max(_KEPT_CHANGES, len(index) // 100):
+        whole = whole or not index.linked or len(kept) > max(_KEPT_CHANGES, len(index) // 100)
+        gitdir = self.layout.gitdir(slot)
+        target = os.path.join(gitdir, "index.next")
+        if index.path != target:
+            # Read in place from another slot (``link=False``): link its file now; libgit2 writes to the path it read.
+            _drop(target)
+            _drop(target + ".lock")  # left by a run killed while libgit2 wrote it
+            os.link(index.path, target)
+            if whole:
+                index = slots.read_index(target, kept)
+        if whole:
             index.write()
             kept = {}
-        gitdir = self.layout.gitdir(slot)
         os.replace(os.path.join(gitdir, "index.next"), os.path.join(gitdir, "index"))
         _drop(os.path.join(gitdir, "index.next"))  # the rename does nothing when both name the same file
         return kept
