@@ -118,9 +118,7 @@ def test_deploy_switches_to_the_new_commit(served, mirror, remote):
 
 def directories(path):
     """Every directory under ``path`` with its mtime and ctime: a file made and removed there shows."""
-    return {
-        root: (os.lstat(root).st_mtime_ns, os.lstat(root).st_ctime_ns) for root, _dirs, _files in os.walk(path)
-    }
+    return {root: (os.lstat(root).st_mtime_ns, os.lstat(root).st_ctime_ns) for root, _dirs, _files in os.walk(path)}
 
 
 def test_deploying_the_served_commit_writes_nothing(served, mirror, remote):
