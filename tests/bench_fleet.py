@@ -651,10 +651,11 @@ def _checkout():
     """This checkout's commit, and the product files changed in its work tree (what the daemons may run)."""
     try:
         head = git("log", "-1", "--format=%h %s", cwd=CHECKOUT)[:70]
-        changed = git("status", "--porcelain", "--", "envflow", "_runners", "_modules", "_states", cwd=CHECKOUT)
+        changed = git("diff", "HEAD", "--name-only", "--", "envflow", "_runners", "_modules", "_states", cwd=CHECKOUT)
     except RuntimeError:
         return f"{CHECKOUT} (not a git work tree)"
-    files = [line[3:] for line in changed.splitlines()]
+    # Names alone: porcelain status lines start with a space that the stripped output loses on the first line.
+    files = changed.splitlines()
     return f"{head}; " + (f"changed in the work tree: {', '.join(files)}" if files else "envflow's code as committed")
 
 
