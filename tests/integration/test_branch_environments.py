@@ -20,6 +20,7 @@ top file serves every branch whatever its name.
 import concurrent.futures
 import os
 import pathlib
+import shutil
 import time
 
 import pytest
@@ -28,6 +29,7 @@ from saltfactories.utils import random_string
 
 from envflow import branchenvs
 from envflow import config as envflow_config
+from envflow.remote import Mirror
 from tests import gitrepo, hooksign, servers
 from tests.integration.conftest import (
     CLI_TIMEOUT,
@@ -35,6 +37,7 @@ from tests.integration.conftest import (
     MASTER_TIMEOUTS,
     SALT_FILE_LIST_CACHE_TIME,
     fits_unix_sockets,
+    motd,
     ok,
     running,
     salt_run,
@@ -47,6 +50,8 @@ from tests.integration.test_push_hooks import SECRET, PushSite, _master_override
 MAX = 5
 # Prod and test too: branches whose saltenvs are, letter case aside, the pipeline's own.
 PATTERNS = ["feature/*", "Feature/*", "Prod", "test"]
+# A file every branch of the two-branch test has, at the same path, the same size, with contents of its own.
+MINE = "mine.txt"
 # The top file of the states and of the pillar: its section is whichever saltenv Salt reads it for.
 TOP = "{{ saltenv }}:\n  '*':\n    - hello\n"
 
@@ -278,6 +283,14 @@ def test_a_branch_created_moved_and_deleted_by_pushes_is_served_then_gone(site, 
     assert {entry["by"] for entry in everything} == {"octocat (push from github)"}
     # What a user types to see one branch environment's history, once it is gone too.
     assert site.history("feature_hook") == everything
+    table = salt_run(site.master.config_dir, "envflow.history", "feature_hook")
+    assert table.returncode == 0, table.stderr
+    rows = [line.split() for line in table.stdout.splitlines()[1:]]
+    assert [row[2:7] for row in rows] == [
+        ["removed", "feature_hook", second[:10], "->", "-"],
+        ["deployed", "feature_hook", first[:10], "->", second[:10]],
+        ["deployed", "feature_hook", "-", "->", first[:10]],
+    ], table.stdout
 
 
 def test_refresh_creates_moves_and_removes_a_branch_environment(site, event_listener):
@@ -328,8 +341,29 @@ def test_refresh_creates_moves_and_removes_a_branch_environment(site, event_list
     assert site.listing() == listing and site.remote.refs() == refs
 
 
+def _refused_everywhere(site, event_listener, error, tip, served_files):
+    """A refresh, a refresh of the saltenv and a push hook of the deletion each fail in ``error``; nothing changed."""
+    listing, since = site.listing(), time.time()
+    for args in ((), ("feature_offline",)):
+        ret = site.run("envflow.refresh", *args)
+        assert ret.returncode == 1 and ret.data["retcode"] == 1, ret
+        assert _one_line(ret.data["error"]) == error
+    site.hook("feature/offline", hooksign.ZERO, before=tip)
+    [job] = _pushed_jobs(event_listener, site, since, 1)
+    assert job["return"]["retcode"] == 1, job
+    assert _one_line(job["return"]["error"]) == f"branch environments: {error}"
+    assert site.listing() == listing and site.serves("feature_offline") == tip
+    assert gitrepo.tree_files(site.path("feature_offline")) == served_files
+    assert not event_listener.get_events([(site.master.id, "salt/envflow/feature_offline/removed")], after_time=since)
+
+
 def test_a_fetch_that_fails_removes_nothing(site, event_listener):
-    """The remote moved away after its branch was deleted: the branch environment stays until a fetch succeeds."""
+    """The branch deleted, then the remote moved away: the branch environment stays until a fetch succeeds.
+
+    envflow's mirror on the master is gone too (a cache cleared, a fresh
+    master): it knows no branch at all, so only the failed fetch stands
+    between a refresh and removing every branch environment.
+    """
     tip = site.branch("feature/offline", _greeting("offline"))
     ok(site.run("envflow.refresh", "feature_offline"))
     assert site.serves("feature_offline") == tip
@@ -338,25 +372,19 @@ def test_a_fetch_that_fails_removes_nothing(site, event_listener):
     moved = f"{site.remote.path}.moved"
     os.rename(site.remote.path, moved)
     try:
-        listing = site.listing()
-        error = f"envflow:repo: {site.remote.path} does not exist; point envflow:repo at the automation repository"
+        shutil.rmtree(Mirror(site.envflow["repo"], site.master.config["cachedir"]).path)
+        missing = f"envflow:repo: {site.remote.path} does not exist; point envflow:repo at the automation repository"
+        _refused_everywhere(site, event_listener, missing, tip, served_files)
+        # An empty directory left where the repository was: libgit2's fetch fails.
+        os.mkdir(site.remote.path)
         ret = site.run("envflow.refresh")
-        assert ret.returncode == 1, ret
-        assert _one_line(ret.data["error"]) == error
-        ret = site.run("envflow.refresh", "feature_offline")
-        assert ret.returncode == 1 and _one_line(ret.data["error"]) == error, ret
-        # A push hook of the deletion, served while the remote cannot be fetched.
-        start = time.time()
-        site.hook("feature/offline", hooksign.ZERO, before=tip)
-        [job] = _pushed_jobs(event_listener, site, start, 1)
-        assert job["return"]["retcode"] == 1, job
-        assert _one_line(job["return"]["error"]) == f"branch environments: {error}"
-        assert site.listing() == listing and site.serves("feature_offline") == tip
-        assert gitrepo.tree_files(site.path("feature_offline")) == served_files
-        assert not event_listener.get_events(
-            [(site.master.id, "salt/envflow/feature_offline/removed")], after_time=start
-        )
+        assert ret.returncode == 1 and _one_line(ret.data["error"]).startswith(
+            f"envflow: cannot fetch {site.remote.path}: "
+        ), ret
+        _refused_everywhere(site, event_listener, ret.data["error"], tip, served_files)
     finally:
+        if os.path.isdir(site.remote.path) and not os.listdir(site.remote.path):
+            os.rmdir(site.remote.path)
         os.rename(moved, site.remote.path)
     # The same hook once the remote is back: the removal is done, and the reactor's job says it succeeded.
     start = time.time()
@@ -377,7 +405,7 @@ def test_pushes_to_two_branches_at_once_are_both_served(site, event_listener):
     names = ("feature/two-a", "feature/two-b")
     before = dict.fromkeys(names, hooksign.ZERO)
     for label in ("created", "moved"):
-        tips = {name: site.branch(name, _greeting(f"{name} {label}")) for name in names}
+        tips = {name: site.branch(name, {f"states/{MINE}": motd(f"{name} {label}")}) for name in names}
         start = time.time()
         with concurrent.futures.ThreadPoolExecutor(len(names)) as senders:
             sent = [senders.submit(site.hook, name, tips[name], before[name]) for name in names]
@@ -393,6 +421,9 @@ def test_pushes_to_two_branches_at_once_are_both_served(site, event_listener):
             "feature_two-a",
             "feature_two-b",
         ]
+        # Salt keeps one hash cache for every saltenv served through __env__: each saltenv still gets its own file.
+        for name in names:
+            assert site.minion_reads(MINE, saltenv=name.replace("/", "_")) == motd(f"{name} {label}")
         before = tips
 
 
@@ -539,6 +570,16 @@ def test_status_lists_branch_environments_and_a_refused_name(site):
     [row] = [line for line in lines if line.split()[:2] == ["feature_status", "feature/status"]]
     assert tip[:10] in row and row.split()[-1] == "yes", row
     assert f"not served: {line}" in lines
+
+    # Its branch deleted, before any refresh: still served, and said to go.
+    site.delete("feature/status")
+    entry = ok(site.run("envflow.status"))["branch_environments"]["environments"]["feature_status"]
+    goes = "its branch is gone or no longer served: the next refresh removes it"
+    assert (entry["remote"], entry["deployed"], entry["in_sync"], entry["goes"]) == (None, tip, False, goes)
+    lines = salt_run(site.master.config_dir, "envflow.status").stdout.splitlines()
+    [row] = [line for line in lines if line.split()[:2] == ["feature_status", "feature/status"]]
+    assert row.split()[-1] == "no" and f"feature_status: {goes}" in lines, lines
+    assert site.serves("feature_status") == tip
 
 
 def test_a_minion_applies_a_branch_environments_states_and_pillar(site, event_listener):
