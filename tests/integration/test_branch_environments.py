@@ -324,6 +324,8 @@ def test_refresh_creates_moves_and_removes_a_branch_environment(site, event_list
     done = ok(site.run("envflow.refresh", "feature_cli"))["branch_environments"]
     assert done["removed"]["feature_cli"]["commit"] == second, done
     assert not os.path.lexists(site.path("feature_cli")) and "feature_cli" not in site.served()
+    # The root salt-master made for __env__ is not a branch environment: nothing removes it.
+    assert os.path.isdir(os.path.join(site.path("__env__"), "states"))
     assert _event(event_listener, site, "feature_cli", "removed", start)["commit"] == second
     actions = [
         (entry["action"], entry.get("to")) for entry in site.history("limit=100") if entry.get("env") == "feature_cli"
