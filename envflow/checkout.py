@@ -11,6 +11,7 @@ in the standby by hand shows as a changed directory and is repaired. Nothing
 is ever written through a symlink.
 """
 
+import collections
 import os
 import shutil
 import stat
@@ -92,6 +93,16 @@ def walk(tree, prefix=""):
                 yield base + item.name, item.id, mode
 
 
+# The changes between the pairs of trees compared last, every kind of entry: one deploy asks for the change from the
+# served tree to the new one four times (the switch, the master's caches, the submodules moved and the history), and
+# a pair of tree ids names its change for good. Only short lists are kept.
+_PAIRS_KEPT = 8
+_PAIR_CHANGES_KEPT = 1000
+_pairs = collections.OrderedDict()
+_pairs_lock = threading.Lock()
+_EVERY_KIND = (*_WRITTEN, FileMode.COMMIT)
+
+
 def changes(old_tree, new_tree, prefix="", kinds=_WRITTEN):
     """The files and symlinks that differ between two trees: ``[(path, old, new)]``, ``(id, mode)`` or ``None``.
 
@@ -101,13 +112,39 @@ def changes(old_tree, new_tree, prefix="", kinds=_WRITTEN):
     whole). Either tree may be ``None`` (empty). ``kinds`` are the modes
     reported (files and symlinks; ``(FileMode.COMMIT,)`` for gitlinks).
     """
+    if prefix:
+        return _changes(old_tree, new_tree, prefix, kinds)
+    key = (old_tree.id.raw if old_tree is not None else None, new_tree.id.raw if new_tree is not None else None)
+    with _pairs_lock:
+        found = _pairs.get(key)
+        if found is not None:
+            _pairs.move_to_end(key)
+    if found is None:
+        found = _changes(old_tree, new_tree, "", _EVERY_KIND)
+        if len(found) <= _PAIR_CHANGES_KEPT:
+            with _pairs_lock:
+                _pairs[key] = found
+                while len(_pairs) > _PAIRS_KEPT:
+                    _pairs.popitem(last=False)
+    if kinds == _EVERY_KIND:
+        return list(found)
+    kept = []
+    for path, old, new in found:
+        old_kept = old if old is not None and old[1] in kinds else None
+        new_kept = new if new is not None and new[1] in kinds else None
+        if old_kept != new_kept:
+            kept.append((path, old_kept, new_kept))
+    return kept
+
+
+def _changes(old_tree, new_tree, prefix, kinds):
     found = []
     for name, (old, new) in sorted(trees.differing(old_tree, new_tree).items()):
         path = prefix + name
         old_sub = old_tree[name] if old is not None and old[1] == FileMode.TREE else None
         new_sub = new_tree[name] if new is not None and new[1] == FileMode.TREE else None
         if old_sub is not None or new_sub is not None:
-            found.extend(changes(old_sub, new_sub, f"{path}/", kinds))
+            found.extend(_changes(old_sub, new_sub, f"{path}/", kinds))
         old_file = old if old is not None and old[1] in kinds else None
         new_file = new if new is not None and new[1] in kinds else None
         if old_file != new_file:

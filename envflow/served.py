@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import stat
+import threading
 import time
 
 import pygit2
@@ -240,25 +241,44 @@ class Deployment:
         return result
 
     def _new_tree(self, repo):
-        return repo[self.tree].peel(pygit2.Tree) if self.tree else repo[self.commit.id].peel(pygit2.Tree)
+        wanted = self.tree or self.commit.id
+        try:
+            return repo[wanted].peel(pygit2.Tree)
+        except KeyError:  # the objects went with the remote they were borrowed from
+            raise pygit2.GitError(f"the repository lacks object {wanted}") from None
 
     # -- the standby slot ------------------------------------------------------------
 
     def _update(self, repo, served, served_record, standby, force, remedy, result):
         """Check the served tree, then bring ``standby`` to the commit; ``None`` when it is served already, unedited."""
         layout = self.layout
-        # The served index, read once where it is: the scan uses it, and it becomes the standby's with what
-        # differs (the files both trees share have the same stat data). A deploy of what is served writes nothing.
-        index = self._index_from(served, standby, served_record.index_changes, link=False)
-        new_tree = self._new_tree(repo)
-        served_tree = tree_of(repo, served_record)
-        unsealed = checkout.racy_seals(served_record)
-        restamped_at = time.time_ns()
-        restamped = checkout.seal(layout.tree(served), unsealed)
-        edits = self._scan(served, index, served_tree, served_record.racy)
-        edited = {path for paths in edits.values() for path in paths}
         new_id = str(self.commit.id)
         same = served_record.commit_id == new_id and served_record.tree == self.tree
+        # The served index, read once where it is: the scan uses it, and it becomes the standby's with what
+        # differs (the files both trees share have the same stat data). A deploy of what is served writes nothing.
+        # A large one is read on a thread of its own (libgit2 lets go of the GIL) while the standby is checked.
+        reading = _in_background(
+            self._index_from,
+            (served, standby, served_record.index_changes, False),
+            on_thread=not same and _large(os.path.join(layout.gitdir(served), "index")),
+        )
+        try:
+            new_tree = self._new_tree(repo)
+            served_tree = tree_of(repo, served_record)
+            unsealed = checkout.racy_seals(served_record)
+            restamped_at = time.time_ns()
+            restamped = checkout.seal(layout.tree(served), unsealed)
+            standby_record = layout.record(standby)
+            ahead = None
+            if not same and served_tree is not None and _reusable(repo, standby_record):
+                ahead = self._standby_checked(repo, standby, standby_record, served_tree, new_tree)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                reading()  # the thread done before the error goes on
+            raise
+        index = reading()
+        edits = self._scan(served, index, served_tree, served_record.racy)
+        edited = {path for paths in edits.values() for path in paths}
         if (edited and not force) or (same and not edited):
             if edited:
                 raise Drift(drift_message(self.served.path, edits, remedy), edits)
@@ -281,7 +301,6 @@ class Deployment:
             if settled == restamped:
                 served_record.dirs.update(settled)
                 served_record.sealed_at = restamped_at
-        standby_record = layout.record(standby)
         if served_tree is None:
             # The served commit is no longer in the repository: nothing can be shared with it.
             prepared = self._build_whole(repo, standby, first=False)
@@ -293,11 +312,13 @@ class Deployment:
                 share=lambda path, oid, mode: path not in edited and checkout.entry(served_tree, path) == (oid, mode),
             )
             new_links = checkout.links_after(served_record.links, served_to_new)
-            if not _reusable(repo, standby_record):
-                standby_record = self._link_copy(writer, served, served_record, served_tree, edited, standby)
-                index = self._index_from(served, standby, served_record.index_changes)
+            if ahead is None:
+                if not _reusable(repo, standby_record):
+                    standby_record = self._link_copy(writer, served, served_record, served_tree, edited, standby)
+                    index = self._index_from(served, standby, served_record.index_changes)
+                ahead = self._standby_checked(repo, standby, standby_record, served_tree, new_tree)
             prepared = self._bring_up_to_date(
-                repo, writer, index, standby, standby_record, served_tree, edited, new_tree, new_links
+                writer, index, standby, standby_record, edited, new_tree, new_links, ahead
             )
             # The served tree's entries still stamped too close to their change stay so in the standby's index.
             carried = {path: at for path, at in served_record.racy.items() if path not in prepared.stamped}
@@ -318,19 +339,32 @@ class Deployment:
         finally:
             served_repo.free()
 
-    def _bring_up_to_date(self, repo, writer, index, standby, standby_record, served_tree, edited, new_tree, new_links):
-        """The standby holds another commit: rewrite only the paths where it differs, or may differ."""
-        root = self.layout.tree(standby)
+    def _standby_checked(self, repo, standby, standby_record, served_tree, new_tree):
+        """What the reusable ``standby`` must have rewritten, edits aside: ``(paths, broken seals)``.
+
+        The paths where its tree differs from the new one or from the served
+        one, and those it holds on its own; the directories a killed run or a
+        hand edit changed. It reads only the standby, never the served tree's
+        index, so it runs while that is read.
+        """
         held_tree = tree_of(repo, standby_record)
         paths = (
             {path for path, _old, _new in checkout.changes(held_tree, new_tree)}
             # What it does not share with the served tree:
             | {path for path, _old, _new in checkout.changes(held_tree, served_tree)}
             | set(standby_record.dirty)
-            | edited
         )
+        return paths, checkout.broken_seals(self.layout.tree(standby), standby_record)
+
+    def _bring_up_to_date(self, writer, index, standby, standby_record, edited, new_tree, new_links, checked):
+        """The standby holds another commit: rewrite only the paths where it differs, or may differ.
+
+        ``checked`` is what :meth:`_standby_checked` found; ``edited`` the served tree's hand edits.
+        """
+        root = self.layout.tree(standby)
+        paths, broken = checked
+        paths = paths | edited
         # A killed run, or a hand edit, shows in the directories it changed: make those hold the commit.
-        broken = checkout.broken_seals(root, standby_record)
         for directory in sorted(broken, key=len):
             paths |= writer.reconcile(new_tree, directory, standby_record.dirs)
         writer.make_paths_match(new_tree, paths)
@@ -540,6 +574,45 @@ def _fsync(path):
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+# An index file from this size on (about 5,000 entries) is read on a thread while the deploy does other work.
+_LARGE_INDEX = 512 * 1024
+
+
+def _large(path):
+    try:
+        return os.stat(path).st_size >= _LARGE_INDEX
+    except OSError:
+        return False
+
+
+def _in_background(function, args, on_thread):
+    """Start ``function(*args)``, on a thread of its own when ``on_thread``; return what waits for its result.
+
+    The waiting call returns the result, or raises what the function raised.
+    """
+    if not on_thread:
+        done = function(*args)
+        return lambda: done
+    box = {}
+
+    def run():
+        try:
+            box["result"] = function(*args)
+        except BaseException as exc:  # pylint: disable=broad-except
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="envflow-index-read", daemon=True)
+    thread.start()
+
+    def wait():
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    return wait
 
 
 def _reusable(repo, record):

@@ -24,6 +24,7 @@ import traceback
 from dataclasses import dataclass
 
 from envflow import checkout
+from envflow import served as served_module
 from envflow.errors import Drift
 from envflow.remote import Mirror
 from envflow.served import ServedDir
@@ -48,13 +49,18 @@ def deploy(path, mirror, rev, force=False, two_threads=False):
 
 @contextlib.contextmanager
 def whole_trees_in_two(on=True):
-    """While this holds (``on``), the engine writes every whole tree by two threads, not only large ones."""
-    default = checkout._TWO_THREADS_FROM  # pylint: disable=protected-access
-    checkout._TWO_THREADS_FROM = 1 if on else default  # pylint: disable=protected-access
+    """While this holds (``on``), the engine takes its two-thread paths whatever the size, not only for large trees.
+
+    It writes every whole tree by two threads, and reads the served index on a
+    thread of its own while it checks the standby.
+    """
+    defaults = checkout._TWO_THREADS_FROM, served_module._LARGE_INDEX  # pylint: disable=protected-access
+    if on:
+        checkout._TWO_THREADS_FROM, served_module._LARGE_INDEX = 1, 0  # pylint: disable=protected-access
     try:
         yield
     finally:
-        checkout._TWO_THREADS_FROM = default  # pylint: disable=protected-access
+        checkout._TWO_THREADS_FROM, served_module._LARGE_INDEX = defaults  # pylint: disable=protected-access
 
 
 def deploy_until_killed(path, repo, cache, rev, two_threads, ready, failure):

@@ -870,3 +870,31 @@ def test_the_scan_split_covers_every_path_once_and_sends_names_added_by_hand_to_
             # The first half holds what the index lists before its middle entry, the second the rest.
             assert [number for number, _listed in _covering(halves, path)] == [int(position >= len(ordered) // 2)]
         assert [number for number, _listed in _covering(halves, extra)] == [0]
+
+
+@pytest.mark.parametrize("on_thread", [False, True], ids=["read in turn", "read on a thread"])
+def test_a_served_index_that_cannot_be_read_fails_the_deploy_in_one_line_and_changes_nothing(
+    served, mirror, remote, monkeypatch, on_thread
+):
+    """A large served index is read on a thread while the standby is checked; what that read raises is the deploy's
+    one-line error, as when it is read in turn, and nothing served or recorded changes."""
+    from envflow import served as served_module  # pylint: disable=import-outside-toplevel
+
+    monkeypatch.setattr(served_module, "_LARGE_INDEX", 0 if on_thread else 1 << 40)
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    layout = served.layout
+    index = os.path.join(layout.gitdir(layout.served_slot()), "index")
+    with open(index, "r+b") as handle:
+        handle.write(b"not an index")
+    home = os.path.dirname(layout.gitdir("a"))
+    before = snapshot(home), os.readlink(served.path)
+    remote.commit("stage", {"web/init.sls": "# web v3\n"})
+    with pytest.raises(EnvflowError) as raised:
+        deploy(served, mirror, "stage")
+    message = str(raised.value)
+    assert message.startswith(f"envflow: cannot deploy {remote.tip('stage')[:10]} to {served.path}: ")
+    assert "index" in message and "\n" not in message, message
+    assert (snapshot(home), os.readlink(served.path)) == before
+    assert tree_files(served.path)["web/init.sls"] == "# web v2\n"

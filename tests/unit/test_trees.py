@@ -5,6 +5,8 @@ exactly the files and symlinks its tree-to-tree diff names, with the same ids
 and modes, and ``trees.names`` the names a ``pygit2.Tree`` iterates.
 """
 
+import itertools
+
 import hypothesis
 import pygit2
 import pytest
@@ -99,3 +101,42 @@ def test_under_finds_by_bisection_what_a_prefix_test_of_every_path_finds(paths, 
     """Names sorting around ``/`` (``a-b``, ``a.b``, ``a0``) included."""
     ordered = sorted(set(paths))
     assert trees.under(ordered, directory) == [path for path in ordered if path.startswith(directory + "/")]
+
+
+_KINDS = hypothesis.strategies.sampled_from([FileMode.BLOB, FileMode.BLOB_EXECUTABLE, FileMode.LINK, FileMode.COMMIT])
+_MIXED = hypothesis.strategies.dictionaries(_PATHS, hypothesis.strategies.tuples(_CONTENT, _KINDS), max_size=12)
+
+
+def _mixed_tree(repo, files):
+    """:func:`_tree` whose entries may be gitlinks too (pinning a made-up commit id per content)."""
+    index = pygit2.Index()
+    for path, (content, mode) in sorted(files.items()):
+        if any(other.startswith(path + "/") for other in files):
+            continue
+        oid = pygit2.hash(content.encode() + b" pin") if mode == FileMode.COMMIT else repo.create_blob(content.encode())
+        index.add(pygit2.IndexEntry(path, oid, mode))
+    return repo[index.write_tree(repo)]
+
+
+@hypothesis.settings(deadline=None, max_examples=100)
+@hypothesis.given(old=_MIXED, new=_MIXED, first=hypothesis.strategies.sampled_from(["files", "gitlinks"]))
+def test_a_pair_compared_again_gives_each_kind_what_a_fresh_walk_gives(repo, old, new, first):
+    """One deploy asks for the same pair's files, then its gitlinks (or the other way): the answer kept for the pair,
+    every kind of entry, gives each what walking the trees for that kind alone finds, a file that became a gitlink
+    included."""
+    old_tree, new_tree = _mixed_tree(repo, old), _mixed_tree(repo, new)
+    files, gitlinks = checkout._WRITTEN, (FileMode.COMMIT,)  # pylint: disable=protected-access
+    order = [files, gitlinks] if first == "files" else [gitlinks, files]
+    for kinds in order + order:
+        fresh = checkout._changes(old_tree, new_tree, "", kinds)  # pylint: disable=protected-access
+        assert checkout.changes(old_tree, new_tree, kinds=kinds) == fresh
+
+
+def test_what_is_kept_of_the_trees_and_pairs_compared_stays_bounded(repo):
+    """Comparing many trees keeps only the last few entry sets and changes: the cache never grows with the history."""
+    made = [_tree(repo, {f"f{n}": ("one", FileMode.BLOB), "g": (str(n), FileMode.BLOB)}) for n in range(80)]
+    for number, (old_tree, new_tree) in enumerate(itertools.pairwise(made)):
+        changed = [path for path, _old, _new in checkout.changes(old_tree, new_tree)]
+        assert changed == sorted([f"f{number}", f"f{number + 1}", "g"])
+    assert len(trees._sets) <= trees._SETS_KEPT  # pylint: disable=protected-access
+    assert len(checkout._pairs) <= checkout._PAIRS_KEPT  # pylint: disable=protected-access
