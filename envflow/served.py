@@ -268,7 +268,7 @@ class Deployment:
             unsealed = checkout.racy_seals(served_record)
             restamped_at = time.time_ns()
             restamped = checkout.seal(layout.tree(served), unsealed)
-            standby_record = layout.record(standby)
+            standby_record = None if same else layout.record(standby)
             ahead = None
             if not same and served_tree is not None and _reusable(repo, standby_record):
                 ahead = self._standby_checked(repo, standby, standby_record, served_tree, new_tree)
@@ -288,6 +288,8 @@ class Deployment:
                 served_record.submodules = self.submodules
                 layout.write_record(served, served_record)
             return None
+        if same:  # served again, its hand edits discarded
+            standby_record = layout.record(standby)
         result["discarded"] = edits if edited else None
         served_to_new = checkout.changes(served_tree, new_tree)
         result["files"] = _counts(served_to_new)
@@ -608,9 +610,13 @@ def _in_background(function, args, on_thread):
 
     def wait():
         thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
+        # Taken out of the box, not left in it: the error's traceback holds the thread's frame, which holds the box,
+        # and that cycle would keep what the call left half made (a pygit2 Index whose file did not read) until the
+        # cyclic collector runs, at any moment later (CPython 3.11 then fails a compile() running at that moment).
+        error = box.pop("error", None)
+        if error is not None:
+            raise error
+        return box.pop("result")
 
     return wait
 

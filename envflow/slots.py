@@ -121,8 +121,15 @@ def open_repo(gitdir, tree, objects):
 
 
 def open_index(path):
-    """The index file at ``path`` (empty when there is none), as a :class:`pygit2.Index` knowing its ``path``."""
-    index = pygit2.Index(path)
+    """The index file at ``path`` (empty when there is none), as a :class:`pygit2.Index` knowing its ``path``.
+
+    Opened here rather than by ``pygit2.Index(path)``, which leaves a half-made
+    object behind when the file does not read: its ``__del__`` fails whenever
+    it is collected, even inside a ``compile()`` (a SystemError in CPython 3.11).
+    """
+    opened = ffi.new("git_index **")
+    check_error(C.git_index_open(opened, os.fsencode(path)))
+    index = pygit2.Index.from_c(None, opened)
     index.path = path
     return index
 
