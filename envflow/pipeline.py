@@ -471,6 +471,8 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
         bypassed = []
         if moves or force or served_before != promotion.new:
             bypassed = holds.overridden(found, env.name, "promote", force=force, reason=reason, pinned_too=True)
+        # The pin a forced promotion overrides, which its history entry ends; none otherwise.
+        ended = history.pin_of(found, env.name) if bypassed else None
         # A branch that holds the commit already needs no gate: only its directory may lag behind.
         gates = check_gates(promotion, mirror, force=force, reason=reason) if moves else []
         prepared = deployment.prepare(force=force, remedy="promote with force=True")
@@ -483,7 +485,7 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
             report["bypassed"] = bypassed
         if moves:
             mirror.update_branch(env.branch, promotion.old, promotion.new)
-            _no_hold_since(mirror, promotion, force, reason)
+            ended = _no_hold_since(mirror, promotion, force, reason) or ended
         try:
             result = deployment.switch(prepared)
         except (EnvflowError, OSError) as exc:
@@ -496,7 +498,9 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
         if result["changed"]:
             result["changes"] = tree_changes(mirror, served_before, promotion.new, served)
         if moves or result["changed"]:
-            warning = holds.record_after(mirror, *_promotion_entry(promotion, served_before, bypassed, reason, by))
+            warning = holds.record_after(
+                mirror, *_promotion_entry(promotion, served_before, bypassed, reason, by, ended)
+            )
             if warning:
                 report["warning"] = warning
     return Promoted(report, deployed=result, moved=moves, bypassed=bypassed)
@@ -510,12 +514,14 @@ def _no_hold_since(mirror, promotion, force, reason):
     So the history is fetched again once the branch has moved. A hold found there
     (and not overridden) moves the branch back and refuses the promotion; a hold
     recorded after this look came after the promotion, and holds from then on.
+    Returns the pin found there that a forced promotion overrides, or ``None``.
     """
     mirror.fetch()
+    found = history.holds(mirror)
     try:
-        holds.overridden(
-            history.holds(mirror), promotion.env.name, "promote", force=force, reason=reason, pinned_too=True
-        )
+        if holds.overridden(found, promotion.env.name, "promote", force=force, reason=reason, pinned_too=True):
+            return history.pin_of(found, promotion.env.name)
+        return None
     except Held as exc:
         try:
             if promotion.old is None:
@@ -529,8 +535,12 @@ def _no_hold_since(mirror, promotion, force, reason):
         raise Held(f"{exc} (set while this promotion ran: {promotion.env.branch} was moved back)", exc.hold) from None
 
 
-def _promotion_entry(promotion, served_before, bypassed, reason, by):
-    """The history entry of a promotion (``deployed`` when the branch held the commit already), and its change."""
+def _promotion_entry(promotion, served_before, bypassed, reason, by, ended=None):
+    """The history entry of a promotion (``deployed`` when the branch held the commit already), and its change.
+
+    The change ends ``ended``, the pin a forced promotion overrode, and no other: a pin set on another master
+    after the promotion looked (see :func:`_no_hold_since`) holds from then on.
+    """
     env = promotion.env.name
     moved = promotion.old != promotion.new
     entry = {
@@ -550,7 +560,7 @@ def _promotion_entry(promotion, served_before, bypassed, reason, by):
 
     def change(found):
         # A forced promotion into a pinned environment ends the pin: it serves the promoted commit now.
-        if found.get(env, {}).get("pin"):
+        if ended is not None and found.get(env, {}).get("pin") == ended:
             found[env].pop("pin")
         return found
 

@@ -269,3 +269,63 @@ def test_a_pin_set_on_another_master_while_the_branch_moves_refuses_the_promotio
     assert remote.tip("stage") == old
     assert ServedDir(config.environment("stage").path).deployed()["id"] == old
     assert [entry["action"] for entry in history.entries(mirror, "stage")][:1] == ["pinned"]
+
+
+def test_a_pin_set_on_another_master_after_the_promotion_looked_holds_from_then_on(
+    deployed_pipeline, mirror, remote, tmp_path, monkeypatch
+):
+    """A pin recorded after the promotion's last look at the holds, before its history entry, is not ended by it.
+
+    Found by the fleet's race test (a promotion on one master and a pin on another, twenty rounds): the promotion's
+    entry ended whatever pin it found, so the pin reported as set was gone and the unpin after it changed nothing.
+    Only a forced promotion ends a pin, and only the one it overrode.
+    """
+    from envflow import holds  # pylint: disable=import-outside-toplevel
+    from envflow.config import parse  # pylint: disable=import-outside-toplevel
+    from envflow.errors import Held  # pylint: disable=import-outside-toplevel
+    from envflow.remote import Mirror  # pylint: disable=import-outside-toplevel
+    from tests.gitrepo import config as make_config  # pylint: disable=import-outside-toplevel
+
+    config = deployed_pipeline
+    tested = remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+    deploy(mirror, config.environment("test"))
+    other = parse(make_config(remote.path, tmp_path / "other-master"))
+    with Mirror(remote.path, str(tmp_path / "other-cache")) as theirs:
+        deploy(theirs, other.environment("stage"))
+        looked = pipeline._no_hold_since  # pylint: disable=protected-access
+
+        def pinned_after_the_look(*args, **kwargs):
+            found = looked(*args, **kwargs)
+            theirs.fetch()
+            assert holds.pin(other, theirs, "stage", reason="demo on stage", by="carol")["changed"] is True
+            return found
+
+        monkeypatch.setattr(pipeline, "_no_hold_since", pinned_after_the_look)
+        mirror.fetch()
+        done = pipeline.promote(config, mirror, "stage", by="alice")
+    assert done.moved and remote.tip("stage") == tested
+    mirror.fetch()
+    pin = history.pin_of(history.holds(mirror), "stage")
+    assert (pin["by"], pin["reason"]) == ("carol", "demo on stage"), pin
+    assert [entry["action"] for entry in history.entries(mirror, "stage")][:2] == ["promoted", "pinned"]
+    monkeypatch.undo()
+    remote.commit("develop", {"web/init.sls": "# web v3\n"}, message="web v3")
+    deploy(mirror, config.environment("test"))
+    with pytest.raises(Held) as refused:
+        pipeline.promote(config, mirror, "stage", by="alice")
+    assert str(refused.value).startswith("envflow: stage is pinned to "), refused.value
+    assert holds.unpin(config, mirror, "stage", by="alice")["changed"] is True
+
+
+def test_a_forced_promotion_ends_the_pin_it_overrode(deployed_pipeline, mirror, remote):
+    from envflow import holds  # pylint: disable=import-outside-toplevel
+
+    config = deployed_pipeline
+    assert holds.pin(config, mirror, "stage", reason="demo", by="carol")["changed"] is True
+    tested = remote.commit("develop", {"web/init.sls": "# web v2\n"}, message="web v2")
+    deploy(mirror, config.environment("test"))
+    done = pipeline.promote(config, mirror, "stage", force=True, reason="hotfix", by="alice")
+    assert done.moved and remote.tip("stage") == tested
+    assert done.bypassed and done.bypassed[0].startswith("pin: "), done.bypassed
+    mirror.fetch()
+    assert history.pin_of(history.holds(mirror), "stage") is None
