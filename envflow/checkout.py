@@ -11,7 +11,6 @@ in the standby by hand shows as a changed directory and is repaired. Nothing
 is ever written through a symlink.
 """
 
-import collections
 import os
 import shutil
 import stat
@@ -98,8 +97,7 @@ def walk(tree, prefix=""):
 # a pair of tree ids names its change for good. Only short lists are kept.
 _PAIRS_KEPT = 8
 _PAIR_CHANGES_KEPT = 1000
-_pairs = collections.OrderedDict()
-_pairs_lock = threading.Lock()
+_pairs = trees.Recent(_PAIRS_KEPT)
 _EVERY_KIND = (*_WRITTEN, FileMode.COMMIT)
 
 
@@ -115,19 +113,11 @@ def changes(old_tree, new_tree, prefix="", kinds=_WRITTEN):
     if prefix:
         return _changes(old_tree, new_tree, prefix, kinds)
     key = (old_tree.id.raw if old_tree is not None else None, new_tree.id.raw if new_tree is not None else None)
-    with _pairs_lock:
-        found = _pairs.get(key)
-        if found is not None:
-            _pairs.move_to_end(key)
+    found = _pairs.get(key)
     if found is None:
         found = _changes(old_tree, new_tree, "", _EVERY_KIND)
         if len(found) <= _PAIR_CHANGES_KEPT:
-            with _pairs_lock:
-                _pairs[key] = found
-                while len(_pairs) > _PAIRS_KEPT:
-                    _pairs.popitem(last=False)
-    if kinds == _EVERY_KIND:
-        return list(found)
+            _pairs.put(key, found)
     kept = []
     for path, old, new in found:
         old_kept = old if old is not None and old[1] in kinds else None

@@ -31,29 +31,52 @@ def entries(tree):
     return _pattern(len(tree.id.raw), False).findall(tree.read_raw())
 
 
+class Recent:
+    """The values last put, ``size`` at most, by key; safe to share between threads.
+
+    For what a content id names for good (a tree's entries, the change between two trees): a value never goes
+    stale, it only goes when newer ones push it out.
+    """
+
+    def __init__(self, size):
+        self.size = size
+        self._kept = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self._kept)
+
+    def get(self, key):
+        """The value kept for ``key`` (now the newest), or ``None``."""
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+            return found
+
+    def put(self, key, value):
+        with self._lock:
+            self._kept[key] = value
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+
+
 # The entry sets of the trees compared last, by id: one deploy compares the same large trees several times (the served
 # tree with the new one for the switch, the caches and the submodules; the standby's with both), and a tree's id
 # names its content for good. A few dozen trees; a 2,000-entry tree's set takes about 200 KB.
 _SETS_KEPT = 32
-_sets = collections.OrderedDict()
-_sets_lock = threading.Lock()
+_sets = Recent(_SETS_KEPT)
 
 
 def entry_set(tree):
     """:func:`entries` of ``tree`` as a frozenset, kept for the trees compared last (``None``: the empty set)."""
     if tree is None:
         return frozenset()
-    key = tree.id.raw
-    with _sets_lock:
-        found = _sets.get(key)
-        if found is not None:
-            _sets.move_to_end(key)
-            return found
-    found = frozenset(entries(tree))
-    with _sets_lock:
-        _sets[key] = found
-        while len(_sets) > _SETS_KEPT:
-            _sets.popitem(last=False)
+    found = _sets.get(tree.id.raw)
+    if found is None:
+        found = frozenset(entries(tree))
+        _sets.put(tree.id.raw, found)
     return found
 
 

@@ -898,3 +898,37 @@ def test_a_served_index_that_cannot_be_read_fails_the_deploy_in_one_line_and_cha
     assert "index" in message and "\n" not in message, message
     assert (snapshot(home), os.readlink(served.path)) == before
     assert tree_files(served.path)["web/init.sls"] == "# web v2\n"
+
+
+@pytest.mark.parametrize("on_thread", [False, True], ids=["read in turn", "read on a thread"])
+def test_a_standby_check_that_fails_while_the_index_is_read_fails_the_deploy_in_one_line_and_changes_nothing(
+    served, mirror, remote, monkeypatch, on_thread
+):
+    """The standby is checked while a large served index is read on a thread: an error there waits for the read
+    to end, is the deploy's one-line error, and leaves nothing served or recorded changed."""
+    import threading  # pylint: disable=import-outside-toplevel
+
+    from envflow import served as served_module  # pylint: disable=import-outside-toplevel
+
+    monkeypatch.setattr(served_module, "_LARGE_INDEX", 0 if on_thread else 1 << 40)
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    home = os.path.dirname(served.layout.gitdir("a"))
+    before = snapshot(home), os.readlink(served.path)
+
+    def failing(root, record):
+        raise OSError(f"cannot read {root}")
+
+    monkeypatch.setattr(checkout, "broken_seals", failing)
+    remote.commit("stage", {"web/init.sls": "# web v3\n"})
+    with pytest.raises(EnvflowError) as raised:
+        deploy(served, mirror, "stage")
+    message = str(raised.value)
+    assert message.startswith(f"envflow: cannot deploy {remote.tip('stage')[:10]} to {served.path}: cannot read ")
+    assert "\n" not in message, message
+    assert not [thread for thread in threading.enumerate() if thread.name == "envflow-index-read"]
+    assert (snapshot(home), os.readlink(served.path)) == before
+    monkeypatch.undo()
+    deploy(served, mirror, "stage")
+    assert tree_files(served.path)["web/init.sls"] == "# web v3\n"
