@@ -242,10 +242,10 @@ def _deploy(config, mirror, settings, env, force, by):
     commit = mirror.commit(str(mirror.tip(env.branch)))
     with served.deploying(mirror.objects, commit, submodules.Composer(mirror, config.submodules)) as deployment:
         _note_branch(home, env.branch)
-        before = pipeline.served_id(served)
+        before = deployment.served_id()
         result = deployment.switch(deployment.prepare(force=force))
         if result["changed"]:
-            result["changes"] = pipeline.tree_changes(mirror, before, commit.id, served)
+            result["changes"] = pipeline.tree_changes(mirror, before, commit.id, deployment.switched)
             entry = {"action": "deployed", "env": env.name, "branch": env.branch, "by": by, "from": before}
             entry["to"] = str(commit.id)
             warning = holds.record_after(mirror, entry)

@@ -303,7 +303,7 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
     with served.deploying(mirror.objects, commit, submodules.Composer(mirror, config.submodules)) as deployment:
         found = history.holds(mirror)
         pin = history.pin_of(found, env.name)
-        before = served_id(served)
+        before = deployment.served_id()
         if pin:
             deployment.commit = mirror.commit(pin["commit"])
         elif rev is None and _served_newer(mirror, before, deployment.commit.id):
@@ -317,7 +317,7 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
             bypassed = holds.overridden(found, env.name, "deploy", force=force, reason=reason)
         result = deployment.switch(deployment.prepare(force=force))
         if result["changed"]:
-            result["changes"] = tree_changes(mirror, before, deployment.commit.id, served)
+            result["changes"] = tree_changes(mirror, before, deployment.commit.id, deployment.switched)
             entry = {"action": "deployed", "env": env.name, "by": by, "from": before, "to": str(deployment.commit.id)}
             moved = submodules.bumps(mirror, before, str(deployment.commit.id))
             if moved:
@@ -333,27 +333,25 @@ def deploy(config, mirror, name, rev=None, branch=None, force=False, reason=None
     return result
 
 
-def tree_changes(mirror, old_id, new_id, served):
+def tree_changes(mirror, old_id, new_id, switched):
     """What a switch from ``old_id``'s tree to ``new_id``'s changed, for the master's caches: ``{"paths", "listing"}``.
 
+    ``switched`` is the deployment's pair of records, of the slot served
+    before and of the one served now (:attr:`envflow.served.Deployment.switched`).
     ``paths`` are the paths whose content or kind differ (added, deleted,
     modified, changed type), ``listing`` whether the list of paths changed
-    (anything but a modified file). The trees are those the slots' records
-    name (a submodule's files included). ``None`` when that is not known:
-    nothing served before, a slot whose record is not of that switch, a tree
-    the mirror lacks, or a tree holding symlinks, through which a path's
-    content can change while the path does not.
+    (anything but a modified file). The trees are those the records name (a
+    submodule's files included). ``None`` when that is not known: nothing
+    served before, a record that is not of that switch, a tree the mirror
+    lacks, or a tree holding symlinks, through which a path's content can
+    change while the path does not.
     """
-    if old_id is None:
+    old_record, record = switched or (None, None)
+    if old_id is None or record is None or old_record is None or record.links or old_record.links:
+        return None
+    if (old_record.commit_id, record.commit_id) != (old_id, str(new_id)):
         return None
     try:
-        layout = served.layout
-        slot = layout.served_slot()
-        record, old_record = layout.record(slot), layout.record(layout.other(slot))
-        if record is None or old_record is None or record.links or old_record.links:
-            return None
-        if (old_record.commit_id, record.commit_id) != (old_id, str(new_id)):
-            return None
         old_tree, new_tree = tree_of(mirror.repo, old_record), tree_of(mirror.repo, record)
         if old_tree is None or new_tree is None:
             return None
@@ -467,7 +465,7 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
     with served.deploying(mirror.objects, mirror.commit(promotion.new), compose) as deployment:
         # Read under the lock: a pin or freeze set meanwhile on this master holds this promotion back.
         found = history.holds(mirror)
-        served_before = served_id(served)
+        served_before = deployment.served_id()
         bypassed = []
         if moves or force or served_before != promotion.new:
             bypassed = holds.overridden(found, env.name, "promote", force=force, reason=reason, pinned_too=True)
@@ -496,7 +494,7 @@ def promote(config, mirror, name, rev=None, force=False, reason=None, by=None, d
                 f"failed: {exc}; fix that, then run envflow.refresh {env.name}"
             ) from None
         if result["changed"]:
-            result["changes"] = tree_changes(mirror, served_before, promotion.new, served)
+            result["changes"] = tree_changes(mirror, served_before, promotion.new, deployment.switched)
         if moves or result["changed"]:
             warning = holds.record_after(
                 mirror, *_promotion_entry(promotion, served_before, bypassed, reason, by, ended)

@@ -145,7 +145,11 @@ class ServedDir:
         try:
             with self.locked():
                 switch.tidy(self.layout)
-                yield deployment
+                deployment.read_ahead()
+                try:
+                    yield deployment
+                finally:
+                    deployment.read_ahead_done()
         except (OSError, pygit2.GitError) as exc:
             what = f" {short(deployment.commit.id)}" if deployment.commit is not None else ""
             raise EnvflowError(f"envflow: cannot deploy{what} to {self.path}: {exc}") from None
@@ -174,6 +178,41 @@ class Deployment:
         # ``compose(commit, served record)``: the tree to serve when not the commit's own, and what it is made of.
         self.compose = compose
         self.tree = self.submodules = None
+        # The records of the slot served before and of the one served after, once :meth:`switch` served a new tree.
+        self.switched = None
+        self._served_record = _UNREAD
+        self._ahead = None  # (served slot, wait for its index file) while it is read ahead
+
+    def read_ahead(self):
+        """Start reading a large served index on a thread: the deploy has other work to do before it scans.
+
+        Called with the lock held (nothing changes the slots meanwhile); the
+        read is taken by :meth:`prepare`, or waited for and dropped by
+        :meth:`read_ahead_done`.
+        """
+        served = self.layout.served_slot()
+        path = os.path.join(self.layout.gitdir(served), "index") if served else None
+        if path is not None and _large(path):
+            self._ahead = (served, _in_background(slots.read_index, (path, {}), on_thread=True))
+
+    def read_ahead_done(self):
+        """Wait for a read :meth:`prepare` did not take: no thread outlives the lock."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            with contextlib.suppress(Exception):
+                ahead[1]()
+
+    def served_record(self):
+        """The served slot's :class:`Record` (``None``: nothing served, or no record), read once under the lock."""
+        if self._served_record is _UNREAD:
+            served = self.layout.served_slot()
+            self._served_record = self.layout.record(served) if served else None
+        return self._served_record
+
+    def served_id(self):
+        """The commit served when the lock was taken, or ``None`` (also when its record is lost)."""
+        record = self.served_record()
+        return record.commit_id if record else None
 
     def prepare(self, force=False, remedy="deploy with force=True"):
         """Check the served tree for hand edits and bring the standby slot to the commit; change nothing served.
@@ -184,7 +223,7 @@ class Deployment:
         """
         layout = self.layout
         served = layout.served_slot()
-        served_record = layout.record(served) if served else None
+        served_record = self.served_record()
         if served and served_record is None and not force:
             raise self.served._unrecorded()  # pylint: disable=protected-access
         result = {
@@ -238,6 +277,7 @@ class Deployment:
                 _fsync(path)
         result["moved_aside"] = switch.switch(layout, prepared.slot)
         result["changed"] = True
+        self.switched = (prepared.served_record, prepared.record)
         return result
 
     def _new_tree(self, repo):
@@ -257,11 +297,7 @@ class Deployment:
         # The served index, read once where it is: the scan uses it, and it becomes the standby's with what
         # differs (the files both trees share have the same stat data). A deploy of what is served writes nothing.
         # A large one is read on a thread of its own (libgit2 lets go of the GIL) while the standby is checked.
-        reading = _in_background(
-            self._index_from,
-            (served, standby, served_record.index_changes, False),
-            on_thread=not same and _large(os.path.join(layout.gitdir(served), "index")),
-        )
+        reading = self._served_index(served, standby, served_record.index_changes, on_thread=not same)
         try:
             new_tree = self._new_tree(repo)
             served_tree = tree_of(repo, served_record)
@@ -330,6 +366,18 @@ class Deployment:
         if same:
             prepared.record.since = served_record.since  # the same commit, served all along
         return prepared
+
+    def _served_index(self, served, standby, changes, on_thread):
+        """What waits for the served index with ``changes``: the one read ahead, else one read now (on a thread
+        ``on_thread`` when it is large)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != served:
+            if ahead is not None:
+                with contextlib.suppress(Exception):
+                    ahead[1]()
+            on_thread = on_thread and _large(os.path.join(self.layout.gitdir(served), "index"))
+            return _in_background(self._index_from, (served, standby, changes, False), on_thread)
+        return lambda: _read_in_place(slots.apply_changes(ahead[1](), changes), changes)
 
     def _scan(self, served, index, served_tree, racy):
         """The hand edits of the served tree, the scan split over two cores for a large tree; ``racy`` files read."""
@@ -513,10 +561,9 @@ class Deployment:
         """
         target = os.path.join(self.layout.gitdir(slot), "index.next")
         if source is not None and not link:
-            index = slots.read_index(os.path.join(self.layout.gitdir(source), "index"), changes or {})
-            index.changes = dict(changes or {})
-            index.linked = True
-            return index
+            return _read_in_place(
+                slots.read_index(os.path.join(self.layout.gitdir(source), "index"), changes or {}), changes
+            )
         _drop(target)
         _drop(target + ".lock")  # left by a run killed while libgit2 wrote it
         if source is not None:
@@ -552,6 +599,15 @@ class Deployment:
         _drop(os.path.join(gitdir, "index.next"))  # the rename does nothing when both name the same file
         return kept
 
+
+def _read_in_place(index, changes):
+    """``index``, read where it is with ``changes`` made, marked for :meth:`Deployment._write_index` to link."""
+    index.changes = dict(changes or {})  # where it differs from the file
+    index.linked = True
+    return index
+
+
+_UNREAD = object()
 
 # The index changes a record keeps before the index file is written whole.
 _KEPT_CHANGES = 100

@@ -136,7 +136,11 @@ def open_index(path):
 
 def read_index(path, changes):
     """The index file at ``path`` with ``changes`` (a slot record's ``index_changes``) made to it, in memory."""
-    index = open_index(path)
+    return apply_changes(open_index(path), changes)
+
+
+def apply_changes(index, changes):
+    """Make ``changes`` (a slot record's ``index_changes``) to ``index`` in memory; return it."""
     for changed, entry in changes.items():
         if entry is None:
             remove_entry(index, changed)

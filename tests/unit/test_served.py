@@ -932,3 +932,47 @@ def test_a_standby_check_that_fails_while_the_index_is_read_fails_the_deploy_in_
     monkeypatch.undo()
     deploy(served, mirror, "stage")
     assert tree_files(served.path)["web/init.sls"] == "# web v3\n"
+
+
+@pytest.mark.parametrize("readable", [True, False], ids=["index reads", "index does not read"])
+def test_a_deploy_given_up_before_it_prepares_waits_for_the_index_read_ahead_and_changes_nothing(
+    served, mirror, remote, monkeypatch, readable
+):
+    """A large served index is read ahead on a thread once the lock is taken. A deploy that stops before it
+    prepares (a hold refuses it) waits for that read before the lock goes, whatever it gave: its own error is
+    the one raised, no thread outlives the lock and nothing changes."""
+    import threading  # pylint: disable=import-outside-toplevel
+
+    from envflow import served as served_module  # pylint: disable=import-outside-toplevel
+
+    monkeypatch.setattr(served_module, "_LARGE_INDEX", 0)
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    layout = served.layout
+    if not readable:
+        with open(os.path.join(layout.gitdir(layout.served_slot()), "index"), "r+b") as handle:
+            handle.write(b"not an index")
+    home = os.path.dirname(layout.gitdir("a"))
+    before = snapshot(home), os.readlink(served.path)
+    reading, finished = threading.Event(), []
+    read_index = slots.read_index
+
+    def slow_read(path, changes):
+        reading.set()
+        time.sleep(0.3)  # still reading when the deploy gives up, unless something waits for it
+        try:
+            return read_index(path, changes)
+        finally:
+            finished.append(threading.current_thread().name)
+
+    monkeypatch.setattr(slots, "read_index", slow_read)
+    remote.commit("stage", {"web/init.sls": "# web v3\n"})
+    mirror.fetch()
+    with pytest.raises(EnvflowError) as raised, served.deploying(mirror.objects, mirror.commit("stage")):
+        assert reading.wait(60)
+        raise EnvflowError("envflow: stage is frozen")
+    assert str(raised.value) == "envflow: stage is frozen"
+    assert finished == ["envflow-index-read"]
+    assert not [thread for thread in threading.enumerate() if thread.name == "envflow-index-read"]
+    assert (snapshot(home), os.readlink(served.path)) == before
