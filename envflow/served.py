@@ -52,7 +52,7 @@ class Prepared:
     """A deploy ready to switch: ``result`` to return, the ``slot`` to serve (``None``: nothing to switch).
 
     ``record`` is the slot's record to write, ``served_record`` the served
-    slot's (when it changed), ``flush`` what to flush before the switch
+    slot's (written again only when ``served_changed``), ``flush`` what to flush before the switch
     (``None``: the whole file system), ``stamped`` when each index entry the
     deploy stamped last changed (ns; ``None`` for a path it took out of the index).
     """
@@ -64,6 +64,7 @@ class Prepared:
         self.flush = flush
         self.stamped = stamped or {}
         self.served_record = None
+        self.served_changed = False
 
 
 class ServedDir:
@@ -263,7 +264,8 @@ class Deployment:
         layout = self.layout
         prepared.record.since = prepared.record.since or now_iso()
         layout.write_record(prepared.slot, prepared.record, flush=False)
-        if prepared.served_record is not None:
+        rewritten = prepared.served_record is not None and prepared.served_changed
+        if rewritten:
             layout.write_record(layout.served_slot(), prepared.served_record, flush=False)
         # The new tree on disk before anything points at it.
         if prepared.flush is None:
@@ -271,7 +273,7 @@ class Deployment:
         else:
             # Only what this deploy changed: the files it wrote, the directories it changed, the bookkeeping.
             gitdirs = [layout.gitdir(prepared.slot)]
-            if prepared.served_record is not None:
+            if rewritten:
                 gitdirs.append(layout.gitdir(layout.served_slot()))
             for path in [*prepared.flush, *(os.path.join(gitdir, "envflow.json") for gitdir in gitdirs), *gitdirs]:
                 _fsync(path)
@@ -329,16 +331,20 @@ class Deployment:
         result["discarded"] = edits if edited else None
         served_to_new = checkout.changes(served_tree, new_tree)
         result["files"] = _counts(served_to_new)
+        # Whether the served slot's record must be written again: unchanged, it costs no write (nor its flush).
+        changed = bool(edited)
         if edited:
             # They stay in that tree, which becomes the standby: rewrite them when it is reused.
             served_record.dirty = sorted(set(served_record.dirty) | edited)
-        else:
+        elif restamped:
             # Its scan just found the tree as the index says: the directories stamped too close to their
             # last change to be trusted get the stamps they had before the scan, if those are old enough.
+            # (None stamped so: later seals would find none such either way, so the record stays as it is.)
             settled = checkout.settled(restamped, restamped_at)
             if settled == restamped:
                 served_record.dirs.update(settled)
                 served_record.sealed_at = restamped_at
+                changed = True
         if served_tree is None:
             # The served commit is no longer in the repository: nothing can be shared with it.
             prepared = self._build_whole(repo, standby, first=False)
@@ -353,6 +359,7 @@ class Deployment:
             if ahead is None:
                 if not _reusable(repo, standby_record):
                     standby_record = self._link_copy(writer, served, served_record, served_tree, edited, standby)
+                    changed = True  # its index written whole
                     index = self._index_from(served, standby, served_record.index_changes)
                 ahead = self._standby_checked(repo, standby, standby_record, served_tree, new_tree)
             prepared = self._bring_up_to_date(
@@ -362,7 +369,7 @@ class Deployment:
             carried = {path: at for path, at in served_record.racy.items() if path not in prepared.stamped}
             fresh = {path: at for path, at in prepared.stamped.items() if at is not None}
             prepared.record.racy = checkout.racy_entries({**carried, **fresh})
-        prepared.served_record = served_record
+        prepared.served_record, prepared.served_changed = served_record, changed
         if same:
             prepared.record.since = served_record.since  # the same commit, served all along
         return prepared

@@ -976,3 +976,41 @@ def test_a_deploy_given_up_before_it_prepares_waits_for_the_index_read_ahead_and
     assert finished == ["envflow-index-read"]
     assert not [thread for thread in threading.enumerate() if thread.name == "envflow-index-read"]
     assert (snapshot(home), os.readlink(served.path)) == before
+
+
+def test_the_served_slots_record_is_written_again_only_when_the_deploy_changed_it(served, mirror, remote):
+    """A deploy writes the record of the slot it stops serving only when something in it changed: its directory
+    seals settled, hand edits left in it, its index written whole. Otherwise the record (and its flush) is spared."""
+    layout = served.layout
+    deploy(served, mirror, "stage")  # a whole tree, sealed once a clock tick passed: no seal to settle later
+    first = layout.served_slot()
+    record_file = os.path.join(layout.gitdir(first), "envflow.json")
+    assert not checkout.racy_seals(layout.record(first))
+    before = os.lstat(record_file), open(record_file, "rb").read()  # noqa: SIM115
+
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    after = os.lstat(record_file), open(record_file, "rb").read()  # noqa: SIM115
+    assert (after[0].st_ino, after[0].st_mtime_ns, after[1]) == (before[0].st_ino, before[0].st_mtime_ns, before[1])
+
+    # The slot now served sealed the folders it changed at once: within a tick of them, so they prove nothing yet.
+    second = layout.served_slot()
+    racy = checkout.racy_seals(layout.record(second))
+    assert racy and "web" in racy
+    sealed_at = layout.record(second).sealed_at
+    assert wait_until(lambda: time.time_ns() > sealed_at + 2 * checkout._TICK_NS)  # pylint: disable=protected-access
+    remote.commit("stage", {"web/init.sls": "# web v3\n"})
+    deploy(served, mirror, "stage")
+    settled = layout.record(second)
+    assert settled.sealed_at > sealed_at and not checkout.racy_seals(settled)
+    assert tree_files(served.path)["web/init.sls"] == "# web v3\n"
+
+
+def wait_until(check, timeout=60.0):
+    """Wait for ``check()`` to hold (a clock passing a mark); whether it did within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
