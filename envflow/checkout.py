@@ -183,27 +183,35 @@ def seal(root, dirs):
     """``{dir: [inode, mtime_ns, ctime_ns]}`` for each of ``dirs`` that is a real directory under ``root``.
 
     Never through a symlink: a directory under one (a directory replaced by a
-    link) is not the tree's, and is left out.
+    link) is not the tree's, and is left out. One ``lstat`` per directory:
+    a parent sealed already (listed before its children, as a record lists
+    them) is known real; any other is checked on the way up, once.
     """
     real, sealed = {"": True}, {}
+    lstat, is_dir = os.lstat, stat.S_ISDIR
 
     def stamp(path):
         try:
-            found = os.lstat(f"{root}/{path}" if path else root)
+            found = lstat(f"{root}/{path}" if path else root)
         except OSError:  # gone, under a file, or under a loop of links
             return None
-        return found if stat.S_ISDIR(found.st_mode) else None
+        return found if is_dir(found.st_mode) else None
 
     def is_real(path):
         if path not in real:
-            real[path] = is_real(_parent(path)) and stamp(path) is not None
+            real[path] = is_real(path.rpartition("/")[0]) and stamp(path) is not None
         return real[path]
 
     for path in dirs:
-        found = stamp(path) if is_real(_parent(path)) else None
-        if found is not None:
-            real[path] = True
-            sealed[path] = [found.st_ino, found.st_mtime_ns, found.st_ctime_ns]
+        parent = path.rpartition("/")[0]
+        if parent in sealed or (not path or is_real(parent)):
+            try:
+                found = lstat(f"{root}/{path}" if path else root)
+            except OSError:
+                continue
+            if is_dir(found.st_mode):
+                real[path] = True
+                sealed[path] = [found.st_ino, found.st_mtime_ns, found.st_ctime_ns]
     return sealed
 
 

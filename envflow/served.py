@@ -182,26 +182,55 @@ class Deployment:
         # The records of the slot served before and of the one served after, once :meth:`switch` served a new tree.
         self.switched = None
         self._served_record = _UNREAD
-        self._ahead = None  # (served slot, wait for its index file) while it is read ahead
+        # What runs on threads while the lock is held: ``{"index" or "standby": (slot, wait for it)}``.
+        self._ahead = {}
 
     def read_ahead(self):
-        """Start reading a large served index on a thread: the deploy has other work to do before it scans.
+        """For a large tree, start on threads what the deploy needs before it scans, as it has other work to do.
 
-        Called with the lock held (nothing changes the slots meanwhile); the
-        read is taken by :meth:`prepare`, or waited for and dropped by
-        :meth:`read_ahead_done`.
+        The served index is read. When the commit to serve is not the one
+        served, the standby's record is read and its directory seals checked
+        too (:func:`envflow.checkout.broken_seals`): that holds for whatever
+        commit the deploy serves in the end. Called with the lock held
+        (nothing changes the slots meanwhile); what :meth:`prepare` does not
+        take is waited for and dropped by :meth:`read_ahead_done`.
         """
-        served = self.layout.served_slot()
-        path = os.path.join(self.layout.gitdir(served), "index") if served else None
-        if path is not None and _large(path):
-            self._ahead = (served, _in_background(slots.read_index, (path, {}), on_thread=True))
+        layout = self.layout
+        served = layout.served_slot()
+        path = os.path.join(layout.gitdir(served), "index") if served else None
+        if path is None or not _large(path):
+            return
+        self._ahead["index"] = (served, _in_background(slots.read_index, (path, {}), on_thread=True))
+        record = self.served_record()
+        if record is not None and self.commit is not None and record.commit_id != str(self.commit.id):
+            standby = layout.other(served)
+            self._ahead["standby"] = (
+                standby,
+                _in_background(self._standby_seals, (standby,), on_thread=True, name="envflow-standby-check"),
+            )
 
     def read_ahead_done(self):
-        """Wait for a read :meth:`prepare` did not take: no thread outlives the lock."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
+        """Wait for what :meth:`prepare` did not take: no thread outlives the lock."""
+        ahead, self._ahead = self._ahead, {}
+        for _slot, wait in ahead.values():
+            with contextlib.suppress(Exception):
+                wait()
+
+    def _taken(self, what, slot):
+        """The wait for ``what`` was started ahead for ``slot``, taken (``None``: none was)."""
+        ahead = self._ahead.pop(what, None)
+        if ahead is not None and ahead[0] != slot:
             with contextlib.suppress(Exception):
                 ahead[1]()
+            return None
+        return ahead[1] if ahead is not None else None
+
+    def _standby_seals(self, standby):
+        """``(record, broken seals)`` of the ``standby`` slot; the seals ``None`` when it has no record of them."""
+        record = self.layout.record(standby)
+        if record is None or record.dirs is None:
+            return record, None
+        return record, checkout.broken_seals(self.layout.tree(standby), record)
 
     def served_record(self):
         """The served slot's :class:`Record` (``None``: nothing served, or no record), read once under the lock."""
@@ -306,10 +335,13 @@ class Deployment:
             unsealed = checkout.racy_seals(served_record)
             restamped_at = time.time_ns()
             restamped = checkout.seal(layout.tree(served), unsealed)
-            standby_record = None if same else layout.record(standby)
+            waiting = self._taken("standby", standby)
+            standby_record, seals = waiting() if waiting is not None else (None, None)
+            if not same and waiting is None:
+                standby_record = layout.record(standby)
             ahead = None
             if not same and served_tree is not None and _reusable(repo, standby_record):
-                ahead = self._standby_checked(repo, standby, standby_record, served_tree, new_tree)
+                ahead = self._standby_checked(repo, standby, standby_record, served_tree, new_tree, seals)
         except BaseException:
             with contextlib.suppress(BaseException):
                 reading()  # the thread done before the error goes on
@@ -377,14 +409,11 @@ class Deployment:
     def _served_index(self, served, standby, changes, on_thread):
         """What waits for the served index with ``changes``: the one read ahead, else one read now (on a thread
         ``on_thread`` when it is large)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None or ahead[0] != served:
-            if ahead is not None:
-                with contextlib.suppress(Exception):
-                    ahead[1]()
+        waiting = self._taken("index", served)
+        if waiting is None:
             on_thread = on_thread and _large(os.path.join(self.layout.gitdir(served), "index"))
             return _in_background(self._index_from, (served, standby, changes, False), on_thread)
-        return lambda: _read_in_place(slots.apply_changes(ahead[1](), changes), changes)
+        return lambda: _read_in_place(slots.apply_changes(waiting(), changes), changes)
 
     def _scan(self, served, index, served_tree, racy):
         """The hand edits of the served tree, the scan split over two cores for a large tree; ``racy`` files read."""
@@ -396,13 +425,13 @@ class Deployment:
         finally:
             served_repo.free()
 
-    def _standby_checked(self, repo, standby, standby_record, served_tree, new_tree):
+    def _standby_checked(self, repo, standby, standby_record, served_tree, new_tree, seals=None):
         """What the reusable ``standby`` must have rewritten, edits aside: ``(paths, broken seals)``.
 
         The paths where its tree differs from the new one or from the served
         one, and those it holds on its own; the directories a killed run or a
-        hand edit changed. It reads only the standby, never the served tree's
-        index, so it runs while that is read.
+        hand edit changed (``seals``, when checked already). It reads only the
+        standby, never the served tree's index, so it runs while that is read.
         """
         held_tree = tree_of(repo, standby_record)
         paths = (
@@ -411,7 +440,9 @@ class Deployment:
             | {path for path, _old, _new in checkout.changes(held_tree, served_tree)}
             | set(standby_record.dirty)
         )
-        return paths, checkout.broken_seals(self.layout.tree(standby), standby_record)
+        if seals is None:
+            seals = checkout.broken_seals(self.layout.tree(standby), standby_record)
+        return paths, seals
 
     def _bring_up_to_date(self, writer, index, standby, standby_record, edited, new_tree, new_links, checked):
         """The standby holds another commit: rewrite only the paths where it differs, or may differ.
@@ -652,8 +683,8 @@ def _large(path):
         return False
 
 
-def _in_background(function, args, on_thread):
-    """Start ``function(*args)``, on a thread of its own when ``on_thread``; return what waits for its result.
+def _in_background(function, args, on_thread, name="envflow-index-read"):
+    """Start ``function(*args)``, on a thread ``name`` of its own when ``on_thread``; return what waits for its result.
 
     The waiting call returns the result, or raises what the function raised.
     """
@@ -668,7 +699,7 @@ def _in_background(function, args, on_thread):
         except BaseException as exc:  # pylint: disable=broad-except
             box["error"] = exc
 
-    thread = threading.Thread(target=run, name="envflow-index-read", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
 
     def wait():
