@@ -1408,8 +1408,9 @@ def report_profile(all_results, out):
     out("profile (package level, one child process per deploy importing this checkout, its functions timed;")
     out("  Mirror.fetch + pipeline.deploy as the execution module runs them, history included; medians, ms;")
     out("  a phase's time is its own, nested phases taken out; other = the rest: opening repositories, records,")
-    out("  seals, the drift decision; beside = phases run on a thread beside those, not in the total: the served")
-    out("  index of a large tree is read there while the standby is checked, so a change's index read shows there)")
+    out("  seals, the drift decision; beside = phases run on a thread beside those, not in the total: from the")
+    out("  lock on, a large tree's served index is read there (and a change's standby seals checked on another),")
+    out("  so its index read shows there)")
     columns = [*_PROFILE_PHASES, "other", "beside", "total"]
     out(f"{_WHO}  {'scenario':<24} " + " ".join(f"{column:>{max(7, len(column))}}" for column in columns))
     for res in all_results.values():
