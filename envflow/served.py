@@ -217,7 +217,8 @@ class Deployment:
                 wait()
 
     def _taken(self, what, slot):
-        """The wait for ``what`` was started ahead for ``slot``, taken (``None``: none was)."""
+        """Take what waits for ``what`` started ahead for ``slot``; ``None`` when none was (one started for another
+        slot is waited for and dropped)."""
         ahead = self._ahead.pop(what, None)
         if ahead is not None and ahead[0] != slot:
             with contextlib.suppress(Exception):
