@@ -122,6 +122,29 @@ def salt_factories_config():
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _long(item):
+    """Whether ``item``'s file is one of the long ones: an integration module (it starts a master and minions) or a
+    functional test of a benchmark script."""
+    return item.path.parent.name == "integration" or item.path.name.startswith("test_bench")
+
+
+def pytest_configure(config):
+    # pytest-xdist (3.6 and later) would hand the files out by their number of tests, most first, which leaves the
+    # long files of one or two tests last; the order pytest_collection_modifyitems sets is kept instead.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+    """The long files first, the rest after them, each group in the order collected.
+
+    ``--dist loadfile`` (tests/run.py) hands each of the two workers one file at a
+    time in this order, so both end on short files and finish together, instead of
+    one of them waiting idle while the other runs a long file it was handed last.
+    """
+    items.sort(key=lambda item: not _long(item))
+
+
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
     """Stop Salt's temporary log handler before pytest closes the stream it captured.
 
