@@ -28,6 +28,8 @@ import time
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from saltfactories.utils import random_string
 
 from envflow.served import ServedDir
@@ -78,6 +80,44 @@ def fits_unix_sockets(factory):
         "give the daemon a shorter id or salt-factories a shorter root (tests/conftest.py)"
     )
     return factory
+
+
+def key_pair():
+    """An RSA key pair as Salt writes one (salt.crypt): the private key and the public key, in PEM."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private.decode(), public.decode()
+
+
+def write_key_pair(pki_dir, name, pair):
+    """Write ``pair`` as ``<name>.pem`` and ``<name>.pub`` in ``pki_dir``, as Salt keeps its own."""
+    pki_dir = pathlib.Path(pki_dir)
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    private, public = pair
+    (pki_dir / f"{name}.pem").write_text(private, encoding="utf-8")
+    (pki_dir / f"{name}.pem").chmod(0o400)
+    (pki_dir / f"{name}.pub").write_text(public, encoding="utf-8")
+
+
+def minion_of(master, minion_id, overrides, accepted_by=None):
+    """``master``'s minion ``minion_id`` (salt-factories' factory, not started), its key already accepted.
+
+    The key pair is made here and its public key put where ``salt-key --accept`` puts it on ``master`` (and on each
+    of ``accepted_by``, when given), so the minion signs in at its first try. Otherwise its key is pending then:
+    salt-factories accepts it with a salt-key run on each of the master's auth events while the minion retries
+    after growing waits (0.5, 1, 2, 4 seconds), seconds of every site's start.
+    """
+    minion = fits_unix_sockets(master.salt_minion_daemon(minion_id, overrides=overrides))
+    pair = key_pair()
+    write_key_pair(minion.config["pki_dir"], "minion", pair)
+    for accepting in accepted_by or (master,):
+        accepted = pathlib.Path(accepting.config["pki_dir"]) / "minions"
+        accepted.mkdir(parents=True, exist_ok=True)
+        (accepted / minion.id).write_text(pair[1], encoding="utf-8")
+    return minion
 
 
 def salt_run(config_dir, *args):
@@ -132,19 +172,19 @@ def _at_once(calls):
 
 
 @contextlib.contextmanager
-def running(master, *minions):
-    """Run ``master`` and ``minions`` for the ``with`` block.
+def running(master, *daemons):
+    """Run ``master`` and ``daemons`` (its minions, its salt-api) for the ``with`` block.
 
-    The minions start together once the master is up, and all stop together:
+    The daemons start together once the master is up, and all stop together:
     most of a daemon's start and stop is waiting (for its start event, for
     its processes to be gone), which one daemon need not spend after another.
     """
     try:
         master.start()
-        _at_once([minion.start for minion in minions])
+        _at_once([daemon.start for daemon in daemons])
         yield
     finally:
-        _at_once([daemon.terminate for daemon in (*minions, master)])
+        _at_once([daemon.terminate for daemon in (*daemons, master)])
 
 
 class Site:
@@ -252,12 +292,12 @@ def site(salt_factories, tmp_path_factory, site_options):
     if site_options["loader_folders"]:
         for kind in ("_modules", "_states", "_runners", "_output"):
             shutil.copytree(REPO_ROOT / kind, base / kind, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    minion = master.salt_minion_daemon(
+    minion = minion_of(
+        master,
         minion_id,
         # The execution module clears the master's file server caches through the master's config.
-        overrides={**LOG_FILE_LEVEL, "envflow": {**envflow, "master_config": master.config_file}},
+        {**LOG_FILE_LEVEL, "envflow": {**envflow, "master_config": master.config_file}},
     )
-    fits_unix_sockets(minion)
     with running(master, minion):
         test_site = Site(master, minion, remote, envflow, base, out)
         deployed = ok(test_site.run("envflow.refresh"))
@@ -358,11 +398,10 @@ def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False, pr
         )
     )
     minions = {
-        env: fits_unix_sockets(
-            master.salt_minion_daemon(
-                random_string(f"{env}-", uppercase=False),
-                overrides={**LOG_FILE_LEVEL, "grains": {"env": env}, **({"saltenv": env} if preview else {})},
-            )
+        env: minion_of(
+            master,
+            random_string(f"{env}-", uppercase=False),
+            {**LOG_FILE_LEVEL, "grains": {"env": env}, **({"saltenv": env} if preview else {})},
         )
         for env in ("stage", "prod")
     }

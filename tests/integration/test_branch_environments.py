@@ -37,6 +37,7 @@ from tests.integration.conftest import (
     MASTER_TIMEOUTS,
     SALT_FILE_LIST_CACHE_TIME,
     fits_unix_sockets,
+    minion_of,
     motd,
     ok,
     running,
@@ -175,10 +176,10 @@ def site(salt_factories, tmp_path_factory):
         )
     )
     write_roots(master, file_roots, pillar_roots)
-    minion = fits_unix_sockets(master.salt_minion_daemon(minion_id, overrides=LOG_FILE_LEVEL))
+    minion = minion_of(master, minion_id, LOG_FILE_LEVEL)
     api = master.salt_api_daemon()
     url = f"https://127.0.0.1:{shipped['rest_cherrypy']['port']}/hook/envflow"
-    with running(master, minion), api.started():
+    with running(master, minion, api):
         started = BranchSite(master, minion, remote, shipped["envflow"], base, out_dir, api=api, url=url, cafile=tls[0])
         first = ok(started.run("envflow.refresh"))
         assert sorted(first["environments"]) == ["prod", "stage", "test"], first

@@ -25,8 +25,6 @@ import uuid
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from saltfactories.utils import random_string
 
 from tests import gitrepo, servers
@@ -40,10 +38,13 @@ from tests.integration.conftest import (
     _at_once,
     fits_unix_sockets,
     fresh_motd,
+    key_pair,
+    minion_of,
     motd,
     ok,
     salt_run,
     wait_for,
+    write_key_pair,
     write_roots,
 )
 from tests.integration.test_push_schedule import _Served
@@ -78,45 +79,21 @@ def _master(salt_factories, work, name, repo, tls):
     return master, master.salt_api_daemon(), envflow, url
 
 
-def _key_pair():
-    """An RSA key pair as Salt writes one (salt.crypt): the private key and the public key, in PEM."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private.decode(), public.decode()
-
-
-def _write_key_pair(pki_dir, name, pair):
-    pki_dir = pathlib.Path(pki_dir)
-    pki_dir.mkdir(parents=True, exist_ok=True)
-    private, public = pair
-    (pki_dir / f"{name}.pem").write_text(private, encoding="utf-8")
-    (pki_dir / f"{name}.pem").chmod(0o400)
-    (pki_dir / f"{name}.pub").write_text(public, encoding="utf-8")
-
-
 def _minion_of_all(masters):
     """A minion whose ``master`` lists every one of ``masters`` (hot multi-master), its key accepted by each.
 
     The keys are made before anything starts: the masters share one key pair, as a minion refuses a master
     whose key is not the one it has seen (the way Salt's tests/pytests/scenarios/multimaster does it).
     """
-    minion = fits_unix_sockets(
-        masters[0].salt_minion_daemon(
-            random_string("n-", uppercase=False),
-            overrides={**LOG_FILE_LEVEL, "master": [f"127.0.0.1:{master.config['ret_port']}" for master in masters]},
-        )
-    )
-    master_key, minion_key = _key_pair(), _key_pair()
-    _write_key_pair(minion.config["pki_dir"], "minion", minion_key)
+    master_key = key_pair()
     for master in masters:
-        _write_key_pair(master.config["pki_dir"], "master", master_key)
-        accepted = pathlib.Path(master.config["pki_dir"]) / "minions"
-        accepted.mkdir(parents=True, exist_ok=True)
-        (accepted / minion.id).write_text(minion_key[1], encoding="utf-8")
-    return minion
+        write_key_pair(master.config["pki_dir"], "master", master_key)
+    return minion_of(
+        masters[0],
+        random_string("n-", uppercase=False),
+        {**LOG_FILE_LEVEL, "master": [f"127.0.0.1:{master.config['ret_port']}" for master in masters]},
+        accepted_by=masters,
+    )
 
 
 class Fleet:
@@ -139,8 +116,7 @@ class Fleet:
 
     def stop(self, name):
         site, api, _url = self.masters[name]
-        api.terminate()
-        site.master.terminate()
+        _at_once([api.terminate, site.master.terminate])
 
     def all_serve(self, env, commit):
         return all(self.site(name).deployed(env) == commit for name in NAMES)
@@ -216,8 +192,7 @@ def fleet(salt_factories, tmp_path_factory, event_listener):
             assert wait_for(lambda: all(started.all_serve(env, tip) for env in ("test", "stage", "prod")))
             yield started
         finally:
-            minion.terminate()
-            _at_once([functools.partial(started.stop, name) for name in NAMES])
+            _at_once([minion.terminate, *(functools.partial(started.stop, name) for name in NAMES)])
     finally:
         server.stop()
 

@@ -27,8 +27,10 @@ from tests.integration.conftest import (
     Site,
     fits_unix_sockets,
     fresh_motd,
+    minion_of,
     motd,
     ok,
+    running,
     wait_for,
 )
 from tests.webhook import Webhook
@@ -88,10 +90,8 @@ def site(salt_factories, tmp_path_factory, hook):
         )
     )
     (base / "envflow_prod.sls").write_text("prod:\n  envflow.deployed:\n    - branch: master\n", encoding="utf-8")
-    minion = fits_unix_sockets(
-        master.salt_minion_daemon(minion_id, overrides={"envflow": {**envflow, "master_config": master.config_file}})
-    )
-    with master.started(), minion.started():
+    minion = minion_of(master, minion_id, {"envflow": {**envflow, "master_config": master.config_file}})
+    with running(master, minion):
         started = Site(master, minion, remote, envflow, base, out)
         assert sorted(ok(started.run("envflow.refresh"))["environments"]) == ["prod", "stage", "test"]
         yield started

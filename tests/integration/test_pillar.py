@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
     fits_unix_sockets,
+    minion_of,
     ok,
     running,
     write_roots,
@@ -112,11 +113,10 @@ def site(salt_factories, tmp_path_factory):
     )
     write_roots(master, config["file_roots"], config["pillar_roots"])  # exactly the documented roots
     minions = {
-        env: fits_unix_sockets(
-            master.salt_minion_daemon(
-                random_string(f"{env}-", uppercase=False),
-                overrides={**LOG_FILE_LEVEL, "grains": {"env": env}, "saltenv": env, "pillarenv_from_saltenv": True},
-            )
+        env: minion_of(
+            master,
+            random_string(f"{env}-", uppercase=False),
+            {**LOG_FILE_LEVEL, "grains": {"env": env}, "saltenv": env, "pillarenv_from_saltenv": True},
         )
         for env in ("stage", "prod")
     }

@@ -35,6 +35,7 @@ from tests.integration.conftest import (
     MASTER_TIMEOUTS,
     SALT_FILE_LIST_CACHE_TIME,
     fits_unix_sockets,
+    minion_of,
     ok,
     running,
     salt_run,
@@ -175,11 +176,10 @@ def site(salt_factories, tmp_path_factory):
     )
     write_roots(master, config["file_roots"], config["pillar_roots"])  # exactly the documented roots
     minions = {
-        role: fits_unix_sockets(
-            master.salt_minion_daemon(
-                random_string(f"{role}-", uppercase=False),
-                overrides={**LOG_FILE_LEVEL, "grains": {"role": role}, **MINION_PROD},
-            )
+        role: minion_of(
+            master,
+            random_string(f"{role}-", uppercase=False),
+            {**LOG_FILE_LEVEL, "grains": {"role": role}, **MINION_PROD},
         )
         for role in ROLES
     }

@@ -13,7 +13,15 @@ import yaml
 from saltfactories.utils import random_string
 
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, LOG_FILE_LEVEL, MASTER_TIMEOUTS, fits_unix_sockets, ok, running
+from tests.integration.conftest import (
+    CLI_TIMEOUT,
+    LOG_FILE_LEVEL,
+    MASTER_TIMEOUTS,
+    fits_unix_sockets,
+    minion_of,
+    ok,
+    running,
+)
 from tests.servers import SSHD, SshServer, keygen
 
 PASSPHRASE = "integrati0n-passphrase"
@@ -75,11 +83,10 @@ def ssh_site(salt_factories, tmp_path_factory):
                 overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **profile, "envflow": envflow},
             )
         )
-        minion = fits_unix_sockets(
-            master.salt_minion_daemon(
-                random_string("n-", uppercase=False),
-                overrides={**LOG_FILE_LEVEL, **profile, "envflow": {**envflow, "master_config": master.config_file}},
-            )
+        minion = minion_of(
+            master,
+            random_string("n-", uppercase=False),
+            {**LOG_FILE_LEVEL, **profile, "envflow": {**envflow, "master_config": master.config_file}},
         )
         paths = {env["name"]: env["path"] for env in envflow["environments"]}
         with running(master, minion):

@@ -32,8 +32,10 @@ from tests.integration.conftest import (
     PIPELINES,
     SALT_FILE_LIST_CACHE_TIME,
     Site,
+    _at_once,
     fits_unix_sockets,
     fresh_motd,
+    minion_of,
     motd,
     ok,
     running,
@@ -122,11 +124,11 @@ def site(salt_factories, tmp_path_factory, tls):
             },
         )
     )
-    minion = fits_unix_sockets(master.salt_minion_daemon(minion_id, overrides=LOG_FILE_LEVEL))
+    minion = minion_of(master, minion_id, LOG_FILE_LEVEL)
     api = master.salt_api_daemon()
     url = f"https://127.0.0.1:{shipped['rest_cherrypy']['port']}/hook/envflow"
     since = time.time()
-    with running(master, minion), api.started():
+    with running(master, minion, api):
         started = PushSite(master, minion, remote, shipped["envflow"], base, out, api=api, url=url, cafile=tls[0])
         started.since = since
         assert sorted(ok(started.run("envflow.refresh"))["environments"]) == ["prod", "stage", "test"]
@@ -487,8 +489,7 @@ def test_the_secret_is_in_no_log_event_or_job_but_gitlabs_own_hook_events(site, 
 
 def test_without_a_secret_every_request_is_refused(site, event_listener):
     """The last test of the module: the master and salt-api start again with the secret left out."""
-    site.api.terminate()
-    site.master.terminate()
+    _at_once([site.api.terminate, site.master.terminate])
     written = yaml.safe_load(pathlib.Path(site.master.config_file).read_text(encoding="utf-8"))
     written["envflow"]["webhook"].pop("secret")
     pathlib.Path(site.master.config_file).write_text(yaml.safe_dump(written), encoding="utf-8")
