@@ -141,11 +141,13 @@ def write_roots(master, file_roots, pillar_roots):
     pathlib.Path(master.config_file).write_text(yaml.safe_dump(written), encoding="utf-8")
 
 
-def wait_for(check, timeout=CLI_TIMEOUT, interval=1.0):
+def wait_for(check, timeout=CLI_TIMEOUT, interval=0.25):
     """Call ``check`` until it returns something true, and return that; ``None`` once ``timeout`` seconds passed.
 
     For what happens in the background (the reactor, a soak period): the wait
     ends as soon as the condition holds, however fast or slow the machine is.
+    ``interval`` seconds pass between two calls: a check that runs a CLI,
+    which costs a second or more of CPU, is given 1.
     """
     deadline = time.monotonic() + timeout
     while True:

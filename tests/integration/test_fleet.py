@@ -225,7 +225,9 @@ def test_after_a_promotion_on_one_master_the_minion_reads_the_new_file_through_e
                 seconds.setdefault(name, round(time.monotonic() - promoted, 1))
         return len(seconds) == len(NAMES)
 
-    assert wait_for(read_through_every_master), f"the minion read the promoted file only through {sorted(seconds)}"
+    assert wait_for(read_through_every_master, interval=1), (
+        f"the minion read the promoted file only through {sorted(seconds)}"
+    )
     print(f"\nseconds from the promotion on one until the minion read the new file through each master: {seconds}")
 
 
@@ -238,7 +240,7 @@ def test_a_rollback_or_freeze_on_one_master_holds_on_every_master(fleet):
     ok(fleet.run("two", "envflow.rollback", "stage", "reason=bad change"))
     assert wait_for(lambda: fleet.all_serve("stage", before)), "the rollback did not reach every master"
     pinned = gitrepo.git("show", f"{before}:{MOTD}", cwd=fleet.remote.path, text=False).decode("utf-8")
-    assert wait_for(lambda: set(fleet.minion_reads_through_each(MOTD).values()) == {pinned}), (
+    assert wait_for(lambda: set(fleet.minion_reads_through_each(MOTD).values()) == {pinned}, interval=1), (
         f"the minion does not read the pinned file through every master: {fleet.minion_reads_through_each(MOTD)}"
     )
     refused = fleet.run("one", "envflow.promote", "stage")
@@ -302,7 +304,8 @@ def test_a_master_that_was_down_is_shown_behind_holds_promotions_back_and_catche
                 for env in ("test", "stage")
                 for entry in fleet.status("one")["fleet"][env].values()
             )
-        )
+        ),
+        interval=1,
     ), fleet.status("one")["fleet"]
     printed = salt_run(fleet.site("one").master.config_dir, "envflow.status").stdout
     print(f"\nafter {three} caught up:\n{printed}")

@@ -61,7 +61,7 @@ def test_each_gate_blocks_prod_until_it_is_met(site):
 
     # soak: stage began serving the commit before promoted_at; from SOAK seconds after it, the gate opens.
     time.sleep(max(0.0, promoted_at + SOAK - time.monotonic()))
-    assert wait_for(lambda: not ok(site.run("envflow.promote", "prod", "dry_run=True"))["gates"], timeout=60)
+    assert wait_for(lambda: not ok(site.run("envflow.promote", "prod", "dry_run=True"))["gates"], 60, interval=1)
     done = ok(site.run("envflow.promote", "prod"))
     assert done["new"] == tested
     assert site.deployed("prod") == tested
