@@ -47,6 +47,9 @@ CLI_TIMEOUT = 180
 # docs/pipelines files too, run by the reactor as well) use the master's values, and so does ``salt``
 # for gather_job_timeout; a busy machine needs more. A job that is done returns at once all the same.
 MASTER_TIMEOUTS = {"timeout": 60, "gather_job_timeout": 60}
+# Salt starts 5 request servers (MWorker processes) by default, each loading Salt's modules as the master starts:
+# the 3 beyond the 2 that serve a test's few minions and CLIs cost about 4 seconds of CPU of every master's start.
+MASTER_WORKERS = {"worker_threads": 2}
 # The virtualenv's own salt-run, for what a user sees without --out (salt-factories' CLI objects add --out=json).
 SALT_RUN = os.path.join(sys.prefix, "bin", "salt-run")
 # salt-factories has every daemon, and every CLI run with its config, write its log file at debug level:
@@ -278,6 +281,7 @@ def site(salt_factories, tmp_path_factory, site_options):
         defaults={"root_dir": str(master_root), "file_roots": file_roots},
         overrides={
             **MASTER_TIMEOUTS,
+            **MASTER_WORKERS,
             **LOG_FILE_LEVEL,
             "envflow": envflow,
             # salt-factories turns the file list cache off (0); envflow must work with Salt's
@@ -376,6 +380,7 @@ def release_site(salt_factories, tmp_path_factory, gates=None, reactor=False, pr
     file_roots = {"base": [str(base)], **{env["name"]: [env["path"]] for env in envflow["environments"]}}
     overrides = {
         **MASTER_TIMEOUTS,
+        **MASTER_WORKERS,
         **LOG_FILE_LEVEL,
         "envflow": envflow,
         "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME,

@@ -35,6 +35,7 @@ from tests.integration.conftest import (
     CLI_TIMEOUT,
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
+    MASTER_WORKERS,
     SALT_FILE_LIST_CACHE_TIME,
     fits_unix_sockets,
     minion_of,
@@ -164,6 +165,7 @@ def site(salt_factories, tmp_path_factory):
             defaults={"root_dir": str(master_root)},
             overrides={
                 **MASTER_TIMEOUTS,
+                **MASTER_WORKERS,
                 **LOG_FILE_LEVEL,
                 **shipped,
                 "file_roots": file_roots,

@@ -33,6 +33,7 @@ from tests.integration.conftest import (
     CLI_TIMEOUT,
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
+    MASTER_WORKERS,
     MOTD,
     PIPELINES,
     _at_once,
@@ -71,7 +72,14 @@ def _master(salt_factories, work, name, repo, tls):
         salt_factories.salt_master_daemon(
             master_id,
             defaults={"root_dir": str(root)},
-            overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **shipped, **schedule, "envflow": envflow},
+            overrides={
+                **MASTER_TIMEOUTS,
+                **MASTER_WORKERS,
+                **LOG_FILE_LEVEL,
+                **shipped,
+                **schedule,
+                "envflow": envflow,
+            },
         )
     )
     write_roots(master, {env["name"]: [env["path"]] for env in envflow["environments"]}, {})  # envflow's only

@@ -23,6 +23,7 @@ from tests import gitrepo
 from tests.integration.conftest import (
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
+    MASTER_WORKERS,
     _at_once,
     fits_unix_sockets,
     ok,
@@ -90,7 +91,7 @@ def _master(salt_factories, envflow):
         salt_factories.salt_master_daemon(
             master_id,
             defaults={"root_dir": str(root)},
-            overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, "envflow": envflow},
+            overrides={**MASTER_TIMEOUTS, **MASTER_WORKERS, **LOG_FILE_LEVEL, "envflow": envflow},
         )
     )
     write_roots(master, file_roots, {})  # only the shared directories

@@ -21,6 +21,7 @@ from tests import gitrepo
 from tests.integration.conftest import (
     CLI_TIMEOUT,
     MASTER_TIMEOUTS,
+    MASTER_WORKERS,
     MOTD,
     PIPELINES,
     SALT_FILE_LIST_CACHE_TIME,
@@ -81,6 +82,7 @@ def site(salt_factories, tmp_path_factory, hook):
             defaults={"root_dir": str(master_root), "file_roots": file_roots},
             overrides={
                 **MASTER_TIMEOUTS,
+                **MASTER_WORKERS,
                 **shipped,
                 "envflow": envflow,
                 "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME,

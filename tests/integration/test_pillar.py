@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     CLI_TIMEOUT,
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
+    MASTER_WORKERS,
     fits_unix_sockets,
     minion_of,
     ok,
@@ -108,7 +109,7 @@ def site(salt_factories, tmp_path_factory):
         salt_factories.salt_master_daemon(
             master_id,
             defaults={"root_dir": str(master_root)},
-            overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **config},
+            overrides={**MASTER_TIMEOUTS, **MASTER_WORKERS, **LOG_FILE_LEVEL, **config},
         )
     )
     write_roots(master, config["file_roots"], config["pillar_roots"])  # exactly the documented roots

@@ -33,6 +33,7 @@ from tests.integration.conftest import (
     CLI_TIMEOUT,
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
+    MASTER_WORKERS,
     SALT_FILE_LIST_CACHE_TIME,
     fits_unix_sockets,
     minion_of,
@@ -167,6 +168,7 @@ def site(salt_factories, tmp_path_factory):
     config = master_config(envflow, master_root / "state-tree" / "base")
     overrides = {
         **MASTER_TIMEOUTS,
+        **MASTER_WORKERS,
         **LOG_FILE_LEVEL,
         **config,
         "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME,

@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     CLI_TIMEOUT,
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
+    MASTER_WORKERS,
     fits_unix_sockets,
     minion_of,
     ok,
@@ -80,7 +81,7 @@ def ssh_site(salt_factories, tmp_path_factory):
             salt_factories.salt_master_daemon(
                 master_id,
                 defaults={"root_dir": str(master_root), "file_roots": file_roots},
-                overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **profile, "envflow": envflow},
+                overrides={**MASTER_TIMEOUTS, **MASTER_WORKERS, **LOG_FILE_LEVEL, **profile, "envflow": envflow},
             )
         )
         minion = minion_of(

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     CLI_TIMEOUT,
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
+    MASTER_WORKERS,
     MOTD,
     PIPELINES,
     SALT_FILE_LIST_CACHE_TIME,
@@ -117,6 +118,7 @@ def site(salt_factories, tmp_path_factory, tls):
             defaults={"root_dir": str(master_root), "file_roots": file_roots},
             overrides={
                 **MASTER_TIMEOUTS,
+                **MASTER_WORKERS,
                 **shipped,
                 "fileserver_list_cache_time": SALT_FILE_LIST_CACHE_TIME,
                 # Debug: the master's log is searched for the secret.

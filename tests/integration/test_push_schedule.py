@@ -16,6 +16,7 @@ from tests import gitrepo
 from tests.integration.conftest import (
     LOG_FILE_LEVEL,
     MASTER_TIMEOUTS,
+    MASTER_WORKERS,
     MOTD,
     PIPELINES,
     Site,
@@ -60,7 +61,13 @@ def site(salt_factories, tmp_path_factory):
         salt_factories.salt_master_daemon(
             master_id,
             defaults={"root_dir": str(master_root), "file_roots": file_roots},
-            overrides={**MASTER_TIMEOUTS, **LOG_FILE_LEVEL, **_schedule(INTERVAL), "envflow": envflow},
+            overrides={
+                **MASTER_TIMEOUTS,
+                **MASTER_WORKERS,
+                **LOG_FILE_LEVEL,
+                **_schedule(INTERVAL),
+                "envflow": envflow,
+            },
         )
     )
     with master.started():

@@ -15,7 +15,7 @@ from saltfactories.utils import random_string
 from envflow import history
 from envflow.remote import Mirror
 from tests import gitrepo
-from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, fits_unix_sockets, ok, salt_run
+from tests.integration.conftest import CLI_TIMEOUT, MASTER_TIMEOUTS, MASTER_WORKERS, fits_unix_sockets, ok, salt_run
 
 
 class Master:
@@ -45,6 +45,7 @@ def master(salt_factories, tmp_path_factory):
             defaults={"root_dir": str(root)},
             overrides={
                 **MASTER_TIMEOUTS,
+                **MASTER_WORKERS,
                 "envflow": envflow,
                 "file_roots": {env["name"]: [env["path"]] for env in envflow["environments"]},
             },
