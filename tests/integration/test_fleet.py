@@ -44,6 +44,7 @@ from tests.integration.conftest import (
     motd,
     ok,
     salt_run,
+    stopping,
     wait_for,
     write_key_pair,
     write_roots,
@@ -124,7 +125,7 @@ class Fleet:
 
     def stop(self, name):
         site, api, _url = self.masters[name]
-        _at_once([api.terminate, site.master.terminate])
+        _at_once(stopping(api, site.master))
 
     def all_serve(self, env, commit):
         return all(self.site(name).deployed(env) == commit for name in NAMES)
@@ -200,7 +201,7 @@ def fleet(salt_factories, tmp_path_factory, event_listener):
             assert wait_for(lambda: all(started.all_serve(env, tip) for env in ("test", "stage", "prod")))
             yield started
         finally:
-            _at_once([minion.terminate, *(functools.partial(started.stop, name) for name in NAMES)])
+            _at_once([*stopping(minion), *(functools.partial(started.stop, name) for name in NAMES)])
     finally:
         server.stop()
 

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     fits_unix_sockets,
     ok,
     salt_run,
+    stopping,
     write_roots,
 )
 
@@ -113,7 +114,7 @@ def pair(salt_factories, tmp_path_factory):
         _at_once([master.start for master in masters])
         yield remote, envflow, masters
     finally:
-        _at_once([master.terminate for master in masters])
+        _at_once(stopping(*masters))
 
 
 def test_two_masters_deploying_into_one_set_of_directories_at_once_never_serve_a_half_tree(pair):

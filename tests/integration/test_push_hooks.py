@@ -40,6 +40,7 @@ from tests.integration.conftest import (
     motd,
     ok,
     running,
+    stopping,
     wait_for,
 )
 
@@ -491,7 +492,7 @@ def test_the_secret_is_in_no_log_event_or_job_but_gitlabs_own_hook_events(site, 
 
 def test_without_a_secret_every_request_is_refused(site, event_listener):
     """The last test of the module: the master and salt-api start again with the secret left out."""
-    _at_once([site.api.terminate, site.master.terminate])
+    _at_once(stopping(site.api, site.master))
     written = yaml.safe_load(pathlib.Path(site.master.config_file).read_text(encoding="utf-8"))
     written["envflow"]["webhook"].pop("secret")
     pathlib.Path(site.master.config_file).write_text(yaml.safe_dump(written), encoding="utf-8")
