@@ -78,6 +78,30 @@ def no_edits():
     return {"added": [], "modified": [], "deleted": []}
 
 
+def _make_gitdir(making):
+    """Write at ``making`` a bare repository with the slot's settings: what ``git init --bare`` makes, less its samples.
+
+    libgit2's own init costs 2-3 ms (it probes the file system for symlinks
+    and case), and each setting written after it rewrites the config file:
+    6 ms a slot, twice on a first deploy, against well under 1 ms here.
+    """
+    for directory in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info"):
+        os.makedirs(os.path.join(making, directory))
+    settings = {"core.repositoryformatversion": "0", "core.bare": "true", **_SLOT_CONFIG, "envflow.layout": _VERSION}
+    sections = {}
+    for key, value in settings.items():
+        section, name = key.split(".")
+        sections.setdefault(section, []).append(f"\t{name} = {value}\n")
+    files = {
+        "HEAD": "ref: refs/heads/master\n",
+        "config": "".join(f"[{section}]\n{''.join(lines)}" for section, lines in sections.items()),
+        "info/attributes": _ATTRIBUTES,
+    }
+    for name, text in files.items():
+        with open(os.path.join(making, name), "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
 def prepare_gitdir(gitdir, objects):
     """Make ``gitdir`` a slot repository borrowing ``objects``, made whole beside and renamed into place."""
     if not os.path.isfile(os.path.join(gitdir, "HEAD")):
@@ -85,8 +109,23 @@ def prepare_gitdir(gitdir, objects):
         shutil.rmtree(gitdir, ignore_errors=True)
         making = f"{gitdir}.new"
         shutil.rmtree(making, ignore_errors=True)
-        pygit2.init_repository(making, bare=True).free()
+        _make_gitdir(making)
         os.rename(making, gitdir)
+    else:
+        _settle_settings(gitdir)
+    alternates = os.path.join(gitdir, "objects", "info", "alternates")
+    try:
+        with open(alternates, encoding="utf-8") as handle:
+            current = handle.read().strip()
+    except OSError:
+        current = None
+    if current != objects:
+        with open(alternates, "w", encoding="utf-8") as handle:
+            handle.write(objects + "\n")
+
+
+def _settle_settings(gitdir):
+    """Give the slot repository at ``gitdir`` the slot's settings if it lacks them (made by an older envflow)."""
     repo = pygit2.Repository(gitdir)
     try:
         if repo.config["envflow.layout"] != _VERSION:
@@ -100,15 +139,6 @@ def prepare_gitdir(gitdir, objects):
         repo.config["envflow.layout"] = _VERSION
     finally:
         repo.free()
-    alternates = os.path.join(gitdir, "objects", "info", "alternates")
-    try:
-        with open(alternates, encoding="utf-8") as handle:
-            current = handle.read().strip()
-    except OSError:
-        current = None
-    if current != objects:
-        with open(alternates, "w", encoding="utf-8") as handle:
-            handle.write(objects + "\n")
 
 
 def open_repo(gitdir, tree, objects):

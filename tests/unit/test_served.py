@@ -1014,3 +1014,59 @@ def wait_until(check, timeout=60.0):
             return False
         time.sleep(0.001)
     return True
+
+
+@pytest.fixture
+def users_git_config(tmp_path):
+    """A ~/.gitconfig whose settings would hide hand edits from a scan, in effect for this test only."""
+    home = tmp_path / "user-home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(
+        "[core]\n\tautocrlf = true\n\tfilemode = false\n\ttrustctime = false\n\tcheckstat = minimal\n"
+    )
+    level = pygit2.enums.ConfigLevel.GLOBAL
+    before = pygit2.settings.search_path[level]
+    pygit2.settings.search_path[level] = str(home)
+    try:
+        yield home
+    finally:
+        pygit2.settings.search_path[level] = before
+
+
+def test_the_slot_repositories_see_hand_edits_that_the_users_git_config_would_hide(served, mirror, users_git_config):
+    deploy(served, mirror, "stage")
+    for slot in ("a", "b"):
+        settings = pygit2.Repository(served.layout.gitdir(slot)).config
+        assert settings["core.autocrlf"] == "false" and settings["core.filemode"] == "true"
+        assert settings["core.trustctime"] == "true" and settings["core.checkstat"] == "default"
+    top, web = os.path.join(served.path, "top.sls"), os.path.join(served.path, "web", "init.sls")
+    with open(top, "rb") as handle:
+        lines = handle.read()
+    os.unlink(top)  # a new file, as an editor saves one: only its line ends differ
+    with open(top, "wb") as handle:
+        handle.write(lines.replace(b"\n", b"\r\n"))
+    os.chmod(web, 0o755)
+    assert served.drift(mirror.objects) == {"added": [], "modified": ["top.sls", "web/init.sls"], "deleted": []}
+
+
+def test_a_slot_repository_made_by_an_older_envflow_is_given_the_slot_settings(tmp_path, users_git_config):
+    gitdir = str(tmp_path / "a.git")
+    pygit2.init_repository(gitdir, bare=True).free()
+    slots.prepare_gitdir(gitdir, str(tmp_path / "objects"))
+    settings = pygit2.Repository(gitdir).config
+    assert settings["envflow.layout"] == slots._VERSION  # pylint: disable=protected-access
+    assert settings["core.autocrlf"] == "false" and settings["core.trustctime"] == "true"
+    with open(os.path.join(gitdir, "info", "attributes"), encoding="utf-8") as handle:
+        assert handle.read().startswith("* -text")
+    with open(os.path.join(gitdir, "objects", "info", "alternates"), encoding="utf-8") as handle:
+        assert handle.read() == str(tmp_path / "objects") + "\n"
+
+
+def test_a_slot_repository_left_half_made_is_made_again(tmp_path):
+    gitdir = str(tmp_path / "a.git")
+    os.makedirs(gitdir + ".new/objects")  # a run killed while making it
+    os.makedirs(gitdir + "/refs")  # or while renaming: no HEAD yet
+    slots.prepare_gitdir(gitdir, str(tmp_path / "objects"))
+    repo = pygit2.Repository(gitdir)
+    assert repo.is_bare and repo.head_is_unborn and repo.config["envflow.layout"] == slots._VERSION  # pylint: disable=protected-access
+    assert not os.path.exists(gitdir + ".new")
