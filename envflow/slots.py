@@ -125,20 +125,23 @@ def prepare_gitdir(gitdir, objects):
 
 
 def _settle_settings(gitdir):
-    """Give the slot repository at ``gitdir`` the slot's settings if it lacks them (made by an older envflow)."""
-    repo = pygit2.Repository(gitdir)
+    """Give the slot repository at ``gitdir`` the slot's settings if it lacks them (made by an older envflow).
+
+    Only the repository's own config file is read (no repository opened, no
+    other level of configuration consulted): a few hundred bytes.
+    """
+    settings = pygit2.Config(os.path.join(gitdir, "config"))
     try:
-        if repo.config["envflow.layout"] != _VERSION:
-            raise KeyError
+        if settings["envflow.layout"] == _VERSION:
+            return
     except KeyError:
-        for key, value in _SLOT_CONFIG.items():
-            repo.config[key] = value
-        os.makedirs(os.path.join(gitdir, "info"), exist_ok=True)
-        with open(os.path.join(gitdir, "info", "attributes"), "w", encoding="utf-8") as handle:
-            handle.write(_ATTRIBUTES)
-        repo.config["envflow.layout"] = _VERSION
-    finally:
-        repo.free()
+        pass
+    for key, value in _SLOT_CONFIG.items():
+        settings[key] = value
+    os.makedirs(os.path.join(gitdir, "info"), exist_ok=True)
+    with open(os.path.join(gitdir, "info", "attributes"), "w", encoding="utf-8") as handle:
+        handle.write(_ATTRIBUTES)
+    settings["envflow.layout"] = _VERSION
 
 
 def open_repo(gitdir, tree, objects):
