@@ -182,7 +182,7 @@ class Deployment:
         # The records of the slot served before and of the one served after, once :meth:`switch` served a new tree.
         self.switched = None
         self._served_record = _UNREAD
-        # What runs on threads while the lock is held: ``{"index" or "standby": (slot, wait for it)}``.
+        # What runs on threads while the lock is held: ``{"index", "standby" or "flush": (slot, wait for it)}``.
         self._ahead = {}
 
     def read_ahead(self):
@@ -299,6 +299,9 @@ class Deployment:
             layout.write_record(layout.served_slot(), prepared.served_record, flush=False)
         # The new tree on disk before anything points at it.
         if prepared.flush is None:
+            early = self._ahead.pop("flush", None)
+            if early is not None:
+                early[1]()  # the flush started once the tree was written
             switch.sync_filesystem(layout.home)  # a whole tree was written: flush everything at once
         else:
             # Only what this deploy changed: the files it wrote, the directories it changed, the bookkeeping.
@@ -541,6 +544,9 @@ class Deployment:
         written = writer.fill(tree)
         link_paths = {path for path, (_oid, mode) in written.items() if mode == FileMode.LINK}
         refused = writer.refuse_unsafe_links(link_paths)
+        # The tree's files are written: they are flushed on a thread while the rest is made (the other slot's links,
+        # the index, the records), so the flush before the switch finds little left to write.
+        self._ahead["flush"] = (slot, _in_background(switch.sync_filesystem, (layout.home,), True, "envflow-flush"))
         sealed_at = time.time_ns()
         sealed = checkout.seal(root, writer.touched)
         if first:

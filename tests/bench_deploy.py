@@ -1410,7 +1410,8 @@ def report_profile(all_results, out):
     out("  a phase's time is its own, nested phases taken out; other = the rest: opening repositories, records,")
     out("  seals, the drift decision; beside = phases run on a thread beside those, not in the total: from the")
     out("  lock on, a large tree's served index is read there (and a change's standby seals checked on another),")
-    out("  so its index read shows there)")
+    out("  so its index read shows there; a whole tree's first flush runs there too, the flush column holding")
+    out("  the one before the switch)")
     columns = [*_PROFILE_PHASES, "other", "beside", "total"]
     out(f"{_WHO}  {'scenario':<24} " + " ".join(f"{column:>{max(7, len(column))}}" for column in columns))
     for res in all_results.values():

@@ -14,6 +14,7 @@ import pytest
 from envflow import checkout, slots
 from envflow.errors import Drift, EnvflowError
 from envflow.served import ServedDir
+from envflow.text import short
 from tests.gitrepo import Symlink, tree_files
 
 V1 = {"top.sls": "base:\n  '*':\n    - web\n", "web/init.sls": "# web v1\n"}
@@ -383,6 +384,7 @@ import sys
 sys.path.insert(0, {root!r})
 from envflow.remote import Mirror
 from envflow.served import ServedDir
+from envflow.text import short
 with Mirror({repo!r}, {cache!r}) as mirror:
     commit = mirror.commit({rev!r})
     print("go", flush=True)
@@ -1070,3 +1072,82 @@ def test_a_slot_repository_left_half_made_is_made_again(tmp_path):
     repo = pygit2.Repository(gitdir)
     assert repo.is_bare and repo.head_is_unborn and repo.config["envflow.layout"] == slots._VERSION  # pylint: disable=protected-access
     assert not os.path.exists(gitdir + ".new")
+
+
+def _recording_flushes(monkeypatch, served, slow=0.0, fail_on_thread=None):
+    """Record each ``switch.sync_filesystem`` call: its thread, start and end, and whether ``path`` served then."""
+    import threading  # pylint: disable=import-outside-toplevel
+
+    from envflow import switch  # pylint: disable=import-outside-toplevel
+
+    calls, flush = [], switch.sync_filesystem
+
+    def recorded(path):
+        call = {"thread": threading.current_thread().name, "serving": os.path.islink(served.path)}
+        call["start"] = time.monotonic()
+        calls.append(call)
+        try:
+            if call["thread"] != "MainThread":
+                time.sleep(slow)
+                if fail_on_thread is not None:
+                    raise fail_on_thread
+            return flush(path)
+        finally:
+            call["end"] = time.monotonic()
+
+    monkeypatch.setattr(switch, "sync_filesystem", recorded)
+    return calls
+
+
+def test_a_whole_tree_is_flushed_once_written_and_again_before_the_switch(served, mirror, remote, monkeypatch):
+    """A first deploy starts flushing the tree on a thread once its files are written, and flushes again, after
+    that one ended, before the switch. A one-file change flushes only what it wrote (no whole flush)."""
+    calls = _recording_flushes(monkeypatch, served, slow=0.2)
+    deploy(served, mirror, "stage")
+    assert [(call["thread"], call["serving"]) for call in calls] == [("envflow-flush", False), ("MainThread", False)]
+    assert calls[1]["start"] >= calls[0]["end"]
+    assert tree_files(served.path) == V1
+    del calls[:]
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    assert calls == []
+
+
+def test_a_first_deploy_that_fails_after_its_tree_is_written_waits_for_the_flush_and_serves_nothing(
+    served, mirror, monkeypatch
+):
+    import threading  # pylint: disable=import-outside-toplevel
+
+    calls = _recording_flushes(monkeypatch, served, slow=0.3)  # still flushing when the deploy fails
+
+    def full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkout, "index_entries", full)
+    mirror.fetch()
+    commit = mirror.commit("stage")
+    with pytest.raises(EnvflowError) as raised:
+        served.deploy(mirror.objects, commit)
+    assert str(raised.value) == (
+        f"envflow: cannot deploy {short(commit.id)} to {served.path}: [Errno 28] No space left on device"
+    )
+    assert [call["thread"] for call in calls] == ["envflow-flush"] and "end" in calls[0]
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("envflow-")]
+    assert not os.path.lexists(served.path) and served.deployed() is None
+
+
+def test_a_flush_that_fails_on_its_thread_fails_the_first_deploy_in_one_line_and_serves_nothing(
+    served, mirror, monkeypatch
+):
+    _recording_flushes(monkeypatch, served, fail_on_thread=OSError(5, "Input/output error"))
+    mirror.fetch()
+    commit = mirror.commit("stage")
+    with pytest.raises(EnvflowError) as raised:
+        served.deploy(mirror.objects, commit)
+    assert str(raised.value) == (
+        f"envflow: cannot deploy {short(commit.id)} to {served.path}: [Errno 5] Input/output error"
+    )
+    assert not os.path.lexists(served.path) and served.deployed() is None
+    monkeypatch.undo()  # the disk is back: the next deploy serves the commit whole
+    deploy(served, mirror, "stage")
+    assert tree_files(served.path) == V1
