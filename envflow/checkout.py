@@ -110,6 +110,9 @@ def changes(old_tree, new_tree, prefix="", kinds=_WRITTEN):
     whole). Either tree may be ``None`` (empty). ``kinds`` are the modes
     reported (files and symlinks; ``(FileMode.COMMIT,)`` for gitlinks).
     """
+    if tuple(kinds) == _GITLINKS and (old_tree is None) != (new_tree is None):
+        # A whole tree against nothing (a first deploy): only its folders and gitlinks are parsed, not each file.
+        return _gitlinks_of(new_tree if new_tree is not None else old_tree, prefix, added=new_tree is not None)
     if prefix:
         return _changes(old_tree, new_tree, prefix, kinds)
     key = (old_tree.id.raw if old_tree is not None else None, new_tree.id.raw if new_tree is not None else None)
@@ -125,6 +128,24 @@ def changes(old_tree, new_tree, prefix="", kinds=_WRITTEN):
         if old_kept != new_kept:
             kept.append((path, old_kept, new_kept))
     return kept
+
+
+_GITLINKS = (FileMode.COMMIT,)
+_FOLDER_OR_GITLINK = (b"40000 ", b"160000 ")
+
+
+def _gitlinks_of(tree, prefix, added):
+    """:func:`_changes` of ``tree`` against nothing, for gitlinks: ``added`` (else removed), in the same order."""
+    id_size = len(tree.id.raw)
+    held = sorted(trees.parse(entry, id_size) for entry in trees.entries(tree) if entry.startswith(_FOLDER_OR_GITLINK))
+    found = []
+    for name, oid, mode in held:
+        path = prefix + name
+        if mode == FileMode.TREE:
+            found.extend(_gitlinks_of(tree[name], f"{path}/", added))
+        else:
+            found.append((path, None, (oid, mode)) if added else (path, (oid, mode), None))
+    return found
 
 
 def _changes(old_tree, new_tree, prefix, kinds):

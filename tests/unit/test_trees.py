@@ -140,3 +140,22 @@ def test_what_is_kept_of_the_trees_and_pairs_compared_stays_bounded(repo):
         assert changed == sorted([f"f{number}", f"f{number + 1}", "g"])
     assert len(trees._sets) <= trees._SETS_KEPT  # pylint: disable=protected-access
     assert len(checkout._pairs) <= checkout._PAIRS_KEPT  # pylint: disable=protected-access
+
+
+@hypothesis.settings(deadline=None, max_examples=100)
+@hypothesis.given(files=_MIXED, prefix=hypothesis.strategies.sampled_from(["", "formulas/"]))
+def test_the_gitlinks_of_a_whole_tree_against_nothing_are_what_a_walk_of_every_entry_finds(repo, files, prefix):
+    """A first deploy asks for the gitlinks a whole tree adds: the short way (folders and gitlinks parsed, files only
+    skipped) gives what walking every entry gives, in the same order, both ways round."""
+    tree = _mixed_tree(repo, files)
+    gitlinks = (FileMode.COMMIT,)
+    for old, new in ((None, tree), (tree, None)):
+        fresh = checkout._changes(old, new, prefix, gitlinks)  # pylint: disable=protected-access
+        assert checkout.changes(old, new, prefix, kinds=gitlinks) == fresh
+    assert {path for path, _old, _new in checkout.changes(None, tree, kinds=gitlinks)} == {
+        path for path, (_content, mode) in files.items() if mode == FileMode.COMMIT and not _shadowed(path, files)
+    }
+
+
+def _shadowed(path, files):
+    return any(other.startswith(path + "/") for other in files)
