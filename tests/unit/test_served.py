@@ -1099,6 +1099,16 @@ def _recording_flushes(monkeypatch, served, slow=0.0, fail_on_thread=None):
     return calls
 
 
+def _failed_first_deploy(served, mirror):
+    """Deploy the stage branch where nothing is served, which must fail and serve nothing: ``(error, short id)``."""
+    mirror.fetch()
+    commit = mirror.commit("stage")
+    with pytest.raises(EnvflowError) as raised:
+        served.deploy(mirror.objects, commit)
+    assert not os.path.lexists(served.path) and served.deployed() is None
+    return str(raised.value), short(commit.id)
+
+
 def test_a_whole_tree_is_flushed_once_written_and_again_before_the_switch(served, mirror, remote, monkeypatch):
     """A first deploy starts flushing the tree on a thread once its files are written, and flushes again, after
     that one ended, before the switch. A one-file change flushes only what it wrote (no whole flush)."""
@@ -1124,30 +1134,18 @@ def test_a_first_deploy_that_fails_after_its_tree_is_written_waits_for_the_flush
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkout, "index_entries", full)
-    mirror.fetch()
-    commit = mirror.commit("stage")
-    with pytest.raises(EnvflowError) as raised:
-        served.deploy(mirror.objects, commit)
-    assert str(raised.value) == (
-        f"envflow: cannot deploy {short(commit.id)} to {served.path}: [Errno 28] No space left on device"
-    )
+    error, commit = _failed_first_deploy(served, mirror)
+    assert error == f"envflow: cannot deploy {commit} to {served.path}: [Errno 28] No space left on device"
     assert [call["thread"] for call in calls] == ["envflow-flush"] and "end" in calls[0]
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("envflow-")]
-    assert not os.path.lexists(served.path) and served.deployed() is None
 
 
 def test_a_flush_that_fails_on_its_thread_fails_the_first_deploy_in_one_line_and_serves_nothing(
     served, mirror, monkeypatch
 ):
     _recording_flushes(monkeypatch, served, fail_on_thread=OSError(5, "Input/output error"))
-    mirror.fetch()
-    commit = mirror.commit("stage")
-    with pytest.raises(EnvflowError) as raised:
-        served.deploy(mirror.objects, commit)
-    assert str(raised.value) == (
-        f"envflow: cannot deploy {short(commit.id)} to {served.path}: [Errno 5] Input/output error"
-    )
-    assert not os.path.lexists(served.path) and served.deployed() is None
+    error, commit = _failed_first_deploy(served, mirror)
+    assert error == f"envflow: cannot deploy {commit} to {served.path}: [Errno 5] Input/output error"
     monkeypatch.undo()  # the disk is back: the next deploy serves the commit whole
     deploy(served, mirror, "stage")
     assert tree_files(served.path) == V1
