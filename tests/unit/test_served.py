@@ -1149,3 +1149,21 @@ def test_a_flush_that_fails_on_its_thread_fails_the_first_deploy_in_one_line_and
     monkeypatch.undo()  # the disk is back: the next deploy serves the commit whole
     deploy(served, mirror, "stage")
     assert tree_files(served.path) == V1
+
+
+def test_a_whole_tree_prepared_but_never_switched_waits_for_its_flush_and_serves_nothing(served, mirror, monkeypatch):
+    """A promotion prepares its tree, then its push is refused: no switch. The flush started once the tree was written
+    ends before the lock goes, and the path serves nothing."""
+    import threading  # pylint: disable=import-outside-toplevel
+
+    calls = _recording_flushes(monkeypatch, served, slow=0.3)
+    mirror.fetch()
+    with (
+        pytest.raises(EnvflowError, match="push refused"),
+        served.deploying(mirror.objects, mirror.commit("stage")) as d,
+    ):
+        d.prepare()
+        raise EnvflowError("envflow: push refused")
+    assert [call["thread"] for call in calls] == ["envflow-flush"] and "end" in calls[0]
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("envflow-")]
+    assert not os.path.lexists(served.path) and served.deployed() is None
