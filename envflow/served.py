@@ -559,9 +559,7 @@ class Deployment:
             copier.link_all({path: held for path, held in written.items() if path not in refused_paths})
             linked_at = time.time_ns()
         # After the links: they changed every file's ctime.
-        index = self._index_from(None, slot)
-        stamped = checkout.index_entries(index, root, written)
-        self._write_index(index, slot)
+        stamped = self._write_whole_index(slot, root, written)
         if first:
             # Sealed a tick after the links (the index took that time), so that the next deploy can trust every
             # stamp: that slot is not served first.
@@ -596,6 +594,15 @@ class Deployment:
         writer.restore_links(tree, link_paths)
         return writer.refuse_unsafe_links(link_paths)
 
+    def _write_whole_index(self, slot, root, entries):
+        """Make the slot's index list ``entries`` (``{path: (id, mode)}``) as they stand under ``root``, in one rename;
+        return when each last changed (:func:`envflow.checkout.index_file`)."""
+        gitdir = self.layout.gitdir(slot)
+        target = _next_index(gitdir)
+        stamped = checkout.index_file(target, root, entries)
+        os.replace(target, os.path.join(gitdir, "index"))
+        return stamped
+
     def _index_from(self, source, slot, changes=None, link=True):
         """A new index for ``slot``: ``source``'s index file (hard-linked, read once) with ``changes``, or empty.
 
@@ -604,13 +611,11 @@ class Deployment:
         Without ``link``, ``source``'s file is read where it is, and linked
         only when :meth:`_write_index` makes it ``slot``'s.
         """
-        target = os.path.join(self.layout.gitdir(slot), "index.next")
         if source is not None and not link:
             return _read_in_place(
                 slots.read_index(os.path.join(self.layout.gitdir(source), "index"), changes or {}), changes
             )
-        _drop(target)
-        _drop(target + ".lock")  # left by a run killed while libgit2 wrote it
+        target = _next_index(self.layout.gitdir(slot))
         if source is not None:
             os.link(os.path.join(self.layout.gitdir(source), "index"), target)
         index = slots.read_index(target, changes or {})
@@ -632,9 +637,7 @@ class Deployment:
         target = os.path.join(gitdir, "index.next")
         if index.path != target:
             # Read in place from another slot (``link=False``): link its file now; libgit2 writes to the path it read.
-            _drop(target)
-            _drop(target + ".lock")  # left by a run killed while libgit2 wrote it
-            os.link(index.path, target)
+            os.link(index.path, _next_index(gitdir))
             if whole:
                 index = slots.read_index(target, kept)
         if whole:
@@ -643,6 +646,15 @@ class Deployment:
         os.replace(os.path.join(gitdir, "index.next"), os.path.join(gitdir, "index"))
         _drop(os.path.join(gitdir, "index.next"))  # the rename does nothing when both name the same file
         return kept
+
+
+def _next_index(gitdir):
+    """The path of a slot's next index file, cleared of what a killed run left there (a link to the other slot's
+    index, perhaps: never written through) and of libgit2's lock file."""
+    target = os.path.join(gitdir, "index.next")
+    _drop(target)
+    _drop(target + ".lock")
+    return target
 
 
 def _read_in_place(index, changes):

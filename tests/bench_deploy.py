@@ -741,6 +741,7 @@ _PROFILE_CHILD = textwrap.dedent(
         ("write tree", checkout.TreeWriter, "fill"),
         ("standby links", checkout.TreeWriter, "link_all"),
         ("index entries", checkout, "index_entries"),
+        ("index entries", checkout, "index_file"),  # a whole tree's index
         ("flush", switch, "sync_filesystem"),
         ("switch", served_module.Deployment, "switch"),
         ("history", holds, "record_after"),

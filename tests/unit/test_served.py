@@ -707,6 +707,31 @@ def test_an_index_lock_left_by_a_killed_deploy_does_not_block_the_next(served, m
     assert tree_files(served.path)["web/init.sls"] == "# web v3\n"
 
 
+def test_a_whole_tree_written_again_never_writes_through_a_next_index_left_linked_to_the_served_one(
+    served, mirror, remote
+):
+    """A kill while the standby's index was linked from the served one leaves ``index.next`` sharing its inode: a
+    whole tree's index, written next in that slot, is a new file, and the served index stays as it was."""
+    deploy(served, mirror, "stage")
+    remote.commit("stage", {"web/init.sls": "# web v2\n"})
+    deploy(served, mirror, "stage")
+    layout = served.layout
+    serving, standby = layout.served_slot(), layout.other(layout.served_slot())
+    served_index = os.path.join(layout.gitdir(serving), "index")
+    os.link(served_index, os.path.join(layout.gitdir(standby), "index.next"))
+    with open(served_index, "rb") as handle:
+        before = handle.read()
+    layout.drop_record(serving)  # its record lost: a forced deploy writes the standby whole
+    remote.commit("stage", {"web/init.sls": "# web v3\n"})
+    deploy(served, mirror, "stage", force=True)
+    assert layout.served_slot() == standby
+    assert tree_files(served.path)["web/init.sls"] == "# web v3\n"
+    with open(served_index, "rb") as handle:
+        assert handle.read() == before
+    assert not os.path.lexists(os.path.join(layout.gitdir(standby), "index.next"))
+    assert served.drift(mirror.objects) == slots.no_edits()
+
+
 def test_a_directory_emptied_by_a_broken_seals_repair_is_not_served(served, mirror, remote):
     """Found by the engine's model: the repair removed ``d/e`` whole, and ``d`` stayed behind, empty."""
     remote.commit("stage", {"d/e/f.sls": "# f\n"})
@@ -1133,7 +1158,7 @@ def test_a_first_deploy_that_fails_after_its_tree_is_written_waits_for_the_flush
     def full(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkout, "index_entries", full)
+    monkeypatch.setattr(slots, "write_index_file", full)  # the whole tree's index file
     error, commit = _failed_first_deploy(served, mirror)
     assert error == f"envflow: cannot deploy {commit} to {served.path}: [Errno 28] No space left on device"
     assert [call["thread"] for call in calls] == ["envflow-flush"] and "end" in calls[0]

@@ -7,11 +7,14 @@ for the deploys after it.
 """
 
 import os
+import tempfile
 
+import hypothesis
 import pygit2
 import pytest
+from pygit2.enums import FileMode
 
-from envflow import checkout
+from envflow import checkout, slots
 from envflow.remote import Mirror
 from envflow.served import ServedDir
 from tests.engine import File, History, Link, deploy, differences, expected, on_disk, served_commit, whole_trees_in_two
@@ -97,3 +100,50 @@ def test_a_failure_in_the_second_thread_is_raised_once_both_halves_are_written(e
         checkout.TreeWriter(repo, str(root), share_root=str(share)).link_all(entries)
     linked = {path for path in entries if os.path.lexists(root / path)}
     assert linked == set(entries) - {last}, "a half was left unwritten"
+
+
+_NAMES = hypothesis.strategies.sampled_from(["a", "b", "a-b", "a.b", "a0", "é", "sp ace", "Z", "x" * 40])
+_PATHS = hypothesis.strategies.lists(_NAMES, min_size=1, max_size=3).map("/".join)
+# What stands at each path of the index: a file, an executable, a symlink, nothing (a refused link), a directory.
+_ON_DISK = hypothesis.strategies.sampled_from(["file", "executable", "link", "nothing", "directory"])
+_MODES = {"file": FileMode.BLOB, "executable": FileMode.BLOB_EXECUTABLE, "link": FileMode.LINK}
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory):
+    return pygit2.init_repository(str(tmp_path_factory.mktemp("objects") / "repo.git"), bare=True)
+
+
+@hypothesis.settings(deadline=None, max_examples=100)
+@hypothesis.given(files=hypothesis.strategies.dictionaries(_PATHS, _ON_DISK, min_size=1, max_size=12))
+def test_a_whole_trees_index_file_is_the_one_libgit2_writes_for_the_same_entries(objects, files):
+    """``checkout.index_file`` (a whole tree's index, written directly) against ``index_entries`` into libgit2's empty
+    index, then written: the same bytes, and the same stamps."""
+    files = {path: kind for path, kind in files.items() if not any(other.startswith(path + "/") for other in files)}
+    with tempfile.TemporaryDirectory() as scratch:
+        root = os.path.join(scratch, "tree")
+        entries = {}
+        for number, (path, kind) in enumerate(sorted(files.items())):
+            full = os.path.join(root, path)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            content = b"# %d\n" % number
+            if kind == "link":
+                os.symlink(content, full)
+            elif kind == "directory":
+                os.mkdir(full)
+            elif kind != "nothing":
+                with open(full, "wb") as handle:
+                    handle.write(content)
+                os.chmod(full, 0o755 if kind == "executable" else 0o644)
+            entries[path] = (objects.create_blob(content), _MODES.get(kind, FileMode.BLOB))
+        ours = checkout.index_file(os.path.join(scratch, "ours"), root, entries)
+        index = slots.open_index(os.path.join(scratch, "libgit2s"))
+        theirs = checkout.index_entries(index, root, entries)
+        index.write()
+        with open(os.path.join(scratch, "ours"), "rb") as mine, open(os.path.join(scratch, "libgit2s"), "rb") as other:
+            assert mine.read() == other.read()
+        assert ours == theirs
+        assert set(ours) == {path for path, kind in files.items() if kind in _MODES}
+        assert [entry.path for entry in slots.open_index(os.path.join(scratch, "ours"))] == sorted(
+            ours, key=os.fsencode
+        )
