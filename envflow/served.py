@@ -417,7 +417,7 @@ class Deployment:
         if waiting is None:
             on_thread = on_thread and _large(os.path.join(self.layout.gitdir(served), "index"))
             return _in_background(self._index_from, (served, standby, changes, False), on_thread)
-        return lambda: _read_in_place(slots.apply_changes(waiting(), changes), changes)
+        return lambda: _with_changes(slots.apply_changes(waiting(), changes), changes)
 
     def _scan(self, served, index, served_tree, racy):
         """The hand edits of the served tree, the scan split over two cores for a large tree; ``racy`` files read."""
@@ -604,35 +604,31 @@ class Deployment:
         return stamped
 
     def _index_from(self, source, slot, changes=None, link=True):
-        """A new index for ``slot``: ``source``'s index file (hard-linked, read once) with ``changes``, or empty.
+        """A new index for ``slot``: ``source``'s index file (hard-linked, read once) with ``changes``.
 
         Write it with :meth:`_write_index`: a file is never changed in place
         (libgit2 writes a new one and renames it), so ``source``'s is kept as it is.
         Without ``link``, ``source``'s file is read where it is, and linked
-        only when :meth:`_write_index` makes it ``slot``'s.
+        only when :meth:`_write_index` makes it ``slot``'s. (A whole tree's
+        index is written by :meth:`_write_whole_index` instead.)
         """
-        if source is not None and not link:
-            return _read_in_place(
-                slots.read_index(os.path.join(self.layout.gitdir(source), "index"), changes or {}), changes
-            )
+        source_path = os.path.join(self.layout.gitdir(source), "index")
+        if not link:
+            return _with_changes(slots.read_index(source_path, changes or {}), changes)
         target = _next_index(self.layout.gitdir(slot))
-        if source is not None:
-            os.link(os.path.join(self.layout.gitdir(source), "index"), target)
-        index = slots.read_index(target, changes or {})
-        index.changes = dict(changes or {})  # where it differs from the file
-        index.linked = source is not None
-        return index
+        os.link(source_path, target)
+        return _with_changes(slots.read_index(target, changes or {}), changes)
 
     def _write_index(self, index, slot, whole=False):
         """Make ``index`` (from :meth:`_index_from`) the slot's, in one rename; return its record's ``index_changes``.
 
         A few changes stay in the record, beside the linked file, so a deploy
         costs no write of every entry (20,000 entries: about 15 ms); the file
-        is written ``whole`` when asked, when it is new, or once the changes
-        pass one entry in a hundred.
+        is written ``whole`` when asked, or once the changes pass one entry in
+        a hundred.
         """
         kept = index.changes
-        whole = whole or not index.linked or len(kept) > max(_KEPT_CHANGES, len(index) // 100)
+        whole = whole or len(kept) > max(_KEPT_CHANGES, len(index) // 100)
         gitdir = self.layout.gitdir(slot)
         target = os.path.join(gitdir, "index.next")
         if index.path != target:
@@ -657,10 +653,9 @@ def _next_index(gitdir):
     return target
 
 
-def _read_in_place(index, changes):
-    """``index``, read where it is with ``changes`` made, marked for :meth:`Deployment._write_index` to link."""
-    index.changes = dict(changes or {})  # where it differs from the file
-    index.linked = True
+def _with_changes(index, changes):
+    """``index``, read with ``changes`` made, which it keeps: where it differs from its file."""
+    index.changes = dict(changes or {})
     return index
 
 
