@@ -639,8 +639,8 @@ class Deployment:
         if whole:
             index.write()
             kept = {}
-        os.replace(os.path.join(gitdir, "index.next"), os.path.join(gitdir, "index"))
-        _drop(os.path.join(gitdir, "index.next"))  # the rename does nothing when both name the same file
+        os.replace(target, os.path.join(gitdir, "index"))
+        _drop(target)  # the rename does nothing when both name the same file
         return kept
 
 
